@@ -1,0 +1,478 @@
+"""Pod addresses from blocks in etcd: every change is ONE etcd transaction.
+
+- allocate: the block and the handle are written together, each compared with the
+  mod revision it was read at. A crash before the transaction leaves nothing; after
+  it, both. There is no pending state to clean up.
+- claim: a new block, its affinity to the node and the first allocation in it are
+  written together, only if neither the block nor the affinity exists yet.
+- In the steady state the allocator needs no read at all: it keeps the node's blocks
+  as it last wrote them, and a transaction that finds one stale returns the fresh
+  value in its failure branch for the retry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from routed import resources as r
+from routed.datastore import Compare, Op, keys
+from routed.datastore.kv import KV, KeyValue
+from routed.errors import Conflict, NotFound
+
+from .block import Block
+from .blockmath import block_for, blocks_in_pool
+from .errors import AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
+from .handle import Handle
+
+RETRIES = 64
+_RETRY = object()  # an allocation step lost a race: start the attempt over
+_CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
+
+
+def affinity_of(node: str) -> str:
+    return f"host:{node}"
+
+
+@dataclass
+class Allocation:
+    handle: str
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    pool: str
+    # Addresses taken from blocks affine to other nodes: this node advertises them as /32.
+    borrowed: list = field(default_factory=list)
+
+    def prefixes(self) -> list[str]:
+        return [f"{ip}/{ip.max_prefixlen}" for ip in self.ips]
+
+
+@dataclass
+class _Cached:
+    block: Block
+    revision: int
+
+
+class IPAM:
+    """The allocator of one node agent (or one CLI call). Thread-safe."""
+
+    def __init__(self, kv: KV, clock=time.monotonic):
+        self.kv = kv
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._blocks: dict[str, _Cached] = {}  # block key -> as we last saw it
+        self._affine: dict[str, list[str]] = {}  # node -> its block keys
+        self._config_at = -1e9
+        self._pools: list[tuple[r.IPPool, int]] = []
+        self._ipam_config = r.IPAMConfig.model_validate({"metadata": {"name": "default"}})
+
+    # -- configuration --------------------------------------------------------------
+
+    def _config(self, fresh: bool = False):
+        now = self._clock()
+        if fresh or now - self._config_at > _CONFIG_TTL:
+            listing = self.kv.list(keys.resource(r.IPPool.plural))
+            self._pools = [(_decode_resource(r.IPPool, i), i.mod_revision) for i in listing.items]
+            item = self.kv.get(keys.resource(r.IPAMConfig.plural, "default"))
+            self._ipam_config = (_decode_resource(r.IPAMConfig, item) if item
+                                 else r.IPAMConfig.model_validate({"metadata": {"name": "default"}}))
+            self._config_at = now
+        return self._pools, self._ipam_config.spec
+
+    def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4):
+        """The pools a node may allocate from, in a stable order."""
+        pools, _ = self._config()
+        if names:
+            by_name = {p.metadata.name: (p, rev) for p, rev in pools}
+            chosen = []
+            for name in names:
+                if name not in by_name:
+                    raise NoMatchingPool(f'IP pool "{name}" does not exist')
+                pool, rev = by_name[name]
+                if pool.spec.disabled:
+                    raise NoMatchingPool(f'IP pool "{name}" is disabled')
+                chosen.append((pool, rev))
+        else:
+            chosen = [(p, rev) for p, rev in sorted(pools, key=lambda x: x[0].metadata.name)
+                      if not p.spec.disabled and r.parse_selector(p.spec.node_selector).matches(node_labels)]
+        chosen = [(p, rev) for p, rev in chosen if p.network.version == version]
+        if not chosen:
+            raise NoMatchingPool(f"no enabled IPv{version} pool matches this node"
+                                 + (f" among {', '.join(names)}" if names else ""))
+        return chosen
+
+    # -- allocate -------------------------------------------------------------------
+
+    def allocate(self, handle: str, node: str, attrs: dict | None = None, num: int = 1,
+                 pools: list[str] | None = None, version: int = 4, node_labels: dict | None = None) -> Allocation:
+        """num addresses for handle, from the node's blocks, a new block, or a borrowed one.
+
+        Idempotent: when the handle already holds addresses (a retried CNI ADD), those
+        are returned and nothing new is taken.
+        """
+        attrs = {"node": node, "time": _now(), **(attrs or {})}
+        with self._lock:
+            candidates = self.pools_for(node_labels or {}, pools, version)
+            steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
+            for _ in range(RETRIES):
+                handle_kv = self.kv.get(keys.handle(handle))
+                if handle_kv is not None:
+                    return self._existing(handle, handle_kv, candidates)
+                for step in steps:
+                    outcome = step(handle, node, attrs, num, candidates)
+                    if outcome is _RETRY:
+                        candidates = self.pools_for(node_labels or {}, pools, version)
+                        break
+                    if outcome is not None:
+                        return outcome
+                else:
+                    raise PoolExhausted([p.metadata.name for p, _ in candidates], node)
+            raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _write_allocation(self, handle: str, cached: _Cached, n: int, attrs: dict,
+                          extra_compare=(), extra_ops=()) -> list | None:
+        """The one transaction of an allocation: block and handle together.
+
+        None when a compare failed; the block's cache then holds what etcd has.
+        """
+        block = Block.from_json(cached.block.to_json(), key=keys.block(cached.block.cidr))
+        ips = block.assign(n, handle, attrs)
+        record = Handle(handle)
+        record.add(block.cidr, len(ips))
+        bkey, hkey = keys.block(block.cidr), keys.handle(handle)
+        result = self.kv.txn(
+            [Compare.mod(bkey, cached.revision), Compare.absent(hkey), *extra_compare],
+            [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json()), *extra_ops],
+            [Op.get(bkey)])
+        if result.succeeded:
+            self._blocks[bkey] = _Cached(block, result.revision)
+            return ips
+        fresh = result.results[0]
+        if fresh is None:
+            self._blocks.pop(bkey, None)
+        else:
+            self._blocks[bkey] = _Cached(Block.from_json(fresh.value, key=bkey), fresh.mod_revision)
+        return None
+
+    def _from_affine(self, handle, node, attrs, num, candidates):
+        for bkey in self._affine_blocks(node):
+            cached = self._blocks.get(bkey)
+            pool = cached and _pool_of(cached.block.cidr, candidates)
+            if pool is None or cached.block.free < num:
+                continue
+            ips = self._write_allocation(handle, cached, num, attrs)
+            return Allocation(handle, ips, pool.metadata.name) if ips else _RETRY
+        return None
+
+    def _refreshed_affine(self, handle, node, attrs, num, candidates):
+        """Before taking a new block, look again: another process may have freed addresses."""
+        self._forget(node)
+        return self._from_affine(handle, node, attrs, num, candidates)
+
+    def _forget(self, node: str) -> None:
+        for bkey in self._affine.pop(node, []):
+            self._blocks.pop(bkey, None)
+
+    def _affine_blocks(self, node: str) -> list[str]:
+        if node not in self._affine:
+            listing = self.kv.list(keys.affinity(node))
+            bkeys = [keys.block(keys.cidr_from_segment(keys.last_segment(i.key))) for i in listing.items]
+            for bkey in bkeys:
+                if bkey not in self._blocks:
+                    item = self.kv.get(bkey)
+                    if item is not None:
+                        self._blocks[bkey] = _Cached(Block.from_json(item.value, key=bkey), item.mod_revision)
+            self._affine[node] = [b for b in bkeys if b in self._blocks]
+        return self._affine[node]
+
+    def _claim(self, handle, node, attrs, num, candidates):
+        """A new block for the node, its affinity and the allocation: one transaction."""
+        _, config = self._config()
+        if not config.auto_allocate_blocks:
+            return None
+        if config.max_blocks_per_host and len(self._affine_blocks(node)) >= config.max_blocks_per_host:
+            if config.strict_affinity:
+                raise TooManyBlocks(f"node {node!r} holds its maximum of {config.max_blocks_per_host} "
+                                    "blocks and strictAffinity forbids borrowing")
+            return None
+        taken = {keys.last_segment(k) for k in self.kv.keys(keys.BLOCKS)}
+        for pool, pool_rev in candidates:
+            size = pool.spec.block_size
+            if num > 1 << (pool.network.max_prefixlen - size):
+                continue
+            for cidr in blocks_in_pool(pool.network, size, node):
+                if keys.cidr_segment(cidr) in taken:
+                    continue
+                akey = keys.affinity(node, cidr)
+                affinity = json.dumps({"node": node, "cidr": str(cidr), "pool": pool.metadata.name})
+                ips = self._write_allocation(
+                    handle, _Cached(Block.new(cidr, affinity_of(node)), 0), num, attrs,
+                    extra_compare=[Compare.absent(akey),
+                                   Compare.mod(keys.resource(r.IPPool.plural, pool.metadata.name), pool_rev)],
+                    extra_ops=[Op.put(akey, affinity)])
+                if ips:
+                    self._affine.setdefault(node, []).append(keys.block(cidr))
+                    return Allocation(handle, ips, pool.metadata.name)
+                if keys.block(cidr) not in self._blocks:
+                    return _RETRY  # not a lost race for the block: the pool or the handle changed
+                taken.add(keys.cidr_segment(cidr))  # another node claimed it first: try the next
+        return None
+
+    def _borrow(self, handle, node, attrs, num, candidates):
+        """An address from another node's block, when no block can be claimed."""
+        _, config = self._config()
+        if config.strict_affinity:
+            return None
+        for item in self.kv.list(keys.BLOCKS).items:
+            block = Block.from_json(item.value, key=item.key)
+            pool = _pool_of(block.cidr, candidates)
+            if pool is None or block.free < num or block.affinity == affinity_of(node):
+                continue
+            ips = self._write_allocation(handle, _Cached(block, item.mod_revision), num, attrs)
+            return Allocation(handle, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
+        return None
+
+    def _existing(self, handle: str, handle_kv: KeyValue, candidates) -> Allocation:
+        record = Handle.from_json(handle_kv.value, key=handle_kv.key)
+        ips, borrowed, pool_name = [], [], ""
+        for cidr in record.blocks:
+            item = self.kv.get(keys.block(cidr))
+            if item is None:
+                continue
+            block = Block.from_json(item.value, key=item.key)
+            held = block.ips_for_handle(handle)
+            ips += held
+            attrs = block.attributes_for(held[0]) if held else None
+            if held and block.affinity != affinity_of(attrs["secondary"].get("node", "")):
+                borrowed += held
+            pool = _pool_of(block.cidr, candidates)
+            pool_name = pool_name or (pool.metadata.name if pool else "")
+        return Allocation(handle, ips, pool_name, borrowed)
+
+    # -- a specific address -----------------------------------------------------------
+
+    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None) -> Allocation:
+        """Allocate one given address (a static pod IP) to handle."""
+        addr = ipaddress.ip_address(ip)
+        attrs = {"node": node, "time": _now(), **(attrs or {})}
+        with self._lock:
+            for _ in range(RETRIES):
+                pools, _ = self._config(fresh=True)
+                match = [(p, rev) for p, rev in pools if addr in p.network]
+                if not match:
+                    raise AddressNotInPool(f"address {addr} is not in any IP pool")
+                pool, pool_rev = match[0]
+                cidr = block_for(addr, pool.spec.block_size)
+                bkey, hkey = keys.block(cidr), keys.handle(handle)
+                item = self.kv.get(bkey)
+                compare = [Compare.absent(hkey), Compare.mod(bkey, item.mod_revision if item else 0)]
+                ops = []
+                if item is None:
+                    block = Block.new(cidr, affinity_of(node))
+                    akey = keys.affinity(node, cidr)
+                    compare += [Compare.absent(akey),
+                                Compare.mod(keys.resource(r.IPPool.plural, pool.metadata.name), pool_rev)]
+                    ops.append(Op.put(akey, json.dumps({"node": node, "cidr": str(cidr),
+                                                         "pool": pool.metadata.name})))
+                else:
+                    block = Block.from_json(item.value, key=bkey)
+                got = block.assign_ip(addr, handle, attrs)  # AddressInUse when taken
+                record = Handle(handle)
+                record.add(cidr, 1)
+                ops += [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json())]
+                if self.kv.txn(compare, ops).succeeded:
+                    self._forget(node)
+                    self._blocks.pop(bkey, None)
+                    borrowed = [got] if block.affinity != affinity_of(node) else []
+                    return Allocation(handle, [got], pool.metadata.name, borrowed)
+            raise Conflict(f"IPAM: could not assign {addr} after {RETRIES} tries; etcd is too busy")
+
+    # -- release ----------------------------------------------------------------------
+
+    def release_handle(self, handle: str) -> list:
+        """Free every address of handle. Releasing an unknown handle succeeds (CNI DEL twice)."""
+        hkey = keys.handle(handle)
+        for _ in range(RETRIES):
+            item = self.kv.get(hkey)
+            if item is None:
+                return []
+            record = Handle.from_json(item.value, key=hkey)
+            compare, ops, released, changed = [Compare.mod(hkey, item.mod_revision)], [Op.delete(hkey)], [], []
+            for cidr in record.blocks:
+                bkey = keys.block(cidr)
+                bitem = self.kv.get(bkey)
+                compare.append(Compare.mod(bkey, bitem.mod_revision if bitem else 0))
+                if bitem is None:
+                    continue
+                block = Block.from_json(bitem.value, key=bkey)
+                freed = block.release_handle(handle)
+                if freed:
+                    released += freed
+                    changed.append(block)
+                    ops.append(Op.put(bkey, block.to_json()))
+            result = self.kv.txn(compare, ops)
+            if result.succeeded:
+                with self._lock:
+                    for block in changed:
+                        self._remember(block, result.revision)
+                return released
+        raise Conflict(f"IPAM: could not release {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _remember(self, block: Block, revision: int) -> None:
+        """Keep a block we just wrote in the cache (only if we already track it)."""
+        bkey = keys.block(block.cidr)
+        if bkey in self._blocks:
+            self._blocks[bkey] = _Cached(block, revision)
+
+    def release_ips(self, ips: list[str]) -> list:
+        """Free given addresses (an operator's `ipam release --ip`), fixing their handles too."""
+        released = []
+        for ip in ips:
+            addr = ipaddress.ip_address(ip)
+            for _ in range(RETRIES):
+                found = self.find_block(addr)
+                if found is None:
+                    raise NotFound(f"address {addr} is not in any allocation block")
+                block, bitem = found
+                attrs = block.attributes_for(addr)
+                if attrs is None:
+                    break  # already free
+                bkey = bitem.key
+                hkey = keys.handle(attrs["handle"])
+                hitem = self.kv.get(hkey)
+                block.release([addr])
+                compare = [Compare.mod(bkey, bitem.mod_revision), Compare.mod(hkey, hitem.mod_revision if hitem else 0)]
+                ops = [Op.put(bkey, block.to_json())]
+                if hitem is not None:
+                    record = Handle.from_json(hitem.value, key=hkey)
+                    record.remove(block.cidr, 1)
+                    ops.append(Op.delete(hkey) if record.is_empty else Op.put(hkey, record.to_json()))
+                result = self.kv.txn(compare, ops)
+                if result.succeeded:
+                    released.append(addr)
+                    with self._lock:
+                        self._remember(block, result.revision)
+                    break
+            else:
+                raise Conflict(f"IPAM: could not release {addr}; etcd is too busy")
+        return released
+
+    def find_block(self, addr) -> tuple[Block, KeyValue] | None:
+        """The block holding addr, whatever its pool's block size (pools may differ)."""
+        pools, _ = self._config(fresh=True)
+        sizes = sorted({p.spec.block_size for p, _ in pools if p.network.version == addr.version})
+        sizes += [s for s in (26, 122) if s not in sizes and (s <= 32) == (addr.version == 4)]
+        for size in sizes:
+            bkey = keys.block(block_for(addr, size))
+            item = self.kv.get(bkey)
+            if item is not None:
+                return Block.from_json(item.value, key=bkey), item
+        return None
+
+    # -- blocks of a node ---------------------------------------------------------------
+
+    def release_node(self, node: str) -> list[str]:
+        """A node is gone: its empty blocks are deleted; the others lose their affinity and
+        stay until their last address is released (then release_empty_blocks takes them)."""
+        done = []
+        for aitem in self.kv.list(keys.affinity(node)).items:
+            cidr = keys.cidr_from_segment(keys.last_segment(aitem.key))
+            for _ in range(RETRIES):
+                bitem = self.kv.get(keys.block(cidr))
+                compare = [Compare.mod(aitem.key, aitem.mod_revision),
+                           Compare.mod(keys.block(cidr), bitem.mod_revision if bitem else 0)]
+                ops = [Op.delete(aitem.key)]
+                if bitem is not None:
+                    block = Block.from_json(bitem.value, key=bitem.key)
+                    if block.is_empty:
+                        ops.append(Op.delete(bitem.key))
+                    else:
+                        block.set_affinity(None)
+                        ops.append(Op.put(bitem.key, block.to_json()))
+                if self.kv.txn(compare, ops).succeeded:
+                    done.append(str(cidr))
+                    break
+                aitem = self.kv.get(aitem.key)
+                if aitem is None:
+                    break
+        with self._lock:
+            self._forget(node)
+        return done
+
+    def empty_blocks(self, node: str | None = None) -> list[tuple[str, int]]:
+        """(block key, mod revision) of empty blocks affine to node, or, with no node,
+        of every empty block that has no affinity left."""
+        found = []
+        for item in self.kv.list(keys.BLOCKS).items:
+            block = Block.from_json(item.value, key=item.key)
+            if block.is_empty and block.affinity == (affinity_of(node) if node else None):
+                found.append((item.key, item.mod_revision))
+        return found
+
+    def release_block(self, bkey: str, revision: int) -> bool:
+        """Delete an empty block and its affinity, only if it has not changed since revision."""
+        item = self.kv.get(bkey)
+        if item is None or item.mod_revision != revision:
+            return False
+        block = Block.from_json(item.value, key=bkey)
+        if not block.is_empty:
+            return False
+        compare, ops = [Compare.mod(bkey, revision)], [Op.delete(bkey)]
+        if block.affinity and block.affinity.startswith("host:"):
+            akey = keys.affinity(block.affinity[5:], block.cidr)
+            ops.append(Op.delete(akey))
+        ok = self.kv.txn(compare, ops).succeeded
+        if ok:
+            with self._lock:
+                self._blocks.pop(bkey, None)
+                for bkeys in self._affine.values():
+                    if bkey in bkeys:
+                        bkeys.remove(bkey)
+        return ok
+
+
+class EmptyBlockReaper:
+    """Releases a node's empty blocks once they stayed empty and untouched for grace seconds.
+
+    Calico users see blocks flap when a node's last pod is replaced; the grace period
+    keeps a block that is about to be reused.
+    """
+
+    def __init__(self, ipam: IPAM, node: str | None, grace: float, clock=time.monotonic):
+        self.ipam, self.node, self.grace, self.clock = ipam, node, grace, clock
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def sweep(self) -> list[str]:
+        now, released, current = self.clock(), [], {}
+        for bkey, rev in self.ipam.empty_blocks(self.node):
+            first = self._seen.get(bkey)
+            since = first[1] if first and first[0] == rev else now
+            if now - since >= self.grace and self.ipam.release_block(bkey, rev):
+                released.append(keys.cidr_from_segment(keys.last_segment(bkey)).with_prefixlen)
+                continue
+            current[bkey] = (rev, since)
+        self._seen = current
+        return released
+
+
+def _pool_of(cidr, candidates) -> r.IPPool | None:
+    for pool, _ in candidates:
+        if cidr.version == pool.network.version and cidr.subnet_of(pool.network):
+            return pool
+    return None
+
+
+def _decode_resource(cls, item: KeyValue):
+    from routed.datastore.resources import ResourceStore
+
+    return ResourceStore._decode(cls, item)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["IPAM", "Allocation", "EmptyBlockReaper"]

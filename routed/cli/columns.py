@@ -1,0 +1,52 @@
+"""Table columns of each resource kind for `routedctl get` (-o table and -o wide)."""
+
+from __future__ import annotations
+
+from routed import resources as r
+
+from .render import Table
+
+
+def _pool(p):
+    s = p.spec
+    return [p.metadata.name, s.cidr, s.node_selector], [s.block_size, s.ipip_mode, s.vxlan_mode,
+                                                       s.nat_outgoing, s.disabled]
+
+
+def _peer(p):
+    s = p.spec
+    scope = f"node={s.node}" if s.node else (s.node_selector or "(global)")
+    return [p.metadata.name, s.peer_ip, s.as_number, scope], [s.hold_time, s.keepalive_time,
+                                                              s.graceful_restart, "yes" if s.password else ""]
+
+
+def _bgpconfig(c):
+    s = c.spec
+    return [c.metadata.name, s.as_number, s.node_to_node_mesh_enabled], [s.listen_port, s.log_severity]
+
+
+def _ipamconfig(c):
+    s = c.spec
+    return [c.metadata.name, s.strict_affinity, s.max_blocks_per_host], [s.auto_allocate_blocks]
+
+
+def _node(n):
+    bgp = n.spec.bgp
+    return ([n.metadata.name, bgp.ipv4_address if bgp else "", (bgp.as_number if bgp else None) or "(global)"],
+            [bgp.route_reflector_cluster_id if bgp else "",
+             ",".join(f"{k}={v}" for k, v in sorted((n.metadata.labels or {}).items()))])
+
+
+COLUMNS = {
+    r.IPPool: (["NAME", "CIDR", "SELECTOR"], ["BLOCKSIZE", "IPIP", "VXLAN", "NAT", "DISABLED"], _pool),
+    r.BGPPeer: (["NAME", "PEERIP", "ASN", "NODE"], ["HOLD", "KEEPALIVE", "GRACEFUL", "PASSWORD"], _peer),
+    r.BGPConfiguration: (["NAME", "ASN", "MESH"], ["PORT", "LOGSEVERITY"], _bgpconfig),
+    r.IPAMConfig: (["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST"], ["AUTOALLOCATEBLOCKS"], _ipamconfig),
+    r.Node: (["NAME", "IPV4", "ASN"], ["RRCLUSTERID", "LABELS"], _node),
+}
+
+
+def resource_table(cls, items) -> Table:
+    headers, wide_headers, row = COLUMNS[cls]
+    rows = [row(i) for i in items]
+    return Table(headers, [a for a, _ in rows], wide_headers, [b for _, b in rows])

@@ -1,0 +1,115 @@
+"""routedctl: the operator's CLI. Commands return data; render() formats it.
+
+Errors print one line naming the problem and exit 1; --debug adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from routed.datastore.config import EtcdConfig
+from routed.errors import RoutedError
+
+from . import resources
+from .render import FORMATS, render
+
+
+class Context:
+    """What commands need, opened on first use so `--help` never touches etcd."""
+
+    def __init__(self, args, stdin=None):
+        self.args = args
+        self.stdin = stdin
+        self._kv = None
+
+    @property
+    def kv(self):
+        if self._kv is None:
+            config = (EtcdConfig.parse(self.args.etcd_endpoints) if self.args.etcd_endpoints
+                      else EtcdConfig.from_env())
+            self._kv = config.connect()
+        return self._kv
+
+    @property
+    def store(self):
+        from routed.datastore.resources import ResourceStore
+
+        return ResourceStore(self.kv)
+
+    def close(self):
+        if self._kv is not None:
+            self._kv.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routedctl", description="Manage a routed pod network.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--etcd-endpoints", help="comma-separated URLs (default: $ROUTED_ETCD_ENDPOINTS)")
+    parser.add_argument("-o", "--output", choices=FORMATS, default="table")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    resources.register(sub)
+    for module in _extensions():
+        module.register(sub)
+    return parser
+
+
+def _extensions():
+    """Command groups that live beside the resource commands (ipam, node, ...)."""
+    import importlib
+
+    found = []
+    for name in ("routed.cli.ipam", "routed.cli.node"):
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+    return found
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    parser = build_parser()
+    # -o is accepted after the command too (routedctl get ippools -o json).
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        late = argparse.ArgumentParser(add_help=False)
+        late.add_argument("-o", "--output", choices=FORMATS)
+        late.add_argument("--debug", action="store_true")
+        extra, unknown = late.parse_known_args(rest)
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.output = extra.output or args.output
+        args.debug = args.debug or extra.debug
+    ctx = Context(args, stdin=stdin)
+    try:
+        text, notes = render(args.func(ctx, args), args.output)
+        if text:
+            print(text, file=stdout)
+        if notes:
+            print(notes, file=stderr)
+        return 0
+    except RoutedError as err:
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        print(f"routedctl: {err}", file=stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `routedctl get ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:  # a bug: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc(file=stderr)
+        print(f"routedctl: internal error: {type(err).__name__}: {err} (rerun with --debug)", file=stderr)
+        return 1
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The one place routedctl turns command results into text."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import yaml
+
+FORMATS = ("table", "wide", "yaml", "json")
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list]
+    # Extra columns shown with -o wide, appended to each row in order.
+    wide_headers: list[str] = field(default_factory=list)
+    wide_rows: list[list] = field(default_factory=list)
+
+
+@dataclass
+class Output:
+    """What a command returns: structured data, how to show it as a table, and notes."""
+
+    data: object = None
+    table: Table | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def render(out: Output, fmt: str = "table") -> tuple[str, str]:
+    """(stdout text, stderr text). With -o json|yaml stdout holds only the document,
+    so it can be piped into `routedctl apply -f -`; the notes go to stderr."""
+    if fmt in ("json", "yaml") and out.data is not None:
+        return _document(out.data, fmt), "\n".join(out.messages)
+    return "\n".join(p for p in [*out.messages, _body(out, fmt)] if p), ""
+
+
+def _document(data, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip()
+
+
+def _body(out: Output, fmt: str) -> str:
+    if out.table is not None:
+        return format_table(out.table, wide=(fmt == "wide"))
+    return "" if out.data is None else json.dumps(out.data, indent=2)
+
+
+def format_table(table: Table, wide: bool = False) -> str:
+    headers = list(table.headers)
+    rows = [list(r) for r in table.rows]
+    if wide and table.wide_headers:
+        headers += table.wide_headers
+        rows = [r + list(w) for r, w in zip(rows, table.wide_rows)]
+    cells = [headers] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)

@@ -1,0 +1,345 @@
+"""The etcd v3 implementation of routed's KV interface, directly over grpcio.
+
+Why not a ready client: python-etcd3 0.12 needs protobuf < 3.21; its forks and the
+asyncio clients either crash or stop silently when a watch loses its server, and none
+exposes range compares or paged reads at one revision (see the issue note of the
+foundation issue for measurements). The calls routed needs are few, so this module
+makes them itself and uses etcd-sdk-python only for its generated gRPC stubs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from urllib.parse import urlparse
+
+import grpc
+from pyetcd.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+from routed.errors import DatastoreUnavailable
+
+from .kv import Compare, KeyValue, Listing, Op, TxnResult, WatchEvent, prefix_end
+
+_TARGETS = {"version": rpc_pb2.Compare.VERSION, "create": rpc_pb2.Compare.CREATE,
+            "mod": rpc_pb2.Compare.MOD, "value": rpc_pb2.Compare.VALUE}
+_RESULTS = {"==": rpc_pb2.Compare.EQUAL, "!=": rpc_pb2.Compare.NOT_EQUAL,
+            "<": rpc_pb2.Compare.LESS, ">": rpc_pb2.Compare.GREATER}
+_TARGET_FIELD = {"version": "version", "create": "create_revision", "mod": "mod_revision", "value": "value"}
+
+# gRPC codes after which the request never reached etcd's state machine, so it is
+# safe to send it again to the next endpoint.
+_FAILOVER = {grpc.StatusCode.UNAVAILABLE}
+
+
+def _b(text: str) -> bytes:
+    return text.encode()
+
+
+def _kv(pb) -> KeyValue:
+    return KeyValue(pb.key.decode(), pb.value, pb.mod_revision, pb.create_revision, pb.version, pb.lease)
+
+
+def _reason(err: grpc.RpcError) -> str:
+    """gRPC's details are long; keep the part a user can act on."""
+    detail = err.details() or str(err.code())
+    for known in ("Connection refused", "handshake", "certificate", "Deadline Exceeded",
+                  "No route to host", "DNS resolution failed"):
+        if known.lower() in detail.lower():
+            return known.lower() if known != "handshake" else "TLS handshake failed"
+    return detail.splitlines()[0][:160]
+
+
+class EtcdKV:
+    """A thread-safe client for one etcd cluster, failing over between endpoints."""
+
+    def __init__(self, endpoints: list[str], *, ca: bytes | None = None, cert: bytes | None = None,
+                 key: bytes | None = None, timeout: float = 5.0):
+        if not endpoints:
+            raise ValueError("no etcd endpoints given")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._tls = (ca, cert, key)
+        self._lock = threading.Lock()
+        self._current = 0
+        self._channel: grpc.Channel | None = None
+        self._stubs: dict[str, object] = {}
+        self._closed = False
+
+    # -- connection -------------------------------------------------------------
+
+    def _open(self, index: int) -> None:
+        url = urlparse(self.endpoints[index])
+        target = url.netloc
+        if url.scheme == "https":
+            ca, cert, key = self._tls
+            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            channel = grpc.secure_channel(target, creds)
+        else:
+            channel = grpc.insecure_channel(target)
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = channel
+        self._current = index
+        self._stubs = {"kv": rpc_pb2_grpc.KVStub(channel), "lease": rpc_pb2_grpc.LeaseStub(channel),
+                       "watch": rpc_pb2_grpc.WatchStub(channel),
+                       "maintenance": rpc_pb2_grpc.MaintenanceStub(channel)}
+
+    def _stub(self, name: str):
+        with self._lock:
+            if self._closed:
+                raise DatastoreUnavailable("the etcd client is closed")
+            if self._channel is None:
+                self._open(self._current)
+            return self._stubs[name], self.endpoints[self._current]
+
+    def _failover(self, endpoint: str) -> None:
+        with self._lock:
+            if self.endpoints[self._current] == endpoint and len(self.endpoints) > 1:
+                self._open((self._current + 1) % len(self.endpoints))
+
+    def _call(self, stub: str, method: str, request):
+        """One unary call, tried once on every endpoint while they are unreachable."""
+        failures = []
+        for _ in range(len(self.endpoints)):
+            service, endpoint = self._stub(stub)
+            try:
+                return getattr(service, method)(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise DatastoreUnavailable(
+                        f"etcd at {endpoint} did not answer within {self.timeout:g}s") from None
+                if err.code() not in _FAILOVER:
+                    raise DatastoreUnavailable(f"etcd at {endpoint} refused the request: {_reason(err)}") from None
+                failures.append(f"{endpoint} ({_reason(err)})")
+                self._failover(endpoint)
+        raise DatastoreUnavailable("cannot reach etcd at " + ", ".join(failures))
+
+    # -- KV ---------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        resp = self._call("kv", "Range", rpc_pb2.RangeRequest(key=_b(key)))
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    def revision(self) -> int:
+        """The cluster's current revision."""
+        resp = self._call("kv", "Range", rpc_pb2.RangeRequest(key=b"\0", count_only=True))
+        return resp.header.revision
+
+    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
+
+    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
+        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
+        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
+
+    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        compare = [Compare(key, "create", ">", 0)]
+        if mod_revision is not None:
+            compare.append(Compare.mod(key, mod_revision))
+        return self.txn(compare, [Op.delete(key)]).succeeded
+
+    def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult:
+        request = rpc_pb2.TxnRequest(compare=[self._compare(c) for c in compare],
+                                     success=[self._op(o) for o in success],
+                                     failure=[self._op(o) for o in failure])
+        resp = self._call("kv", "Txn", request)
+        ops = success if resp.succeeded else failure
+        results = []
+        for op, r in zip(ops, resp.responses):
+            if op.kind == "get":
+                kvs = r.response_range.kvs
+                results.append(_kv(kvs[0]) if kvs else None)
+            else:
+                results.append(None)
+        return TxnResult(resp.succeeded, resp.header.revision, results)
+
+    @staticmethod
+    def _compare(c: Compare):
+        pb = rpc_pb2.Compare(key=_b(c.key), target=_TARGETS[c.target], result=_RESULTS[c.op])
+        setattr(pb, _TARGET_FIELD[c.target], c.value)
+        if c.range_end is not None:
+            pb.range_end = _b(c.range_end)
+        return pb
+
+    @staticmethod
+    def _op(op: Op):
+        if op.kind == "put":
+            return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=_b(op.key), value=op.value, lease=op.lease))
+        if op.kind == "delete":
+            return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_b(op.key)))
+        return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_b(op.key)))
+
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
+        """Read in pages, every page at the revision of the first, so the result is one snapshot."""
+        items: list[KeyValue] = []
+        start, end = _b(prefix), _b(prefix_end(prefix))
+        while True:
+            resp = self._call("kv", "Range", rpc_pb2.RangeRequest(
+                key=start, range_end=end, limit=page_size, revision=revision,
+                sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.KEY))
+            revision = revision or resp.header.revision
+            items.extend(_kv(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return Listing(items, revision)
+            start = resp.kvs[-1].key + b"\0"
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under prefix without their values (cheap existence checks)."""
+        found, start, end = [], _b(prefix), _b(prefix_end(prefix))
+        revision = 0
+        while True:
+            resp = self._call("kv", "Range", rpc_pb2.RangeRequest(
+                key=start, range_end=end, limit=5000, revision=revision, keys_only=True))
+            revision = revision or resp.header.revision
+            found.extend(kv.key.decode() for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return found
+            start = resp.kvs[-1].key + b"\0"
+
+    def compact(self, revision: int) -> None:
+        self._call("kv", "Compact", rpc_pb2.CompactionRequest(revision=revision, physical=True))
+
+    # -- leases -----------------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        return self._call("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl)).ID
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        service, endpoint = self._stub("lease")
+        try:
+            for resp in service.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]),
+                                               timeout=self.timeout):
+                return max(resp.TTL, 0)
+        except grpc.RpcError as err:
+            self._failover(endpoint)
+            raise DatastoreUnavailable(f"cannot refresh lease at etcd {endpoint}: {_reason(err)}") from None
+        return 0
+
+    def lease_revoke(self, lease_id: int) -> None:
+        try:
+            self._call("lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+        except DatastoreUnavailable as err:
+            if "not found" not in str(err):
+                raise
+
+    # -- watch ------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int) -> EtcdWatch:
+        return EtcdWatch(self, prefix, start_revision)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+
+class EtcdWatch:
+    """Events under a prefix from a revision on, delivered through a queue.
+
+    A thread keeps one gRPC watch stream open. When the stream breaks (etcd restarted,
+    endpoint lost) it opens a new one from the revision after the last event it saw,
+    so nothing is missed or repeated. When etcd has compacted that revision away, it
+    re-lists the prefix and sends one "resync" event instead.
+    """
+
+    _RETRY_MAX = 2.0
+
+    def __init__(self, kv: EtcdKV, prefix: str, start_revision: int):
+        self._kv = kv
+        self._prefix = prefix
+        self.next_revision = start_revision
+        self._events: queue.Queue[WatchEvent | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._stream = None
+        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            yield event
+
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def cancel(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        self._thread.join(timeout=5)
+        self._events.put(None)
+
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                if self._stream_once():
+                    delay = 0.05
+            except (grpc.RpcError, DatastoreUnavailable):
+                pass
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self._RETRY_MAX)
+
+    def _requests(self, ended: threading.Event):
+        yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=_b(self._prefix), range_end=_b(prefix_end(self._prefix)),
+            start_revision=self.next_revision))
+        # The stream stays open as long as this generator does not end; it ends with
+        # the stream so that gRPC's request thread does not outlive it.
+        while not (ended.is_set() or self._stop.is_set()):
+            ended.wait(1.0)
+
+    def _stream_once(self) -> bool:
+        """Follow one stream until it ends; True if it delivered anything."""
+        service, endpoint = self._kv._stub("watch")
+        ended = threading.Event()
+        self._stream = service.Watch(self._requests(ended))
+        delivered = False
+        try:
+            for resp in self._stream:
+                if resp.compact_revision:
+                    self._resync()
+                    return True
+                if resp.canceled:
+                    return delivered
+                for ev in resp.events:
+                    kind = "delete" if ev.type == kv_pb2.Event.DELETE else "put"
+                    self._events.put(WatchEvent(kind, ev.kv.mod_revision, kv=_kv(ev.kv)))
+                    self.next_revision = ev.kv.mod_revision + 1
+                    delivered = True
+        except grpc.RpcError as err:
+            if err.code() in _FAILOVER:
+                self._kv._failover(endpoint)
+            raise
+        finally:
+            ended.set()
+            self._stream = None
+        return delivered
+
+    def _resync(self) -> None:
+        listing = self._kv.list(self._prefix)
+        self._events.put(WatchEvent("resync", listing.revision, items=listing.items))
+        self.next_revision = listing.revision + 1
+
+
+def wait_ready(kv: EtcdKV, timeout: float = 10.0) -> None:
+    """Block until etcd answers, for start-up ordering in the agent and the lab."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kv.revision()
+            return
+        except DatastoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -1,0 +1,70 @@
+"""Every etcd key routed reads or writes is built here, and only here.
+
+Layout (all under one root so a cluster can share an etcd with other users):
+
+    /routed/v1/resources/<plural>/<name>        IPPool, BGPPeer, Node, ... (JSON)
+    /routed/v1/ipam/blocks/<block>              allocation state of one block
+    /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
+    /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
+
+A block CIDR is written with "-" for "/" (10.0.0.0-26, fd00::-122) since "/" separates
+key levels.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+ROOT = "/routed/v1/"
+RESOURCES = ROOT + "resources/"
+IPAM = ROOT + "ipam/"
+BLOCKS = IPAM + "blocks/"
+AFFINITIES = IPAM + "affinity/"
+HANDLES = IPAM + "handles/"
+LEADER = ROOT + "leader/"
+
+# What may stand in one key segment: resource names, node names, handle ids.
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
+
+
+def segment(text: str, what: str = "name") -> str:
+    if not _SEGMENT.match(text):
+        raise ValueError(f"invalid {what} {text!r}: use letters, digits, '.', '-', '_', ':' (max 253)")
+    return text
+
+
+def resource(plural: str, name: str = "") -> str:
+    """The key of one resource, or with no name the prefix of its kind."""
+    base = f"{RESOURCES}{segment(plural, 'kind')}/"
+    return base + segment(name) if name else base
+
+
+def cidr_segment(cidr) -> str:
+    return str(cidr).replace("/", "-")
+
+
+def cidr_from_segment(text: str):
+    return ipaddress.ip_network(text.replace("-", "/"), strict=True)
+
+
+def block(cidr) -> str:
+    return BLOCKS + cidr_segment(cidr)
+
+
+def affinity(node: str, cidr=None) -> str:
+    """A node's affinity to one block, or with no block the prefix of all its affinities."""
+    base = f"{AFFINITIES}{segment(node, 'node name')}/"
+    return base + cidr_segment(cidr) if cidr is not None else base
+
+
+def handle(handle_id: str) -> str:
+    return HANDLES + segment(handle_id, "handle")
+
+
+def leader(name: str) -> str:
+    return LEADER + segment(name)
+
+
+def last_segment(key: str) -> str:
+    return key.rsplit("/", 1)[1]

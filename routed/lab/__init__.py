@@ -1,0 +1,1 @@
+"""A whole routed cluster on one machine, built from network namespaces."""

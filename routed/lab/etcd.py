@@ -1,0 +1,71 @@
+"""The lab's etcd: Debian's etcd-server on loopback, its PID and data kept on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from routed.datastore.etcd import EtcdKV, wait_ready
+from routed.errors import RoutedError
+
+CLIENT_PORT = 23790  # not 2379, so a lab never answers for (or to) a real etcd on this host
+PEER_PORT = 23800
+
+
+def endpoint() -> str:
+    return f"http://127.0.0.1:{CLIENT_PORT}"
+
+
+def start(state_dir: Path) -> int:
+    """Start etcd unless the lab's own one is already running; returns its PID."""
+    pid = running_pid(state_dir)
+    if pid:
+        return pid
+    etcd = shutil.which("etcd")
+    if not etcd:
+        raise RoutedError("etcd not found: run `make lab` (it installs Debian's etcd-server)")
+    peer = f"http://127.0.0.1:{PEER_PORT}"
+    log = open(state_dir / "etcd.log", "ab")
+    proc = subprocess.Popen(
+        [etcd, "--name", "lab", "--data-dir", str(state_dir / "etcd"),
+         "--listen-client-urls", endpoint(), "--advertise-client-urls", endpoint(),
+         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+         "--initial-cluster", f"lab={peer}", "--heartbeat-interval", "50", "--election-timeout", "500",
+         "--logger", "zap", "--log-level", "warn"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (state_dir / "etcd.pid").write_text(str(proc.pid))
+    kv = EtcdKV([endpoint()], timeout=2.0)
+    try:
+        wait_ready(kv, timeout=20)
+    except RoutedError:
+        raise RoutedError(f"the lab's etcd did not start; see {state_dir / 'etcd.log'}") from None
+    finally:
+        kv.close()
+    return proc.pid
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The PID we recorded, if that process is still our etcd."""
+    try:
+        pid = int((state_dir / "etcd.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if cmdline and cmdline[0].endswith(b"etcd") and str(state_dir).encode() in b" ".join(cmdline) else None
+
+
+def stop(state_dir: Path) -> None:
+    pid = running_pid(state_dir)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    (state_dir / "etcd.pid").unlink(missing_ok=True)

@@ -1,0 +1,151 @@
+"""routed's k8s-shaped resources: the kinds, and the way text becomes validated objects.
+
+    for doc in load_documents(text):
+        resource = parse(doc)      # InvalidResource with one line on any problem
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+import yaml
+
+from routed.errors import InvalidResource
+from routed.resources.base import (
+    API_VERSION,
+    ObjectMeta,
+    Resource,
+    describe,
+    format_validation_error,
+)
+from routed.resources.bgp import BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec
+from routed.resources.ipamconfig import IPAMConfig, IPAMConfigSpec
+from routed.resources.ippool import IPPool, IPPoolSpec, check_pool_overlap, check_pool_update
+from routed.resources.node import Node, NodeBGP, NodeSpec
+from routed.resources.selector import Selector, parse_selector
+
+KINDS: dict[str, type[Resource]] = {
+    cls.kind_name: cls for cls in (IPPool, IPAMConfig, BGPConfiguration, BGPPeer, Node)
+}
+
+# Every word routedctl accepts for a kind, as calicoctl does: "ippool", "IPPools", "pool"...
+_WORDS: dict[str, type[Resource]] = {
+    word: cls
+    for cls in KINDS.values()
+    for word in (cls.kind_name.lower(), cls.plural, *cls.aliases)
+}
+
+
+def resolve_kind(word: str) -> type[Resource]:
+    try:
+        return _WORDS[word.lower()]
+    except KeyError:
+        known = ", ".join(sorted(cls.plural for cls in KINDS.values()))
+        raise InvalidResource(f'unknown resource type "{word}"; known: {known}') from None
+
+
+def parse(doc: Any) -> Resource:
+    """A validated resource from one decoded document."""
+    if not isinstance(doc, dict):
+        raise InvalidResource(
+            f"a resource must be a mapping with apiVersion, kind, metadata and spec, "
+            f"not {type(doc).__name__}"
+        )
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    name = name if isinstance(name, str) else None
+    kind = doc.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        known = ", ".join(sorted(KINDS))
+        if kind is None:
+            raise InvalidResource(f"kind: field is required (one of {known})")
+        hint = ""
+        if isinstance(kind, str) and kind.lower() in _WORDS:
+            hint = f' (did you mean "{_WORDS[kind.lower()].kind_name}"?)'
+        raise InvalidResource(f'kind: unknown kind "{kind}"{hint}; known: {known}')
+    prefix = describe(kind, name)
+    api_version = doc.get("apiVersion")
+    if api_version != API_VERSION:
+        got = "it is missing" if api_version is None else f'got "{api_version}"'
+        raise InvalidResource(f'{prefix}: apiVersion: must be "{API_VERSION}", {got}')
+    try:
+        return cls.model_validate(doc)
+    except pydantic.ValidationError as err:
+        raise InvalidResource(format_validation_error(kind, name, err)) from None
+
+
+def load_documents(text: str) -> list[dict]:
+    """The resource documents in YAML (one or several ``---`` documents) or JSON (an
+    object or a list), with ``kind: List`` / ``items:`` wrappers unwrapped and empty
+    documents skipped. Nothing is validated beyond "each one is a mapping"."""
+    if not text.strip():
+        return []
+    try:
+        decoded = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as yaml_err:
+        problem = _yaml_error(yaml_err)
+        if text.lstrip()[0] in "{[":
+            # It looks like JSON, so JSON's complaint is the useful one.
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as err:
+                problem = f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        raise InvalidResource(problem) from None
+    docs: list[dict] = []
+    for doc in decoded:
+        _flatten(doc, docs)
+    return docs
+
+
+def _flatten(doc: Any, out: list[dict]) -> None:
+    if doc is None:
+        return
+    if isinstance(doc, list):
+        for item in doc:
+            _flatten(item, out)
+    elif isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
+        _flatten(doc["items"] or [], out)
+    elif isinstance(doc, dict):
+        out.append(doc)
+    else:
+        raise InvalidResource(
+            f"document {len(out) + 1}: expected a resource (a mapping), "
+            f"got {type(doc).__name__} {str(doc)[:40]!r}"
+        )
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return " ".join(f"invalid YAML{where}: {problem}".split())
+
+
+__all__ = [
+    "API_VERSION",
+    "KINDS",
+    "BGPConfiguration",
+    "BGPConfigurationSpec",
+    "BGPPeer",
+    "BGPPeerSpec",
+    "IPAMConfig",
+    "IPAMConfigSpec",
+    "IPPool",
+    "IPPoolSpec",
+    "Node",
+    "NodeBGP",
+    "NodeSpec",
+    "ObjectMeta",
+    "Resource",
+    "Selector",
+    "check_pool_overlap",
+    "check_pool_update",
+    "format_validation_error",
+    "load_documents",
+    "parse",
+    "parse_selector",
+    "resolve_kind",
+]

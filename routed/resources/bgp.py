@@ -1,0 +1,209 @@
+"""BGPConfiguration (global and per-node settings) and BGPPeer (explicit sessions)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from routed.resources.base import (
+    CIDR,
+    ASNumber,
+    Model,
+    Resource,
+    SelectorText,
+    check_dns_subdomain,
+    field_error,
+)
+
+# --- BGPConfiguration -----------------------------------------------------------------
+
+
+class BGPConfigurationSpec(Model):
+    as_number: ASNumber = 64512
+    node_to_node_mesh_enabled: bool = Field(True, alias="nodeToNodeMeshEnabled")
+    listen_port: int = Field(179, ge=1, le=65535)
+    log_severity: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
+
+
+class BGPConfiguration(Resource):
+    """Named "default" for the cluster, or "node.<nodename>" to override one node."""
+
+    kind_name = "BGPConfiguration"
+    plural = "bgpconfigurations"
+    aliases = ("bgpconfiguration", "bgpconfig", "bgpconfigs")
+
+    kind: Literal["BGPConfiguration"] = "BGPConfiguration"
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+    @property
+    def node_name(self) -> str | None:
+        """The node a per-node override applies to; None for the global one."""
+        return self.name.removeprefix("node.") if self.name != "default" else None
+
+    @model_validator(mode="after")
+    def _default_or_node(self) -> BGPConfiguration:
+        if self.name != "default" and not (
+            self.name.startswith("node.") and len(self.name) > len("node.")
+        ):
+            raise field_error(
+                f'BGPConfiguration must be named "default" or "node.<nodename>", '
+                f'not "{self.name}"',
+                "metadata.name",
+            )
+        return self
+
+
+# --- BGPPeer --------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:h|ms|m|s))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": Decimal(3600), "m": Decimal(60), "s": Decimal(1), "ms": Decimal("0.001")}
+
+
+def _seconds(value: Any) -> Any:
+    """Whole seconds from an int or a Go duration ("90s", "1m30s", "1.5m")."""
+    if not isinstance(value, str):
+        return value  # ints (and wrong types) go on to the strict int check
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if not _DURATION.fullmatch(text):
+        raise field_error(f'"{value}" is not a duration (e.g. 90 or "90s" or "1m30s")')
+    total = sum(Decimal(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+    if total != int(total):
+        raise field_error(f'"{value}" is not a whole number of seconds')
+    return int(total)
+
+
+Seconds = Annotated[int, BeforeValidator(_seconds)]
+
+
+def split_peer_ip(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
+    """"10.0.0.1", "10.0.0.1:1179", "2001:db8::1" or "[2001:db8::1]:1179"."""
+    bracketed = re.fullmatch(r"\[([^\]]*)\](?::(\d+))?", text)
+    if bracketed:
+        host, port = bracketed.group(1), bracketed.group(2)
+    elif text.count(":") == 1:  # IPv4 with a port; bare IPv6 has at least two colons
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise field_error(f'"{text}" is not an IP address (or ip:port, [ipv6]:port)') from None
+    if port is None:
+        return address, None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise field_error(f'"{text}": port must be 1-65535')
+    return address, int(port)
+
+
+class SecretKeyRef(Model):
+    name: str
+    key: str
+
+    _check_name = field_validator("name")(check_dns_subdomain)
+
+    @field_validator("key")
+    @classmethod
+    def _non_empty(cls, key: str) -> str:
+        if not key:
+            raise field_error("must not be empty")
+        return key
+
+
+class PeerPassword(Model):
+    secret_key_ref: SecretKeyRef
+
+
+class BGPPeerSpec(Model):
+    peer_ip: str = Field(alias="peerIP")
+    as_number: ASNumber
+    # node XOR nodeSelector says which nodes open this session; neither means all of them.
+    node: str | None = None
+    node_selector: SelectorText | None = None
+    password: PeerPassword | None = None
+    hold_time: Seconds = 90
+    keepalive_time: Seconds = 30
+    graceful_restart: bool = True
+    max_restart_time: Seconds = 120
+    source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
+    max_prefixes: int = Field(0, ge=0)  # 0 = no limit
+    # Prefixes this peer may send us even when they are outside every pool.
+    allowed_prefixes: list[CIDR] = Field(default_factory=list)
+
+    @property
+    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return split_peer_ip(self.peer_ip)[0]
+
+    @property
+    def port(self) -> int | None:
+        return split_peer_ip(self.peer_ip)[1]
+
+    @field_validator("peer_ip")
+    @classmethod
+    def _check_peer_ip(cls, text: str) -> str:
+        split_peer_ip(text)
+        return text
+
+    _check_node = field_validator("node")(check_dns_subdomain)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_password(cls, value: Any) -> Any:
+        # A password in the resource would be readable by anyone who can list peers.
+        if isinstance(value, str):
+            raise field_error(
+                "inline passwords are not allowed; use "
+                "password: {secretKeyRef: {name: <secret>, key: <key>}}"
+            )
+        return value
+
+    @field_validator("hold_time")
+    @classmethod
+    def _check_hold_time(cls, seconds: int) -> int:
+        if seconds != 0 and not 3 <= seconds <= 65535:
+            raise field_error(f"hold time {seconds}s must be 0 (no keepalives) or 3-65535")
+        return seconds
+
+    @field_validator("keepalive_time")
+    @classmethod
+    def _check_keepalive_time(cls, seconds: int) -> int:
+        if seconds < 1:
+            raise field_error(f"keepalive time {seconds}s must be at least 1s")
+        return seconds
+
+    @field_validator("max_restart_time")
+    @classmethod
+    def _check_restart_time(cls, seconds: int) -> int:
+        # The graceful-restart capability carries the restart time in 12 bits.
+        if not 0 <= seconds <= 4095:
+            raise field_error(f"restart time {seconds}s must be 0-4095")
+        return seconds
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> BGPPeerSpec:
+        if self.node is not None and self.node_selector is not None:
+            raise field_error(
+                "set node (one node) or nodeSelector (several), not both", "nodeSelector"
+            )
+        if self.hold_time > 0 and self.keepalive_time >= self.hold_time:
+            raise field_error(
+                f"keepalive time {self.keepalive_time}s must be less than hold time "
+                f"{self.hold_time}s (usually a third of it)",
+                "keepaliveTime",
+            )
+        return self
+
+
+class BGPPeer(Resource):
+    kind_name = "BGPPeer"
+    plural = "bgppeers"
+    aliases = ("bgppeer",)
+
+    kind: Literal["BGPPeer"] = "BGPPeer"
+    spec: BGPPeerSpec

@@ -1,0 +1,128 @@
+"""A real etcd server (Debian's etcd-server) for tests, on loopback, in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    """One etcd member. ``kill()``/``start()`` keep the data dir, so a restart resumes."""
+
+    def __init__(self, data_dir: Path, tls: dict | None = None):
+        if not os.access(ETCD, os.X_OK):
+            raise RuntimeError(f"etcd not found at {ETCD}: run scripts/setup.sh (Debian package etcd-server)")
+        self.data_dir = Path(data_dir)
+        self.tls = tls
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.data_dir.parent / f"etcd-{self.client_port}.log"
+
+    def start(self, timeout: float = 15.0) -> EtcdServer:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [ETCD, "--name", "t", "--data-dir", str(self.data_dir),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"t={peer}", "--heartbeat-interval", "10",
+                "--election-timeout", "100", "--logger", "zap", "--log-level", "warn"]
+        if self.tls:
+            args += ["--cert-file", self.tls["server_cert"], "--key-file", self.tls["server_key"],
+                     "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.2):
+                    pass
+                if self._healthy():
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd did not start within {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def _healthy(self) -> bool:
+        # etcd accepts connections before it has a leader; a read proves it serves.
+        from routed.datastore.etcd import EtcdKV
+        from routed.errors import DatastoreUnavailable
+
+        kv = self.client(timeout=1.0)
+        try:
+            kv.revision()
+            return True
+        except DatastoreUnavailable:
+            return False
+        finally:
+            kv.close()
+
+    def client(self, timeout: float = 5.0, with_client_cert: bool = True):
+        from routed.datastore.etcd import EtcdKV
+
+        if not self.tls:
+            return EtcdKV([self.url], timeout=timeout)
+        read = lambda k: Path(self.tls[k]).read_bytes()  # noqa: E731
+        return EtcdKV([self.url], ca=read("ca"), timeout=timeout,
+                      cert=read("client_cert") if with_client_cert else None,
+                      key=read("client_key") if with_client_cert else None)
+
+    def env(self) -> dict:
+        env = {"ROUTED_ETCD_ENDPOINTS": self.url}
+        if self.tls:
+            env.update(ROUTED_ETCD_CA=self.tls["ca"], ROUTED_ETCD_CERT=self.tls["client_cert"],
+                       ROUTED_ETCD_KEY=self.tls["client_key"])
+        return env
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def make_tls(directory: Path) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=routed-test-ca")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=routed-{name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {"ca": str(d / "ca.crt"), "server_cert": str(d / "server.crt"), "server_key": str(d / "server.key"),
+            "client_cert": str(d / "client.crt"), "client_key": str(d / "client.key")}
