@@ -16,6 +16,7 @@ import ipaddress
 import json
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -68,6 +69,8 @@ class IPAM:
         self._config_at = -1e9
         self._pools: list[tuple[r.IPPool, int]] = []
         self._ipam_config = r.IPAMConfig.model_validate({"metadata": {"name": "default"}})
+        # Transactions written and lost (a compare failed), for metrics and benchmarks.
+        self.stats: Counter = Counter()
 
     # -- configuration --------------------------------------------------------------
 
@@ -147,9 +150,11 @@ class IPAM:
             [Compare.mod(bkey, cached.revision), Compare.absent(hkey), *extra_compare],
             [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json()), *extra_ops],
             [Op.get(bkey)])
+        self.stats["txn"] += 1
         if result.succeeded:
             self._blocks[bkey] = _Cached(block, result.revision)
             return ips
+        self.stats["conflict"] += 1
         fresh = result.results[0]
         if fresh is None:
             self._blocks.pop(bkey, None)

@@ -83,26 +83,23 @@ def load_documents(text: str) -> list[dict]:
     documents skipped. Nothing is validated beyond "each one is a mapping"."""
     if not text.strip():
         return []
+    json_error = None
+    if text.lstrip()[0] in "{[":
+        # JSON first: PyYAML reads most JSON, but not all of it (tabs, "\/" escapes).
+        try:
+            return _flatten(json.loads(text), [])
+        except json.JSONDecodeError as err:
+            json_error = f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
     try:
         decoded = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as yaml_err:
-        problem = _yaml_error(yaml_err)
-        if text.lstrip()[0] in "{[":
-            # It looks like JSON, so JSON's complaint is the useful one.
-            try:
-                json.loads(text)
-            except json.JSONDecodeError as err:
-                problem = f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        raise InvalidResource(problem) from None
-    docs: list[dict] = []
-    for doc in decoded:
-        _flatten(doc, docs)
-    return docs
+    except yaml.YAMLError as err:
+        # Text that looks like JSON gets JSON's complaint, the more useful one.
+        raise InvalidResource(json_error or _yaml_error(err)) from None
+    return _flatten(decoded, [])
 
 
-def _flatten(doc: Any, out: list[dict]) -> None:
-    if doc is None:
-        return
+def _flatten(doc: Any, out: list[dict]) -> list[dict]:
+    """Append the resources in ``doc`` (lists and List wrappers unwrapped) to ``out``."""
     if isinstance(doc, list):
         for item in doc:
             _flatten(item, out)
@@ -110,11 +107,12 @@ def _flatten(doc: Any, out: list[dict]) -> None:
         _flatten(doc["items"] or [], out)
     elif isinstance(doc, dict):
         out.append(doc)
-    else:
+    elif doc is not None:  # None: an empty document
         raise InvalidResource(
             f"document {len(out) + 1}: expected a resource (a mapping), "
             f"got {type(doc).__name__} {str(doc)[:40]!r}"
         )
+    return out
 
 
 def _yaml_error(err: yaml.YAMLError) -> str:

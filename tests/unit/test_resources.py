@@ -454,6 +454,12 @@ def test_load_single_json_object():
     assert load_documents(json.dumps(POOL_A)) == [POOL_A]
 
 
+def test_load_json_that_yaml_would_misread():
+    # Tab indentation and "\/" are valid JSON but not valid YAML.
+    text = '{\n\t"apiVersion": "routed.io\\/v1", "kind": "IPPool",\n\t"metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/16"}}'
+    assert load_documents(text) == [POOL_A]
+
+
 def test_load_yaml_flow_mapping():
     text = "{apiVersion: routed.io/v1, kind: IPPool, metadata: {name: a}, spec: {cidr: 10.0.0.0/16}}"
     assert load_documents(text) == [POOL_A]
