@@ -46,9 +46,18 @@ class Allocation:
     pool: str
     # Addresses taken from blocks affine to other nodes: this node advertises them as /32.
     borrowed: list = field(default_factory=list)
+    # True when the handle already held these (a retried request): nothing new was taken.
+    reused: bool = False
 
     def prefixes(self) -> list[str]:
         return [f"{ip}/{ip.max_prefixlen}" for ip in self.ips]
+
+
+@dataclass
+class _HandleState:
+    id: str
+    record: Handle
+    revision: int  # 0: the handle does not exist yet
 
 
 @dataclass
@@ -121,11 +130,13 @@ class IPAM:
             candidates = self.pools_for(node_labels or {}, pools, version)
             steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
             for _ in range(RETRIES):
-                handle_kv = self.kv.get(keys.handle(handle))
-                if handle_kv is not None:
-                    return self._existing(handle, handle_kv, candidates)
+                held = self._handle(handle)
+                if held.revision:
+                    existing = self._existing(handle, held.record, candidates, version)
+                    if existing.ips:
+                        return existing
                 for step in steps:
-                    outcome = step(handle, node, attrs, num, candidates)
+                    outcome = step(held, node, attrs, num, candidates)
                     if outcome is _RETRY:
                         candidates = self.pools_for(node_labels or {}, pools, version)
                         break
@@ -135,19 +146,25 @@ class IPAM:
                     raise PoolExhausted([p.metadata.name for p, _ in candidates], node)
             raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
 
-    def _write_allocation(self, handle: str, cached: _Cached, n: int, attrs: dict,
+    def _handle(self, handle: str) -> _HandleState:
+        item = self.kv.get(keys.handle(handle))
+        if item is None:
+            return _HandleState(handle, Handle(handle), 0)
+        return _HandleState(handle, Handle.from_json(item.value, key=item.key), item.mod_revision)
+
+    def _write_allocation(self, held: _HandleState, cached: _Cached, n: int, attrs: dict,
                           extra_compare=(), extra_ops=()) -> list | None:
         """The one transaction of an allocation: block and handle together.
 
         None when a compare failed; the block's cache then holds what etcd has.
         """
         block = Block.from_json(cached.block.to_json(), key=keys.block(cached.block.cidr))
-        ips = block.assign(n, handle, attrs)
-        record = Handle(handle)
+        ips = block.assign(n, held.id, attrs)
+        record = Handle(held.id, dict(held.record.blocks), held.record.sequence)
         record.add(block.cidr, len(ips))
-        bkey, hkey = keys.block(block.cidr), keys.handle(handle)
+        bkey, hkey = keys.block(block.cidr), keys.handle(held.id)
         result = self.kv.txn(
-            [Compare.mod(bkey, cached.revision), Compare.absent(hkey), *extra_compare],
+            [Compare.mod(bkey, cached.revision), Compare.mod(hkey, held.revision), *extra_compare],
             [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json()), *extra_ops],
             [Op.get(bkey)])
         self.stats["txn"] += 1
@@ -162,20 +179,20 @@ class IPAM:
             self._blocks[bkey] = _Cached(Block.from_json(fresh.value, key=bkey), fresh.mod_revision)
         return None
 
-    def _from_affine(self, handle, node, attrs, num, candidates):
+    def _from_affine(self, held, node, attrs, num, candidates):
         for bkey in self._affine_blocks(node):
             cached = self._blocks.get(bkey)
             pool = cached and _pool_of(cached.block.cidr, candidates)
             if pool is None or cached.block.free < num:
                 continue
-            ips = self._write_allocation(handle, cached, num, attrs)
-            return Allocation(handle, ips, pool.metadata.name) if ips else _RETRY
+            ips = self._write_allocation(held, cached, num, attrs)
+            return Allocation(held.id, ips, pool.metadata.name) if ips else _RETRY
         return None
 
-    def _refreshed_affine(self, handle, node, attrs, num, candidates):
+    def _refreshed_affine(self, held, node, attrs, num, candidates):
         """Before taking a new block, look again: another process may have freed addresses."""
         self._forget(node)
-        return self._from_affine(handle, node, attrs, num, candidates)
+        return self._from_affine(held, node, attrs, num, candidates)
 
     def _forget(self, node: str) -> None:
         for bkey in self._affine.pop(node, []):
@@ -193,7 +210,7 @@ class IPAM:
             self._affine[node] = [b for b in bkeys if b in self._blocks]
         return self._affine[node]
 
-    def _claim(self, handle, node, attrs, num, candidates):
+    def _claim(self, held, node, attrs, num, candidates):
         """A new block for the node, its affinity and the allocation: one transaction."""
         _, config = self._config()
         if not config.auto_allocate_blocks:
@@ -214,19 +231,19 @@ class IPAM:
                 akey = keys.affinity(node, cidr)
                 affinity = json.dumps({"node": node, "cidr": str(cidr), "pool": pool.metadata.name})
                 ips = self._write_allocation(
-                    handle, _Cached(Block.new(cidr, affinity_of(node)), 0), num, attrs,
+                    held, _Cached(Block.new(cidr, affinity_of(node)), 0), num, attrs,
                     extra_compare=[Compare.absent(akey),
                                    Compare.mod(keys.resource(r.IPPool.plural, pool.metadata.name), pool_rev)],
                     extra_ops=[Op.put(akey, affinity)])
                 if ips:
                     self._affine.setdefault(node, []).append(keys.block(cidr))
-                    return Allocation(handle, ips, pool.metadata.name)
+                    return Allocation(held.id, ips, pool.metadata.name)
                 if keys.block(cidr) not in self._blocks:
                     return _RETRY  # not a lost race for the block: the pool or the handle changed
                 taken.add(keys.cidr_segment(cidr))  # another node claimed it first: try the next
         return None
 
-    def _borrow(self, handle, node, attrs, num, candidates):
+    def _borrow(self, held, node, attrs, num, candidates):
         """An address from another node's block, when no block can be claimed."""
         _, config = self._config()
         if config.strict_affinity:
@@ -236,14 +253,16 @@ class IPAM:
             pool = _pool_of(block.cidr, candidates)
             if pool is None or block.free < num or block.affinity == affinity_of(node):
                 continue
-            ips = self._write_allocation(handle, _Cached(block, item.mod_revision), num, attrs)
-            return Allocation(handle, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
+            ips = self._write_allocation(held, _Cached(block, item.mod_revision), num, attrs)
+            return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
         return None
 
-    def _existing(self, handle: str, handle_kv: KeyValue, candidates) -> Allocation:
-        record = Handle.from_json(handle_kv.value, key=handle_kv.key)
+    def _existing(self, handle: str, record: Handle, candidates, version: int) -> Allocation:
+        """What handle already holds in this address family (a retried ADD gets it back)."""
         ips, borrowed, pool_name = [], [], ""
         for cidr in record.blocks:
+            if ipaddress.ip_network(cidr).version != version:
+                continue
             item = self.kv.get(keys.block(cidr))
             if item is None:
                 continue
@@ -255,7 +274,7 @@ class IPAM:
                 borrowed += held
             pool = _pool_of(block.cidr, candidates)
             pool_name = pool_name or (pool.metadata.name if pool else "")
-        return Allocation(handle, ips, pool_name, borrowed)
+        return Allocation(handle, ips, pool_name, borrowed, reused=True)
 
     # -- a specific address -----------------------------------------------------------
 
@@ -272,8 +291,9 @@ class IPAM:
                 pool, pool_rev = match[0]
                 cidr = block_for(addr, pool.spec.block_size)
                 bkey, hkey = keys.block(cidr), keys.handle(handle)
+                held = self._handle(handle)
                 item = self.kv.get(bkey)
-                compare = [Compare.absent(hkey), Compare.mod(bkey, item.mod_revision if item else 0)]
+                compare = [Compare.mod(hkey, held.revision), Compare.mod(bkey, item.mod_revision if item else 0)]
                 ops = []
                 if item is None:
                     block = Block.new(cidr, affinity_of(node))
@@ -284,8 +304,11 @@ class IPAM:
                                                          "pool": pool.metadata.name})))
                 else:
                     block = Block.from_json(item.value, key=bkey)
+                    owner = block.attributes_for(addr)
+                    if owner and owner["handle"] == handle:  # a retried request
+                        return Allocation(handle, [addr], pool.metadata.name, reused=True)
                 got = block.assign_ip(addr, handle, attrs)  # AddressInUse when taken
-                record = Handle(handle)
+                record = Handle(handle, dict(held.record.blocks), held.record.sequence)
                 record.add(cidr, 1)
                 ops += [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json())]
                 if self.kv.txn(compare, ops).succeeded:

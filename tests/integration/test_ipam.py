@@ -225,3 +225,22 @@ def test_two_allocators_for_one_node_never_collide(store, kv):
             (two if i % 2 else one).release_handle(f"net.c{i}.eth0")
             got.pop()
     assert len(got) == len(set(got))
+
+
+def test_dual_stack_under_one_handle(store, ipam, kv):
+    store.create(pool("v4", "10.10.0.0/16"))
+    store.create(pool("v6", "fd00:10::/64"))
+    v4 = ipam.allocate("net.c1.eth0", "node-1", version=4)
+    v6 = ipam.allocate("net.c1.eth0", "node-1", version=6)
+    assert v4.ips[0].version == 4 and v6.ips[0].version == 6 and not v6.reused
+    # Retried requests get the same addresses back, per family.
+    assert ipam.allocate("net.c1.eth0", "node-1", version=6).ips == v6.ips
+    assert ipam.allocate("net.c1.eth0", "node-1", version=4).reused
+    static = ipam.assign_ip("fd00:10::99", "net.c2.eth0", "node-1")
+    static4 = ipam.assign_ip("10.10.9.9", "net.c2.eth0", "node-1")
+    assert ipam.assign_ip("10.10.9.9", "net.c2.eth0", "node-1").reused
+    assert sorted(map(str, ipam.release_handle("net.c1.eth0"))) == sorted(map(str, v4.ips + v6.ips))
+    assert len(ipam.release_handle("net.c2.eth0")) == 2 and static.ips and static4.ips
+    from ipam.check import check
+
+    assert check(kv).clean
