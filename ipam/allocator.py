@@ -400,6 +400,30 @@ class IPAM:
                 return Block.from_json(item.value, key=bkey), item
         return None
 
+    # -- queries ------------------------------------------------------------------------
+
+    def held_by(self, handle: str) -> list:
+        """The addresses handle holds now (CNI CHECK compares them with prevResult)."""
+        held = self._handle(handle)
+        ips = []
+        for cidr in held.record.blocks:
+            item = self.kv.get(keys.block(cidr))
+            if item is not None:
+                ips += Block.from_json(item.value, key=item.key).ips_for_handle(handle)
+        return ips
+
+    def handles_on_node(self, node: str, prefix: str = "") -> set[str]:
+        """Handles (starting with prefix) holding addresses allocated for node, borrowed ones included."""
+        found = set()
+        for item in self.kv.list(keys.BLOCKS).items:
+            block = Block.from_json(item.value, key=item.key)
+            for handle in block.handles():
+                if handle.startswith(prefix):
+                    attrs = block.attributes_for(block.ips_for_handle(handle)[0])
+                    if attrs["secondary"].get("node") == node:
+                        found.add(handle)
+        return found
+
     # -- blocks of a node ---------------------------------------------------------------
 
     def release_node(self, node: str) -> list[str]:

@@ -1,0 +1,191 @@
+"""The CNI commands, run inside the node agent: cmd_add, cmd_del, cmd_check, cmd_status, cmd_gc.
+
+dispatch() takes the caller's environment and stdin (as forwarded by the shim) and
+returns (exit code, stdout): the agent's CNI server is a thin socket loop around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from ipam.blockmath import handle_id
+from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
+from routed.errors import Conflict, DatastoreUnavailable, RoutedError
+
+from . import spec
+from .spec import CNIError, Request
+
+log = logging.getLogger("routed.cni")
+
+
+class PodNetwork(Protocol):
+    """The dataplane as the CNI commands need it (implemented over netlink by the agent)."""
+
+    def setup(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> dict: ...
+
+    def teardown(self, netns: str | None, ifname: str, host_ifname: str) -> None: ...
+
+    def check(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> list[str]: ...
+
+
+class InterfaceExists(RoutedError):
+    pass
+
+
+@dataclass
+class Context:
+    ipam: object  # ipam.allocator.IPAM
+    node: str
+    pods: PodNetwork
+    node_labels: Callable[[], dict] = dict
+    # Called with a handle whose release could not reach etcd: the agent keeps it and retries.
+    defer_release: Callable[[str], None] = lambda handle: None
+    stats: dict = field(default_factory=dict)
+
+
+def host_veth_name(req: Request) -> str:
+    """cali + 11 hex of sha1("<namespace>.<pod>"), as Calico names it; the container ID
+    stands in for runtimes that do not pass Kubernetes names."""
+    seed = f"{req.pod_namespace}.{req.pod_name}" if req.pod_name else req.container_id
+    return "cali" + hashlib.sha1(seed.encode()).hexdigest()[:11]
+
+
+def handle_of(req: Request) -> str:
+    return handle_id(req.conf.name, req.container_id, req.ifname)
+
+
+def cmd_add(req: Request, ctx: Context) -> str:
+    if not os.path.exists(req.netns):
+        raise CNIError(spec.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist")
+    handle, host_if, conf = handle_of(req), host_veth_name(req), req.conf
+    attrs = {k: v for k, v in (("pod", req.pod_name), ("namespace", req.pod_namespace),
+                               ("container", req.container_id[:64])) if v}
+    allocations = []
+    try:
+        static = conf.runtime_config.get("ips") or []
+        if static:
+            for text in static:
+                ip = ipaddress.ip_interface(str(text)).ip
+                allocations.append(ctx.ipam.assign_ip(str(ip), handle, ctx.node, attrs))
+        else:
+            for version, wanted, pools in ((4, conf.assign_ipv4, conf.ipv4_pools), (6, conf.assign_ipv6, conf.ipv6_pools)):
+                if wanted:
+                    allocations.append(ctx.ipam.allocate(handle, ctx.node, attrs, pools=pools or None,
+                                                         version=version, node_labels=ctx.node_labels()))
+        ips = [ip for a in allocations for ip in a.ips]
+        pod_if = ctx.pods.setup(req.netns, req.ifname, host_if, ips, conf.mtu)
+    except BaseException:
+        # Give back what this call took; a retried request's addresses belong to the first one.
+        if any(not a.reused for a in allocations):
+            _release_quietly(ctx, handle)
+        raise
+    log.info("ADD %s pod=%s/%s ips=%s", handle, req.pod_namespace, req.pod_name, ",".join(map(str, ips)))
+    host = {"name": host_if, "mac": pod_if["host_mac"]}
+    pod = {"name": req.ifname, "mac": pod_if["mac"], "sandbox": req.netns}
+    return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, conf.mtu))
+
+
+def _release_quietly(ctx: Context, handle: str) -> None:
+    try:
+        ctx.ipam.release_handle(handle)
+    except (DatastoreUnavailable, Conflict):
+        ctx.defer_release(handle)
+
+
+def cmd_del(req: Request, ctx: Context) -> str:
+    """Never fails for what is already gone: containerd calls DEL twice, the second time
+    with no netns. The veth goes first so a released address is never routed twice."""
+    handle = handle_of(req)
+    netns = req.netns if req.netns and os.path.exists(req.netns) else None
+    ctx.pods.teardown(netns, req.ifname, host_veth_name(req))
+    try:
+        released = ctx.ipam.release_handle(handle)
+    except (DatastoreUnavailable, Conflict) as err:
+        log.warning("DEL %s: release deferred: %s", handle, err)
+        ctx.defer_release(handle)
+        return ""
+    log.info("DEL %s released=%s", handle, ",".join(map(str, released)) or "-")
+    return ""
+
+
+def cmd_check(req: Request, ctx: Context) -> str:
+    if not os.path.exists(req.netns):
+        raise CNIError(spec.UNKNOWN_CONTAINER, f"CNI_NETNS {req.netns} does not exist")
+    expected = spec.result_ips(req.conf.prev_result)
+    allocation = ctx.ipam.held_by(handle_of(req))
+    problems = [f"address {ip} is not allocated to this container" for ip in expected if ip not in allocation]
+    problems += ctx.pods.check(req.netns, req.ifname, host_veth_name(req), expected, req.conf.mtu)
+    if problems:
+        raise CNIError(spec.CHECK_FAILED, "; ".join(problems))
+    return ""
+
+
+def cmd_status(req: Request, ctx: Context) -> str:
+    conf = req.conf
+    try:
+        for version, wanted, pools in ((4, conf.assign_ipv4, conf.ipv4_pools), (6, conf.assign_ipv6, conf.ipv6_pools)):
+            if wanted:
+                ctx.ipam.pools_for(ctx.node_labels(), pools or None, version)
+    except (NoMatchingPool, DatastoreUnavailable) as err:
+        raise CNIError(spec.NOT_AVAILABLE, f"routed cannot assign addresses: {err}") from None
+    return ""
+
+
+def cmd_gc(req: Request, ctx: Context) -> str:
+    """Release this node's handles of this network that the runtime no longer knows."""
+    valid = {handle_id(req.conf.name, a["containerID"], a["ifname"]) for a in req.conf.valid_attachments}
+    for handle in ctx.ipam.handles_on_node(ctx.node, prefix=req.conf.name + "."):
+        if handle not in valid:
+            log.info("GC %s: not a valid attachment, releasing", handle)
+            _release_quietly(ctx, handle)
+    return ""
+
+
+COMMANDS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+# Errors from below, as the CNI codes a runtime understands.
+_CODES = [
+    (PoolExhausted, spec.POOL_EXHAUSTED),
+    (TooManyBlocks, spec.POOL_EXHAUSTED),
+    (NoMatchingPool, spec.NO_MATCHING_POOL),
+    (AddressNotInPool, spec.NO_MATCHING_POOL),
+    (AddressInUse, spec.ADDRESS_IN_USE),
+    (InterfaceExists, spec.INTERFACE_EXISTS),
+    (DatastoreUnavailable, spec.TRY_AGAIN_LATER),
+    (Conflict, spec.TRY_AGAIN_LATER),
+]
+
+
+def dispatch(env: dict, stdin: str, ctx: Context) -> tuple[int, str]:
+    """One CNI request: (exit code, stdout). Never raises, never prints a traceback."""
+    version = _version_of(stdin)
+    try:
+        req = spec.parse_request(env, stdin)
+        if req.command == "VERSION":
+            return 0, spec.version_result()
+        version = req.conf.cni_version
+        return 0, COMMANDS[req.command](req, ctx)
+    except CNIError as err:
+        return 1, err.to_json(version)
+    except RoutedError as err:
+        code = next((c for cls, c in _CODES if isinstance(err, cls)), spec.INTERNAL)
+        return 1, CNIError(code, str(err)).to_json(version)
+    except ValueError as err:  # e.g. a static address that does not parse
+        return 1, CNIError(spec.INVALID_CONFIG, str(err)).to_json(version)
+    except Exception as err:
+        log.exception("CNI %s failed", env.get("CNI_COMMAND"))
+        return 1, CNIError(spec.INTERNAL, f"internal error: {type(err).__name__}: {err}").to_json(version)
+
+
+def _version_of(stdin: str) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+        return version if version in spec.SUPPORTED_VERSIONS else "1.1.0"
+    except (ValueError, AttributeError):
+        return "1.1.0"

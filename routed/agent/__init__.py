@@ -1,0 +1,1 @@
+"""The node agent: registers the node, serves CNI, keeps the node's routes."""

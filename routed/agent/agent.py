@@ -1,0 +1,139 @@
+"""The node agent: wires etcd, IPAM, the dataplane, the CNI server and the controllers.
+
+SIGTERM stops serving but leaves every pod's veth and route in place: pods keep their
+network while the agent is upgraded or restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cni.plugin import Context, dispatch
+from ipam.allocator import IPAM, EmptyBlockReaper
+from routed import resources as r
+from routed.datastore.config import EtcdConfig
+from routed.datastore.resources import ResourceStore
+from routed.errors import RoutedError
+
+from . import node as nodeinfo
+from .cniserver import CNIServer
+from .controllers import BlockRoutes, Every
+from .health import HealthServer
+from .metrics import Metrics
+from .podnet import HostDataplane
+from .spool import PendingReleases, replay_shim_spool
+
+log = logging.getLogger("routed.agent")
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    etcd: EtcdConfig
+    node_ip: str | None = None
+    node_labels: dict = field(default_factory=dict)
+    netns: str | None = None  # the namespace playing this node's host (lab, tests); None: our own
+    cni_socket: str = "/var/run/routed/cni.sock"
+    spool_dir: str = "/var/lib/routed/cni-spool"
+    state_dir: str = "/var/lib/routed"
+    health_host: str = "127.0.0.1"
+    health_port: int = 9099
+    block_grace: float = 300.0
+    resync: float = 30.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.stop_event = threading.Event()
+        self.metrics = Metrics()
+        self.registered = threading.Event()
+        self.labels: dict = dict(config.node_labels)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        c = self.config
+        self.kv = c.etcd.connect()
+        self.store = ResourceStore(self.kv)
+        self.dataplane = HostDataplane(c.netns)
+        self.dataplane.set_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+        if c.node_ip:
+            self.address = nodeinfo.parse_node_ip(c.node_ip)
+        else:
+            with self.dataplane.ipr() as ipr:
+                self.address = nodeinfo.detect_node_ip(ipr)
+        self.ipam = IPAM(self.kv)
+        self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
+        self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
+                                   defer_release=self.pending.add)
+        # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
+        self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
+        self.cni.start()
+        self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render)
+        self.health.start()
+        self.metrics.gauges["routed_ipam_transactions_total"] = lambda: self.ipam.stats["txn"]
+        self.metrics.gauges["routed_ipam_conflicts_total"] = lambda: self.ipam.stats["conflict"]
+        self.metrics.gauges["routed_pending_releases"] = lambda: len(self.pending.handles())
+        self._spawn("register", self._register_until_done)
+        log.info("agent for node %s (%s) started%s", c.node_name, self.address,
+                 f" in netns {c.netns}" if c.netns else "")
+
+    def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
+        return dispatch(env, stdin, self.cni_context)
+
+    def _register_until_done(self, stop: threading.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                node = nodeinfo.register(self.store, self.config.node_name, self.address, self.config.node_labels)
+                self.labels = dict(node.metadata.labels or {})
+                break
+            except RoutedError as err:
+                log.warning("cannot register node yet: %s", err)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        if stop.is_set():
+            return
+        self.registered.set()
+        replay_shim_spool(self.config.spool_dir, self.handle_cni)
+        self.pending.retry(self.ipam.release_handle)
+        reaper = EmptyBlockReaper(self.ipam, self.config.node_name, self.config.block_grace)
+        self._spawn("block-routes", BlockRoutes(self.kv, self.dataplane, self.config.node_name,
+                                                self.config.resync).run)
+        for task in (Every("empty-blocks", min(60.0, max(1.0, self.config.block_grace / 4)), reaper.sweep),
+                     Every("pending-releases", 5.0, lambda: self.pending.retry(self.ipam.release_handle)),
+                     Every("cni-spool", 10.0, lambda: replay_shim_spool(self.config.spool_dir, self.handle_cni)),
+                     Every("node-labels", self.config.resync, self._refresh_labels)):
+            self._spawn(task.name, task.run)
+
+    def _refresh_labels(self) -> None:
+        node = self.store.find(r.Node, self.config.node_name)
+        if node is not None:
+            self.labels = dict(node.metadata.labels or {})
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.registered.is_set():
+            return False, "node not registered yet (is etcd reachable?)"
+        try:
+            self.kv.revision()
+        except RoutedError as err:
+            return False, str(err)
+        return True, "ready"
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.cni.stop()
+        self.health.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.dataplane.close()
+        self.kv.close()
+        log.info("agent stopped; pod networking left in place")

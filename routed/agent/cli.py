@@ -1,0 +1,74 @@
+"""`routed agent`: run the node agent in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from routed.datastore.config import EtcdConfig
+from routed.errors import RoutedError
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One structured line per event: ts=... level=... logger=... msg="..."."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage().replace('"', "'")
+        line = (f'ts={time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))}'
+                f'.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} msg="{msg}"')
+        if record.exc_info:
+            line += ' exc="' + self.formatException(record.exc_info).replace("\n", " | ").replace('"', "'") + '"'
+        return line
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise RoutedError(f"--node-labels: {part!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def run(args) -> int:
+    from .agent import Agent, AgentConfig
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler], force=True)
+    etcd = EtcdConfig.parse(args.etcd_endpoints) if args.etcd_endpoints else EtcdConfig.from_env()
+    config = AgentConfig(
+        node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
+        netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
+        health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace)
+    agent = Agent(config)
+    agent.start()
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
+    agent.stop_event.wait()
+    agent.stop()
+    return 0
+
+
+def register(sub) -> None:
+    env = os.environ.get
+    p = sub.add_parser("agent", help="run the node agent")
+    p.add_argument("--node-name", default=env("ROUTED_NODE_NAME") or socket.gethostname())
+    p.add_argument("--node-ip", default=env("ROUTED_NODE_IP"), help="IPv4 address/prefix (default: autodetect)")
+    p.add_argument("--node-labels", default=env("ROUTED_NODE_LABELS", ""), help="k=v,k2=v2")
+    p.add_argument("--netns", default=env("ROUTED_NETNS"), help="network namespace playing this node's host")
+    p.add_argument("--cni-socket", default=env("ROUTED_CNI_SOCKET", "/var/run/routed/cni.sock"))
+    p.add_argument("--spool-dir", default=env("ROUTED_SPOOL_DIR", "/var/lib/routed/cni-spool"))
+    p.add_argument("--state-dir", default=env("ROUTED_STATE_DIR", "/var/lib/routed"))
+    p.add_argument("--health-host", default="127.0.0.1")
+    p.add_argument("--health-port", type=int, default=int(env("ROUTED_HEALTH_PORT", "9099")))
+    p.add_argument("--block-grace", type=float, default=300.0, help="seconds an empty block is kept")
+    p.add_argument("--etcd-endpoints", default=None)
+    p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)

@@ -1,0 +1,48 @@
+"""The agent's Prometheus metrics, kept by hand: a few counters and one histogram."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cni = defaultdict(int)  # (command, result) -> count
+        self._hist = defaultdict(lambda: [0] * (len(BUCKETS) + 1))  # command -> bucket counts (+Inf last)
+        self._sum = defaultdict(float)
+        self.gauges: dict[str, callable] = {}  # name -> function returning a number
+
+    def observe_cni(self, command: str, code: int, seconds: float) -> None:
+        with self._lock:
+            self._cni[(command, "ok" if code == 0 else "error")] += 1
+            counts = self._hist[command]
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    counts[i] += 1
+            counts[-1] += 1
+            self._sum[command] += seconds
+
+    def render(self) -> str:
+        lines = ["# HELP routed_cni_requests_total CNI requests served, by command and result.",
+                 "# TYPE routed_cni_requests_total counter"]
+        with self._lock:
+            for (command, result), n in sorted(self._cni.items()):
+                lines.append(f'routed_cni_requests_total{{command="{command}",result="{result}"}} {n}')
+            lines += ["# HELP routed_cni_request_seconds Time to serve a CNI request.",
+                      "# TYPE routed_cni_request_seconds histogram"]
+            for command, counts in sorted(self._hist.items()):
+                for bound, n in zip((*BUCKETS, "+Inf"), counts):
+                    lines.append(f'routed_cni_request_seconds_bucket{{command="{command}",le="{bound}"}} {n}')
+                lines.append(f'routed_cni_request_seconds_sum{{command="{command}"}} {self._sum[command]:.6f}')
+                lines.append(f'routed_cni_request_seconds_count{{command="{command}"}} {counts[-1]}')
+        for name, fn in sorted(self.gauges.items()):
+            try:
+                value = fn()
+            except Exception:  # a gauge that cannot be read is left out, not fatal
+                continue
+            lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""This node's identity: its name, its address, and its Node resource in etcd."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from routed import resources as r
+from routed.errors import RoutedError
+
+
+def detect_node_ip(ipr) -> str:
+    """The first IPv4 address (with prefix) of the interface the default route uses."""
+    for route in ipr.get_default_routes(family=socket.AF_INET):
+        for addr in ipr.get_addr(family=socket.AF_INET, index=route.get_attr("RTA_OIF")):
+            return f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+    raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
+
+
+def parse_node_ip(text: str) -> str:
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise RoutedError(f"--node-ip {text!r}: expected an IPv4 address with prefix, e.g. 10.0.0.5/24") from None
+    if "/" not in text:
+        raise RoutedError(f"--node-ip {text!r}: give the prefix too, e.g. {text}/24")
+    return str(iface)
+
+
+def register(store, name: str, address: str, labels: dict[str, str]) -> r.Node:
+    """Create or update this node's Node resource. What an operator set on it (AS number,
+    route reflector cluster ID, other labels) is kept; the address and our labels win."""
+    existing = store.find(r.Node, name)
+    doc = existing.to_dict() if existing else {"apiVersion": r.API_VERSION, "kind": "Node",
+                                                "metadata": {"name": name}, "spec": {}}
+    doc["metadata"].pop("resourceVersion", None)
+    doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **labels}
+    bgp = doc["spec"].get("bgp") or {}
+    bgp["ipv4Address"] = address
+    doc["spec"]["bgp"] = bgp
+    node = r.parse(doc)
+    if existing is not None and existing.to_dict()["spec"] == node.to_dict()["spec"] \
+            and existing.metadata.labels == node.metadata.labels:
+        return existing
+    saved, _ = store.apply(node)
+    return saved
