@@ -6,7 +6,6 @@ returns (exit code, stdout): the agent's CNI server is a thin socket loop around
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import logging
@@ -16,6 +15,8 @@ from typing import Callable, Protocol
 
 from ipam.blockmath import handle_id
 from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
+from routed.dataplane import names
+from routed.dataplane.errors import InterfaceExists, NetnsNotFound, RouteConflict
 from routed.errors import Conflict, DatastoreUnavailable, RoutedError
 
 from . import spec
@@ -29,13 +30,9 @@ class PodNetwork(Protocol):
 
     def setup(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> dict: ...
 
-    def teardown(self, netns: str | None, ifname: str, host_ifname: str) -> None: ...
+    def teardown(self, netns: str | None, ifname: str, host_ifname: str, ips: list | None) -> None: ...
 
     def check(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> list[str]: ...
-
-
-class InterfaceExists(RoutedError):
-    pass
 
 
 @dataclass
@@ -52,8 +49,9 @@ class Context:
 def host_veth_name(req: Request) -> str:
     """cali + 11 hex of sha1("<namespace>.<pod>"), as Calico names it; the container ID
     stands in for runtimes that do not pass Kubernetes names."""
-    seed = f"{req.pod_namespace}.{req.pod_name}" if req.pod_name else req.container_id
-    return "cali" + hashlib.sha1(seed.encode()).hexdigest()[:11]
+    if req.pod_name:
+        return names.host_veth_name(req.pod_namespace, req.pod_name)
+    return names.host_veth_name_for_container(req.container_id)
 
 
 def handle_of(req: Request) -> str:
@@ -103,7 +101,12 @@ def cmd_del(req: Request, ctx: Context) -> str:
     with no netns. The veth goes first so a released address is never routed twice."""
     handle = handle_of(req)
     netns = req.netns if req.netns and os.path.exists(req.netns) else None
-    ctx.pods.teardown(netns, req.ifname, host_veth_name(req))
+    try:
+        # The addresses let teardown prove a veth is this sandbox's when its netns is unusable.
+        ips = ctx.ipam.held_by(handle)
+    except (DatastoreUnavailable, Conflict):
+        ips = None
+    ctx.pods.teardown(netns, req.ifname, host_veth_name(req), ips)
     try:
         released = ctx.ipam.release_handle(handle)
     except (DatastoreUnavailable, Conflict) as err:
@@ -157,6 +160,8 @@ _CODES = [
     (AddressNotInPool, spec.NO_MATCHING_POOL),
     (AddressInUse, spec.ADDRESS_IN_USE),
     (InterfaceExists, spec.INTERFACE_EXISTS),
+    (RouteConflict, spec.ADDRESS_IN_USE),
+    (NetnsNotFound, spec.INVALID_ENVIRONMENT),
     (DatastoreUnavailable, spec.TRY_AGAIN_LATER),
     (Conflict, spec.TRY_AGAIN_LATER),
 ]

@@ -94,9 +94,10 @@ class IPAM:
             self._config_at = now
         return self._pools, self._ipam_config.spec
 
-    def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4):
+    def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4,
+                  fresh: bool = False):
         """The pools a node may allocate from, in a stable order."""
-        pools, _ = self._config()
+        pools, _ = self._config(fresh)
         if names:
             by_name = {p.metadata.name: (p, rev) for p, rev in pools}
             chosen = []
@@ -138,7 +139,9 @@ class IPAM:
                 for step in steps:
                     outcome = step(held, node, attrs, num, candidates)
                     if outcome is _RETRY:
-                        candidates = self.pools_for(node_labels or {}, pools, version)
+                        # A lost race may mean a pool changed (its revision is compared
+                        # when claiming): read the configuration again, not from cache.
+                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True)
                         break
                     if outcome is not None:
                         return outcome
@@ -359,7 +362,10 @@ class IPAM:
         """Free given addresses (an operator's `ipam release --ip`), fixing their handles too."""
         released = []
         for ip in ips:
-            addr = ipaddress.ip_address(ip)
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                raise AddressNotInPool(f"{ip!r} is not an IP address") from None
             for _ in range(RETRIES):
                 found = self.find_block(addr)
                 if found is None:

@@ -16,6 +16,11 @@ from routed.errors import RoutedError
 from . import resources
 from .render import FORMATS, render
 
+# gRPC's C core writes its own lines to stderr (TLS alerts, "absl::InitializeLog"
+# warnings) before our one-line error; the error already says what failed. Set before
+# grpc is first imported; GRPC_VERBOSITY=debug in the environment still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 
 class Context:
     """What commands need, opened on first use so `--help` never touches etcd."""

@@ -22,7 +22,10 @@ def read_resources(path: str, stdin=None) -> list[r.Resource]:
                 text = f.read()
         except OSError as err:
             raise RoutedError(f"cannot read {path}: {err.strerror}") from None
-    docs = r.load_documents(text)
+    try:
+        docs = r.load_documents(text)
+    except InvalidResource as err:  # a YAML/JSON syntax error: say which file it is in
+        raise InvalidResource(f"{path}: {err}") from None
     if not docs:
         raise InvalidResource(f"{path}: no resources found")
     parsed, seen = [], set()
@@ -122,7 +125,7 @@ def patch(ctx, args) -> Output:
     if not isinstance(body, dict):
         raise RoutedError("--patch must be a JSON object")
     saved = ctx.store.patch(cls, args.name, body)
-    return Output(data=saved.to_dict(), messages=[f"{_ref(saved)} patched"])
+    return Output(data=saved.to_dict(), table=resource_table(cls, [saved]), messages=[f"{_ref(saved)} patched"])
 
 
 def register(sub) -> None:

@@ -43,6 +43,8 @@ def _kv(pb) -> KeyValue:
 def _reason(err: grpc.RpcError) -> str:
     """gRPC's details are long; keep the part a user can act on."""
     detail = err.details() or str(err.code())
+    if "secure read failed" in detail.lower() or "ssl" in detail.lower():
+        return "TLS handshake failed (is the client certificate missing or not trusted?)"
     for known in ("Connection refused", "handshake", "certificate", "Deadline Exceeded",
                   "No route to host", "DNS resolution failed"):
         if known.lower() in detail.lower():

@@ -1,0 +1,144 @@
+"""What the IPAM state looks like to an operator: pool and block usage, borrowed
+addresses, who holds an address. Read only, no printing: routedctl formats it.
+
+Every view reads pools and blocks at ONE etcd revision, so the numbers add up even
+while nodes allocate (a pool's in-use count is the sum of its blocks' at that revision).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from routed import resources as r
+from routed.datastore import keys
+from routed.datastore.kv import KV
+from routed.datastore.resources import ResourceStore
+from routed.errors import RoutedError
+
+from .block import Block
+from .blockmath import ip_at
+from .errors import AddressNotInPool
+
+
+@dataclass
+class Snapshot:
+    revision: int
+    pools: list[r.IPPool]  # by name
+    blocks: list[Block]  # by family, then address
+
+    def pool_of(self, net) -> r.IPPool | None:
+        """The pool a block (or a single address as a /32, /128) lies in."""
+        for pool in self.pools:
+            if net.version == pool.network.version and net.subnet_of(pool.network):
+                return pool
+        return None
+
+
+def snapshot(kv: KV) -> Snapshot:
+    listing = kv.list(keys.resource(r.IPPool.plural))
+    pools = sorted((ResourceStore._decode(r.IPPool, i) for i in listing.items), key=lambda p: p.metadata.name)
+    items = kv.list(keys.BLOCKS, revision=listing.revision).items
+    blocks = sorted((Block.from_json(i.value, key=i.key) for i in items),
+                    key=lambda b: (b.cidr.version, b.cidr.network_address))
+    return Snapshot(listing.revision, pools, blocks)
+
+
+def node_of(block: Block) -> str:
+    """The node a block is affine to; "" when it has none (its node was removed)."""
+    affinity = block.affinity or ""
+    return affinity[len("host:"):] if affinity.startswith("host:") else ""
+
+
+def percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 1) if whole else 0.0
+
+
+def pool_usage(kv: KV, snap: Snapshot | None = None) -> list[dict]:
+    """Per pool: its addresses, how many are in use, how many blocks nodes claimed.
+
+    An address in no block yet counts as free: a node claims a block when it needs one.
+    """
+    snap = snap or snapshot(kv)
+    rows = []
+    for pool in snap.pools:
+        blocks = [b for b in snap.blocks if snap.pool_of(b.cidr) is pool]
+        total = pool.network.num_addresses
+        in_use = sum(b.in_use for b in blocks)
+        rows.append({"name": pool.metadata.name, "cidr": pool.spec.cidr, "blockSize": pool.spec.block_size,
+                     "disabled": pool.spec.disabled, "total": total, "inUse": in_use, "free": total - in_use,
+                     "inUsePercent": percent(in_use, total), "freePercent": percent(total - in_use, total),
+                     "blocks": len(blocks)})
+    return rows
+
+
+def block_usage(kv: KV, snap: Snapshot | None = None) -> list[dict]:
+    """Per block: its pool ("" when no pool holds it any more), node, use."""
+    snap = snap or snapshot(kv)
+    rows = []
+    for block in snap.blocks:
+        pool = snap.pool_of(block.cidr)
+        rows.append({"cidr": str(block.cidr), "pool": pool.metadata.name if pool else "", "node": node_of(block),
+                     "size": block.size, "inUse": block.in_use, "free": block.free,
+                     "inUsePercent": percent(block.in_use, block.size),
+                     "freePercent": percent(block.free, block.size)})
+    return rows
+
+
+def _allocated(block: Block):
+    """(address, attributes) of every allocated address of a block, in address order."""
+    for o, index in enumerate(block.allocations):
+        if index is not None:
+            yield ip_at(block.cidr, o), block.attributes[index]
+
+
+def borrowed(kv: KV, snap: Snapshot | None = None) -> list[dict]:
+    """Addresses a node took from a block affine to another node.
+
+    The borrowing node announces them as /32s; they are why a node's routes are more
+    than its blocks. Blocks with no affinity lend to nobody, so they are left out, as
+    are allocations that do not record a node.
+    """
+    snap = snap or snapshot(kv)
+    rows = []
+    for block in snap.blocks:
+        owner = node_of(block)
+        if not owner:
+            continue
+        for ip, attrs in _allocated(block):
+            secondary = attrs.get("secondary", {})
+            node = secondary.get("node", "")
+            if node and node != owner:
+                rows.append({"ip": str(ip), "block": str(block.cidr), "blockNode": owner, "node": node,
+                             "handle": attrs["handle"], "pod": secondary.get("pod", ""),
+                             "namespace": secondary.get("namespace", "")})
+    return rows
+
+
+def parse_address(text: str):
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise RoutedError(f"{text!r} is not an IP address") from None
+
+
+def who_holds(kv: KV, ip: str) -> dict:
+    """Which pool, block and handle (pod) an address belongs to."""
+    addr = parse_address(ip) if isinstance(ip, str) else ip
+    snap = snapshot(kv)
+    pool = snap.pool_of(ipaddress.ip_network(addr))
+    if pool is None:
+        raise AddressNotInPool(f"address {addr} is not in any IP pool")
+    # Blocks do not overlap (check reports it when they do), so the first that holds it.
+    block = next((b for b in snap.blocks if b.cidr.version == addr.version and addr in b.cidr), None)
+    attrs = block.attributes_for(addr) if block else None
+    secondary = attrs["secondary"] if attrs else {}
+    return {"ip": str(addr), "pool": pool.metadata.name, "block": str(block.cidr) if block else "",
+            "blockNode": node_of(block) if block else "", "allocated": attrs is not None,
+            "handle": attrs["handle"] if attrs else "", "pod": secondary.get("pod", ""),
+            "namespace": secondary.get("namespace", ""), "node": secondary.get("node", ""),
+            "time": secondary.get("time", "")}
+
+
+__all__ = ["Snapshot", "snapshot", "pool_usage", "block_usage", "borrowed", "who_holds", "node_of",
+           "parse_address", "percent"]

@@ -1,0 +1,23 @@
+"""Numbers and addresses the dataplane shares with the rest of routed (no I/O)."""
+
+# Routing protocol number stamped on every route routed installs (host routes to
+# pods, blackholes for owned blocks, routes learned over BGP). 201 is unassigned in
+# /etc/iproute2/rt_protos, so nothing else on a node uses it by accident; reconcilers
+# only ever delete routes that carry it, which is what lets them share the kernel
+# tables with the distribution, kube-proxy and the administrator.
+ROUTE_PROTO = 201
+
+# Every host-side veth gets this MAC. Pods never learn a real host MAC, so the pod's
+# ARP/neighbour entries stay valid whatever happens to the host interface.
+HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"
+
+# The pod's IPv4 gateway: never configured on any interface; the host veth answers ARP
+# for it through proxy_arp. Same address in every pod, as in Calico.
+POD_GATEWAY_V4 = "169.254.1.1"
+
+# The pod's IPv6 gateway: the EUI-64 link-local address the kernel derives from
+# HOST_VETH_MAC on the host veth, so it exists without being configured.
+POD_GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+
+# Host-side veth names: prefix + 11 hex chars = 15, the kernel's limit (IFNAMSIZ - 1).
+VETH_PREFIX = "cali"
