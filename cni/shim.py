@@ -27,11 +27,12 @@ ANSWER_TIMEOUT = 120.0  # an ADD may wait for etcd; kubelet's own timeout is lon
 
 
 def _config(stdin):
+    """The network configuration, or None when stdin is not a JSON object."""
     try:
         doc = json.loads(stdin)
-        return doc if isinstance(doc, dict) else {}
     except ValueError:
-        return {}
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _error(version, code, msg):
@@ -76,6 +77,9 @@ def run(environ, stdin, stdout):
         stdout.write(json.dumps({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}))
         return 0
     conf = _config(stdin)
+    if conf is None:  # nothing to forward: without a config there is not even a socket path
+        stdout.write(_error("1.1.0", 6, "network configuration on stdin is not a JSON object"))
+        return 1
     version = conf.get("cniVersion") if isinstance(conf.get("cniVersion"), str) else "1.1.0"
     path = conf.get("agent_socket") or environ.get("ROUTED_CNI_SOCKET") or DEFAULT_SOCKET
     env = {k: v for k, v in environ.items() if k.startswith("CNI_")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 
 PREFIX = "rt-"  # the lab uses rl-; the two never meet
 
@@ -28,8 +29,15 @@ class Netns:
         return sh(*args, check=check, netns=self.name)
 
     def delete(self) -> None:
-        if os.path.exists(self.path):
-            sh("ip", "netns", "del", self.name, check=False)
+        """Remove the namespace; a namespace that will not go is an error, never silent."""
+        for _ in range(50):
+            if not os.path.exists(self.path):
+                return
+            result = sh("ip", "netns", "del", self.name, check=False)
+            if result.returncode == 0:
+                return
+            time.sleep(0.1)  # a process of ours may still be leaving it
+        raise RuntimeError(f"cannot delete netns {self.name}: {result.stderr.strip()}")
 
 
 def node_host(address: str = "192.0.2.10/24") -> Netns:
