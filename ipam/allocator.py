@@ -6,18 +6,20 @@
 - claim: a new block, its affinity to the node and the first allocation in it are
   written together, only if neither the block nor the affinity exists yet.
 - In the steady state the allocator needs no read at all: it keeps the node's blocks
-  as it last wrote them, and a transaction that finds one stale returns the fresh
-  value in its failure branch for the retry.
+  as it last wrote them and assumes the handle is new; a transaction that finds
+  either stale returns the fresh values in its failure branch for the retry.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import datetime, timezone
 
 from routed import resources as r
@@ -53,6 +55,12 @@ class Allocation:
         return [f"{ip}/{ip.max_prefixlen}" for ip in self.ips]
 
 
+class _Candidate(NamedTuple):
+    pool: r.IPPool
+    revision: int  # the pool's mod revision, compared when a block is claimed from it
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass
 class _HandleState:
     id: str
@@ -78,6 +86,7 @@ class IPAM:
         self._config_at = -1e9
         self._pools: list[tuple[r.IPPool, int]] = []
         self._ipam_config = r.IPAMConfig.model_validate({"metadata": {"name": "default"}})
+        self._candidates_memo: tuple = (None, [])
         # Transactions written and lost (a compare failed), for metrics and benchmarks.
         self.stats: Counter = Counter()
 
@@ -98,6 +107,15 @@ class IPAM:
                   fresh: bool = False):
         """The pools a node may allocate from, in a stable order."""
         pools, _ = self._config(fresh)
+        memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version)
+        if self._candidates_memo[0] == memo_key:
+            return self._candidates_memo[1]
+        chosen = self._choose_pools(pools, node_labels, names, version)
+        self._candidates_memo = (memo_key, chosen)
+        return chosen
+
+    @staticmethod
+    def _choose_pools(pools, node_labels: dict, names: list[str] | None, version: int) -> list[_Candidate]:
         if names:
             by_name = {p.metadata.name: (p, rev) for p, rev in pools}
             chosen = []
@@ -111,7 +129,8 @@ class IPAM:
         else:
             chosen = [(p, rev) for p, rev in sorted(pools, key=lambda x: x[0].metadata.name)
                       if not p.spec.disabled and r.parse_selector(p.spec.node_selector).matches(node_labels)]
-        chosen = [(p, rev) for p, rev in chosen if p.network.version == version]
+        chosen = [_Candidate(p, rev, p.network) for p, rev in chosen]
+        chosen = [c for c in chosen if c.network.version == version]
         if not chosen:
             raise NoMatchingPool(f"no enabled IPv{version} pool matches this node"
                                  + (f" among {', '.join(names)}" if names else ""))
@@ -130,8 +149,10 @@ class IPAM:
         with self._lock:
             candidates = self.pools_for(node_labels or {}, pools, version)
             steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
+            # Assume the handle is new, as it is for every first ADD; a failed transaction's
+            # failure branch tells us otherwise, so the steady state reads nothing first.
+            held = _HandleState(handle, Handle(handle), 0)
             for _ in range(RETRIES):
-                held = self._handle(handle)
                 if held.revision:
                     existing = self._existing(handle, held.record, candidates, version)
                     if existing.ips:
@@ -146,7 +167,7 @@ class IPAM:
                     if outcome is not None:
                         return outcome
                 else:
-                    raise PoolExhausted([p.metadata.name for p, _ in candidates], node)
+                    raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
             raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
 
     def _handle(self, handle: str) -> _HandleState:
@@ -159,9 +180,9 @@ class IPAM:
                           extra_compare=(), extra_ops=()) -> list | None:
         """The one transaction of an allocation: block and handle together.
 
-        None when a compare failed; the block's cache then holds what etcd has.
+        None when a compare failed; the block's cache and `held` then hold what etcd has.
         """
-        block = Block.from_json(cached.block.to_json(), key=keys.block(cached.block.cidr))
+        block = cached.block.copy()
         ips = block.assign(n, held.id, attrs)
         record = Handle(held.id, dict(held.record.blocks), held.record.sequence)
         record.add(block.cidr, len(ips))
@@ -169,12 +190,17 @@ class IPAM:
         result = self.kv.txn(
             [Compare.mod(bkey, cached.revision), Compare.mod(hkey, held.revision), *extra_compare],
             [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json()), *extra_ops],
-            [Op.get(bkey)])
+            [Op.get(bkey), Op.get(hkey)])
         self.stats["txn"] += 1
         if result.succeeded:
             self._blocks[bkey] = _Cached(block, result.revision)
             return ips
         self.stats["conflict"] += 1
+        current = result.results[1]
+        if (current.mod_revision if current else 0) != held.revision:
+            # The handle is not what we assumed (a retried request): learn what it is.
+            held.record = Handle.from_json(current.value, key=hkey) if current else Handle(held.id)
+            held.revision = current.mod_revision if current else 0
         fresh = result.results[0]
         if fresh is None:
             self._blocks.pop(bkey, None)
@@ -185,8 +211,10 @@ class IPAM:
     def _from_affine(self, held, node, attrs, num, candidates):
         for bkey in self._affine_blocks(node):
             cached = self._blocks.get(bkey)
-            pool = cached and _pool_of(cached.block.cidr, candidates)
-            if pool is None or cached.block.free < num:
+            if cached is None or cached.block.free < num:
+                continue
+            pool = _pool_of(cached.block.cidr, candidates)
+            if pool is None:
                 continue
             ips = self._write_allocation(held, cached, num, attrs)
             return Allocation(held.id, ips, pool.metadata.name) if ips else _RETRY
@@ -198,20 +226,27 @@ class IPAM:
         return self._from_affine(held, node, attrs, num, candidates)
 
     def _forget(self, node: str) -> None:
-        for bkey in self._affine.pop(node, []):
-            self._blocks.pop(bkey, None)
+        """Re-read the node's affinities next time; cached blocks are revalidated by revision."""
+        self._affine.pop(node, None)
 
     def _affine_blocks(self, node: str) -> list[str]:
         if node not in self._affine:
             listing = self.kv.list(keys.affinity(node))
             bkeys = [keys.block(keys.cidr_from_segment(keys.last_segment(i.key))) for i in listing.items]
-            for bkey in bkeys:
-                if bkey not in self._blocks:
-                    item = self.kv.get(bkey)
-                    if item is not None:
-                        self._blocks[bkey] = _Cached(Block.from_json(item.value, key=bkey), item.mod_revision)
+            self._load_blocks(bkeys)
             self._affine[node] = [b for b in bkeys if b in self._blocks]
         return self._affine[node]
+
+    def _load_blocks(self, bkeys: list[str]) -> None:
+        """Read blocks in batched transactions; parse only those that changed since cached."""
+        for start in range(0, len(bkeys), 100):  # etcd allows 128 operations per transaction
+            chunk = bkeys[start:start + 100]
+            for bkey, item in zip(chunk, self.kv.txn([], [Op.get(b) for b in chunk]).results):
+                cached = self._blocks.get(bkey)
+                if item is None:
+                    self._blocks.pop(bkey, None)
+                elif cached is None or cached.revision != item.mod_revision:
+                    self._blocks[bkey] = _Cached(Block.from_json(item.value, key=bkey), item.mod_revision)
 
     def _claim(self, held, node, attrs, num, candidates):
         """A new block for the node, its affinity and the allocation: one transaction."""
@@ -224,11 +259,11 @@ class IPAM:
                                     "blocks and strictAffinity forbids borrowing")
             return None
         taken = {keys.last_segment(k) for k in self.kv.keys(keys.BLOCKS)}
-        for pool, pool_rev in candidates:
+        for pool, pool_rev, network in candidates:
             size = pool.spec.block_size
-            if num > 1 << (pool.network.max_prefixlen - size):
+            if num > 1 << (network.max_prefixlen - size):
                 continue
-            for cidr in blocks_in_pool(pool.network, size, node):
+            for cidr in blocks_in_pool(network, size, node):
                 if keys.cidr_segment(cidr) in taken:
                     continue
                 akey = keys.affinity(node, cidr)
@@ -251,7 +286,9 @@ class IPAM:
         _, config = self._config()
         if config.strict_affinity:
             return None
-        for item in self.kv.list(keys.BLOCKS).items:
+        items = self.kv.list(keys.BLOCKS).items
+        random.shuffle(items)  # borrowers that all pick the first free block only collide
+        for item in items:
             block = Block.from_json(item.value, key=item.key)
             pool = _pool_of(block.cidr, candidates)
             if pool is None or block.free < num or block.affinity == affinity_of(node):
@@ -517,8 +554,8 @@ class EmptyBlockReaper:
 
 
 def _pool_of(cidr, candidates) -> r.IPPool | None:
-    for pool, _ in candidates:
-        if cidr.version == pool.network.version and cidr.subnet_of(pool.network):
+    for pool, _, network in candidates:
+        if cidr.version == network.version and cidr.subnet_of(network):
             return pool
     return None
 

@@ -225,6 +225,14 @@ class Block:
         self.attributes = [self.attributes[i] for i in used]
         self.allocations = [None if i is None else new_index[i] for i in self.allocations]
 
+    def copy(self) -> "Block":
+        """An independent copy (cheaper than a JSON round trip)."""
+        return Block(cidr=self.cidr, affinity=self.affinity, allocations=list(self.allocations),
+                     unallocated=list(self.unallocated),
+                     attributes=[{"handle": a["handle"], "secondary": dict(a["secondary"])}
+                                 for a in self.attributes],
+                     sequence=self.sequence)
+
     # -- JSON ---------------------------------------------------------------------
 
     def to_json(self) -> str:

@@ -1,0 +1,256 @@
+"""The CNI plugin as a runtime execs it: one pod's ADD+DEL, and 100 pods at once.
+
+    ADD+DEL, one pod     the routed shim (/usr/bin/python3 -IS cni/shim.py) against a
+                         running agent with etcd IPAM, ADD then DEL, N times
+                         vs Debian's Go ptp + host-local (temp dataDir), exec'd the same way
+    100 pods at once     100 shim processes started together, each with its own pod
+                         netns: wall time until all are done, p50/p99 per ADD; then the
+                         100 DELs the same way
+                         vs the same with ptp + host-local (target for ours: all done ≤ 5 s)
+
+Every plugin runs from a driver process inside the node's host netns (`ip netns exec`),
+as a runtime on that node would: ptp's host veth and the agent's land in the same netns.
+Everything it creates is a namespace of its own (rt-…), removed at the end. Prints only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIM = ROOT / "cni" / "shim.py"
+PTP = "/usr/lib/cni/ptp"
+N_SEQUENTIAL = 50
+N_CONCURRENT = 100
+WARMUP = 3
+TARGET_ALL_DONE_S = 5.0
+NETWORK = "k8s-pod-network"
+ROUTED_POOL = "10.60.0.0/16"
+PTP_SUBNET = "10.70.0.0/16"
+NODE_IP = "192.0.2.10/24"
+
+
+# --------------------------------------------------------------------------- driver
+# Runs inside the host netns (python -m bench.cni_bench drive SPEC), stdlib only, and
+# prints its measurements as one JSON line.
+
+
+def _exec_plugin(argv: list[str], command: str, conf: str, container: str, netns: str, pod: str) -> tuple[float, int, str]:
+    env = {"PATH": "/usr/sbin:/usr/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": container,
+           "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};"
+                       f"K8S_POD_INFRA_CONTAINER_ID={container}"}
+    started = time.perf_counter()
+    proc = subprocess.run(argv, input=conf, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    return took, proc.returncode, proc.stdout + proc.stderr
+
+
+def _sequential(argv, conf, netns, n, tag):
+    adds, dels, errors = [], [], []
+    for i in range(-WARMUP, n):
+        container, pod = f"{tag}-seq-{i + WARMUP}", f"{tag}-seq-{i + WARMUP}"
+        t_add, rc_add, out_add = _exec_plugin(argv, "ADD", conf, container, netns, pod)
+        t_del, rc_del, out_del = _exec_plugin(argv, "DEL", conf, container, netns, pod)
+        if rc_add or rc_del:
+            errors.append(out_add if rc_add else out_del)
+        if i >= 0:
+            adds.append(t_add)
+            dels.append(t_del)
+    return {"add": adds, "del": dels, "errors": errors[:3], "failed": len(errors)}
+
+
+def _concurrent(argv, conf, netnses, command, tag):
+    barrier = threading.Barrier(len(netnses))
+    results: list = [None] * len(netnses)
+
+    def one(i):
+        container = pod = f"{tag}-par-{i}"
+        barrier.wait()
+        started = time.perf_counter()
+        took, rc, out = _exec_plugin(argv, command, conf, container, netnses[i], pod)
+        results[i] = (started, started + took, rc, out)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(netnses))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ips = set()
+    for _, _, rc, out in results:
+        if rc == 0 and command == "ADD":
+            ips.update(ip["address"] for ip in json.loads(out).get("ips", []))
+    return {"wall": max(r[1] for r in results) - min(r[0] for r in results),
+            "each": [r[1] - r[0] for r in results], "failed": sum(1 for r in results if r[2]),
+            "errors": [r[3] for r in results if r[2]][:3], "distinct_ips": len(ips)}
+
+
+def drive(spec: dict) -> dict:
+    argv, conf, tag = spec["argv"], spec["conf"], spec["tag"]
+    if spec["mode"] == "sequential":
+        return _sequential(argv, conf, spec["netns"], spec["n"], tag)
+    add = _concurrent(argv, conf, spec["netnses"], "ADD", tag)
+    delete = _concurrent(argv, conf, spec["netnses"], "DEL", tag)
+    return {"add": add, "del": delete}
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def _run_driver(host: str, spec: dict) -> dict:
+    """Run drive(spec) inside the host netns; its answer."""
+    proc = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "bench.cni_bench", "drive"],
+                          input=json.dumps(spec), capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench driver failed:\n{proc.stdout}{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ptp_conf(data_dir: Path) -> str:
+    return json.dumps({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": False, "mtu": 1450,
+                       "ipam": {"type": "host-local", "subnet": PTP_SUBNET, "dataDir": str(data_dir),
+                                "routes": [{"dst": "0.0.0.0/0"}]}})
+
+
+def _start_agent(workdir: Path, etcd_url: str, host):
+    """The agent as tests run it, but logging at info: debug logging (every netlink message)
+    would slow it down far more than a node's agent is."""
+    from tests.support.agent import ROUTED, AgentProcess
+
+    class InfoAgent(AgentProcess):
+        def start(self, wait=True, timeout=20.0):
+            args = [ROUTED, "agent", "--node-name", self.node, "--node-ip", self.node_ip, "--netns", self.host.name,
+                    "--cni-socket", self.socket, "--spool-dir", self.spool, "--state-dir", str(self.workdir / "state"),
+                    "--health-port", str(self.health_port), "--etcd-endpoints", self.etcd_url,
+                    "--block-grace", str(self.block_grace), "--log-level", "info"]
+            self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+            if wait:
+                self.wait_ready(timeout)
+            return self
+
+    return InfoAgent(workdir, etcd_url, host, "bench-node", NODE_IP).start()
+
+
+def _ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[98] * 1000
+
+
+def _sequential_line(name, ours, ref):
+    ours_total = [a + d for a, d in zip(ours["add"], ours["del"])]
+    ref_total = [a + d for a, d in zip(ref["add"], ref["del"])]
+    from bench.common import note, report
+
+    report(name, _ms(ours_total), _ms(ref_total), "ms")
+    note(f"  median ADD {_ms(ours['add']):.1f} ms, DEL {_ms(ours['del']):.1f} ms; reference ADD "
+         f"{_ms(ref['add']):.1f} ms, DEL {_ms(ref['del']):.1f} ms; N={len(ours_total)} each, after {WARMUP} warm-up")
+    for label, r in (("routed", ours), ("ptp", ref)):
+        if r["failed"]:
+            note(f"  {label}: {r['failed']} ADD/DEL pairs FAILED, e.g. {r['errors'][0][:300]}")
+
+
+def _concurrent_lines(ours, ref):
+    from bench.common import note, report
+
+    for phase in ("add", "del"):
+        o, r = ours[phase], ref[phase]
+        word = phase.upper()
+        report(f"{N_CONCURRENT} pods {word} at once: all done", o["wall"] * 1000, r["wall"] * 1000, "ms")
+        report(f"{N_CONCURRENT} pods {word} at once: p99 per {word}", _p99(o["each"]), _p99(r["each"]), "ms")
+        note(f"  p50 per {word} {_ms(o['each']):.0f} ms (reference {_ms(r['each']):.0f} ms); "
+             f"failed {o['failed']} (reference {r['failed']})"
+             + (f"; {o['distinct_ips']} distinct pod addresses" if phase == "add" else "")
+             + (f"; target: all done ≤ {TARGET_ALL_DONE_S:.0f} s → "
+                f"{'met' if o['wall'] <= TARGET_ALL_DONE_S else 'MISSED'}" if phase == "add" else ""))
+        for e in o["errors"][:2]:
+            note(f"  routed {word} error: {e.strip()[:300]}")
+        for e in r["errors"][:1]:
+            note(f"  ptp {word} error: {e.strip()[:300]}")
+
+
+def main() -> None:
+    import routed.resources
+    from bench.common import note, private_etcd
+    from routed.datastore.resources import ResourceStore
+    from tests.support.netns import Netns, node_host
+
+    if os.geteuid() != 0 or not os.access(PTP, os.X_OK):
+        note(f"skipped: needs root and {PTP} (Debian package containernetworking-plugins)")
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="routed-cni-bench-"))
+    namespaces: list = []
+    agent = None
+    try:
+        with private_etcd() as etcd:
+            kv = etcd.client()
+            ResourceStore(kv).create(routed.resources.parse(
+                {"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "bench"},
+                 "spec": {"cidr": ROUTED_POOL}}))
+            kv.close()
+            host = node_host(NODE_IP)
+            namespaces.append(host)
+            agent = _start_agent(workdir / "agent", etcd.url, host)
+            shim_argv = ["/usr/bin/python3", "-IS", str(SHIM)]
+            shim_conf = json.dumps(agent.conf())
+
+            # One pod, ADD then DEL, over and over: the same netns each time.
+            pod = Netns("benchpod")
+            namespaces.append(pod)
+            ref = _run_driver(host.name, {"mode": "sequential", "argv": [PTP], "conf": _ptp_conf(workdir / "hl-seq"),
+                                          "netns": pod.path, "n": N_SEQUENTIAL, "tag": "ptp"})
+            ours = _run_driver(host.name, {"mode": "sequential", "argv": shim_argv, "conf": shim_conf,
+                                           "netns": pod.path, "n": N_SEQUENTIAL, "tag": "rt"})
+            _sequential_line("ADD+DEL one pod, median", ours, ref)
+            ratio = _ms([a + d for a, d in zip(ours["add"], ours["del"])]) / \
+                _ms([a + d for a, d in zip(ref["add"], ref["del"])])
+            note(f"  target ≤ 1.2x → {'met' if ratio <= 1.2 else 'MISSED'} ({ratio:.2f}x)")
+
+            # 100 pods at once, each its own netns.
+            pods = [Netns(f"bp{i}") for i in range(N_CONCURRENT)]
+            namespaces += pods
+            paths = [p.path for p in pods]
+            ref = _run_driver(host.name, {"mode": "concurrent", "argv": [PTP], "conf": _ptp_conf(workdir / "hl-par"),
+                                          "netnses": paths, "tag": "ptp"})
+            ours = _run_driver(host.name, {"mode": "concurrent", "argv": shim_argv, "conf": shim_conf,
+                                           "netnses": paths, "tag": "rt"})
+            _concurrent_lines(ours, ref)
+            leftovers = [n for n in _ip("-o", "link", netns=host.name).stdout.split("\n") if "cali" in n]
+            from ipam.allocator import IPAM  # noqa: F401  (the agent's view is in etcd)
+            from routed.datastore import keys
+
+            kv = etcd.client()
+            handles = kv.keys(keys.HANDLES)
+            kv.close()
+            note(f"  after the DELs: {len(leftovers)} cali veths in the host netns, {len(handles)} IPAM handles in etcd")
+            agent.stop()
+            agent = None
+    finally:
+        if agent is not None:
+            agent.stop()
+        for ns in reversed(namespaces):
+            ns.delete()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["drive"]:
+        print(json.dumps(drive(json.loads(sys.stdin.read()))))
+    else:
+        main()
