@@ -19,6 +19,7 @@ from routed.datastore.resources import ResourceStore
 from routed.errors import RoutedError
 
 from . import node as nodeinfo
+from .bgp import BGPController
 from .cniserver import CNIServer
 from .controllers import BlockRoutes, Every
 from .health import HealthServer
@@ -43,6 +44,10 @@ class AgentConfig:
     health_port: int = 9099
     block_grace: float = 300.0
     resync: float = 30.0
+    bgp: bool = True
+    bgp_dir: str = "/var/run/routed/bgp"
+    bgp_socket: str = "/var/run/routed/bgp.sock"
+    secrets_dir: str = "/etc/routed/secrets"
 
 
 class Agent:
@@ -72,7 +77,13 @@ class Agent:
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
         self.cni.start()
-        self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render)
+        self.bgp = None
+        if c.bgp:
+            self.dataplane.use_uplink(self.address)
+            self.bgp = BGPController(self.kv, self.store, self.dataplane, c.node_name, self.address, c.bgp_dir,
+                                     c.bgp_socket, c.secrets_dir, c.resync)
+        documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
+        self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents)
         self.health.start()
         self.metrics.gauges["routed_ipam_transactions_total"] = lambda: self.ipam.stats["txn"]
         self.metrics.gauges["routed_ipam_conflicts_total"] = lambda: self.ipam.stats["conflict"]
@@ -103,6 +114,8 @@ class Agent:
         reaper = EmptyBlockReaper(self.ipam, self.config.node_name, self.config.block_grace)
         self._spawn("block-routes", BlockRoutes(self.kv, self.dataplane, self.config.node_name,
                                                 self.config.resync).run)
+        if self.bgp is not None:
+            self._spawn("bgp", self.bgp.run)
         for task in (Every("empty-blocks", min(60.0, max(1.0, self.config.block_grace / 4)), reaper.sweep),
                      Every("pending-releases", 5.0, lambda: self.pending.retry(self.ipam.release_handle)),
                      Every("cni-spool", 10.0, lambda: replay_shim_spool(self.config.spool_dir, self.handle_cni)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -45,7 +46,8 @@ def run(args) -> int:
     config = AgentConfig(
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
-        health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace)
+        health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
+        bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir)
     agent = Agent(config)
     agent.start()
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
@@ -68,6 +70,13 @@ def register(sub) -> None:
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_HEALTH_PORT", "9099")))
     p.add_argument("--block-grace", type=float, default=300.0, help="seconds an empty block is kept")
+    p.add_argument("--bgp", action=argparse.BooleanOptionalAction,
+                   default=env("ROUTED_BGP", "true").lower() == "true", help="run the BGP controller")
+    p.add_argument("--bgp-dir", default=env("ROUTED_BGP_DIR", "/var/run/routed/bgp"),
+                   help="where the ExaBGP configuration is written for the bgp-speaker")
+    p.add_argument("--bgp-socket", default=env("ROUTED_BGP_SOCKET", "/var/run/routed/bgp.sock"))
+    p.add_argument("--secrets-dir", default=env("ROUTED_SECRETS_DIR", "/etc/routed/secrets"),
+                   help="mounted secrets, <name>/<key>, for BGP passwords")
     p.add_argument("--etcd-endpoints", default=None)
     p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]], metrics: Callable[[], str]):
+    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]], metrics: Callable[[], str],
+                 documents: dict[str, Callable[[], object]] | None = None):
         self.ready, self.metrics = ready, metrics
+        self.documents = documents or {}  # path -> function returning JSON-able data
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -21,6 +24,8 @@ class HealthServer:
                     outer._answer(self, 200 if ok else 503, why + "\n")
                 elif self.path == "/metrics":
                     outer._answer(self, 200, outer.metrics(), "text/plain; version=0.0.4")
+                elif self.path in outer.documents:
+                    outer._answer(self, 200, json.dumps(outer.documents[self.path]()), "application/json")
                 else:
                     outer._answer(self, 404, "not found\n")
 

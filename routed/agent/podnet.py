@@ -9,18 +9,29 @@ there (~0.3 ms). No IPRoute ever crosses a thread.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute
+
+from routed.dataplane.constants import ROUTE_PROTO_BGP
+from routed.dataplane.errors import DataplaneError
+from routed.errors import RoutedError
 
 from routed.dataplane import pod as podnet
 from routed.dataplane import routes, sysctl
 from routed.dataplane.netns import in_netns
 
+log = logging.getLogger("routed.dataplane")
+
 
 class HostDataplane:
     def __init__(self, netns: str | None):
         self.netns = netns
+        self.nic = ""
+        self.local_ip = ""
+        self._vxlan_peers: list[str] = []
 
     @contextmanager
     def ipr(self):
@@ -55,6 +66,42 @@ class HostDataplane:
 
     def set_sysctls(self, values: dict[str, str]) -> None:
         sysctl.set_sysctls(self.netns, values)
+
+    # -- routes learned over BGP ---------------------------------------------------------
+
+    def use_uplink(self, address: str) -> str:
+        """Find the interface holding the node address: direct routes and VXLAN use it."""
+        ip = str(ipaddress.ip_interface(address).ip)
+        with self.ipr() as ipr:
+            for addr in ipr.get_addr(address=ip):
+                self.nic = ipr.get_links(addr["index"])[0].get_attr("IFLA_IFNAME")
+                self.local_ip = ip
+                return self.nic
+        raise RoutedError(f"no interface holds the node address {ip}")
+
+    def sync_learned(self, routes: list) -> str:
+        """Make the kernel's proto-202 routes equal to routes, with the devices they need."""
+        from routed.dataplane import bulk, encap
+
+        vxlan_peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan"})
+        if vxlan_peers:
+            encap.ensure_vxlan(self.netns, self.local_ip, self.nic)
+        if vxlan_peers or self._vxlan_peers:
+            encap.sync_vxlan_peers(self.netns, vxlan_peers)
+            self._vxlan_peers = vxlan_peers
+        if any(r.encapsulation == "ipip" for r in routes):
+            try:
+                encap.ensure_ipip(self.netns)
+            except DataplaneError as err:
+                log.error("%s: IPIP routes are skipped", err)
+                routes = [r for r in routes if r.encapsulation != "ipip"]
+        wanted = [bulk.Route(r.dst, gateway=r.gateway, dev=r.dev, onlink=r.onlink, proto=r.proto) for r in routes]
+        result = bulk.sync(self.netns, wanted, proto=ROUTE_PROTO_BGP)
+        for route, reason in result.failed:
+            log.warning("route %s not installed: %s", route.dst, reason)
+        if result.added or result.removed or result.failed:
+            return f"+{len(result.added)} -{len(result.removed)} failed {len(result.failed)}"
+        return ""
 
     def close(self) -> None:
         pass  # nothing is held between operations

@@ -7,6 +7,12 @@
 # tables with the distribution, kube-proxy and the administrator.
 ROUTE_PROTO = 201
 
+# Protocol number of routes to other nodes' blocks learned over BGP. A number of its
+# own, so the learned-route reconciler (which only ever deletes proto 202) and the
+# local reconcilers (which only ever delete proto 201) can never remove each other's
+# routes, whatever either one's desired state says.
+ROUTE_PROTO_BGP = 202
+
 # Every host-side veth gets this MAC. Pods never learn a real host MAC, so the pod's
 # ARP/neighbour entries stay valid whatever happens to the host interface.
 HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"

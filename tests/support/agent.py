@@ -23,11 +23,11 @@ class AgentProcess:
     etcd on loopback) and drives the namespace that plays the node's host."""
 
     def __init__(self, workdir: Path, etcd_url: str, host: Netns, node: str, node_ip: str, labels: str = "",
-                 block_grace: float = 300):
+                 block_grace: float = 300, bgp: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.etcd_url, self.host, self.node, self.node_ip = etcd_url, host, node, node_ip
-        self.labels, self.block_grace = labels, block_grace
+        self.labels, self.block_grace, self.bgp = labels, block_grace, bgp
         self.socket = str(self.workdir / "cni.sock")
         self.spool = str(self.workdir / "spool")
         self.health_port = free_port()
@@ -36,6 +36,8 @@ class AgentProcess:
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> AgentProcess:
         args = [ROUTED, "agent", "--node-name", self.node, "--node-ip", self.node_ip, "--netns", self.host.name,
+                "--no-bgp" if not self.bgp else "--bgp", "--bgp-dir", str(self.workdir / "bgp"),
+                "--bgp-socket", str(self.workdir / "bgp.sock"),
                 "--cni-socket", self.socket, "--spool-dir", self.spool, "--state-dir", str(self.workdir / "state"),
                 "--health-port", str(self.health_port), "--etcd-endpoints", self.etcd_url,
                 "--block-grace", str(self.block_grace), "--log-level", "debug"]

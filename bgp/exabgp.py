@@ -1,0 +1,71 @@
+"""ExaBGP 5.0 configuration and environment for one node (pure rendering).
+
+Facts this rests on (seen with ExaBGP 5.0.15, see DESIGN.md): every API process needs
+`encoder json`; state and received updates reach the process only with
+`api { neighbor-changes; receive { parsed; update; } }`; ExaBGP listens only when
+tcp.bind is set; started as root it drops to `nobody` unless told not to.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .peers import LocalSpeaker, Peer
+
+PROCESS = "routed"
+
+def environment(speaker: LocalSpeaker) -> dict[str, str]:
+    # api_cli off: ExaBGP's CLI creates named pipes that several nodes on one machine
+    # (the lab) would share, and routed talks to ExaBGP through its API process anyway.
+    return {
+        "exabgp_daemon_user": "root",
+        "exabgp_daemon_drop": "false",
+        "exabgp_tcp_bind": speaker.address,
+        "exabgp_tcp_port": str(speaker.listen_port),
+        "exabgp_api_cli": "false",
+        "exabgp_api_ack": "true",
+        "exabgp_log_destination": "stdout",
+        "exabgp_log_level": {"Debug": "DEBUG", "Info": "INFO", "Warning": "WARNING",
+                             "Error": "ERR", "Fatal": "CRIT"}.get(speaker.log_severity, "INFO"),
+    }
+
+
+_SAFE_PASSWORD = re.compile(r'^[^"\n\\;{}]{1,80}$')
+
+
+def render(speaker: LocalSpeaker, peers: list[Peer], helper_command: str,
+           passwords: dict[str, str] | None = None) -> str:
+    """The configuration file. passwords: peer address -> TCP MD5 password (already resolved)."""
+    passwords = passwords or {}
+    lines = [f"# routed: ExaBGP configuration of node {speaker.node}; written by the agent, do not edit",
+             f"process {PROCESS} {{", f"  run {helper_command};", "  encoder json;", "}", ""]
+    for peer in peers:
+        lines += [f"neighbor {peer.address} {{",
+                  f"  description \"{peer.kind} {peer.name}\";",
+                  f"  router-id {speaker.address};",
+                  f"  local-address {speaker.address};",
+                  f"  local-as {speaker.as_number};",
+                  f"  peer-as {peer.as_number};",
+                  f"  hold-time {peer.hold_time};",
+                  "  passive false;",
+                  # We send End-of-RIB ourselves once our blocks are announced: a peer in
+                  # graceful restart would otherwise flush our routes before they arrive.
+                  "  manual-eor true;",
+                  "  group-updates true;"]
+        if peer.port != 179:
+            lines.append(f"  connect {peer.port};")
+        password = passwords.get(peer.address)
+        if password is not None:
+            if not _SAFE_PASSWORD.match(password):
+                raise ValueError(f"the MD5 password of peer {peer.address} has characters ExaBGP cannot take")
+            lines.append(f'  md5-password "{password}";')
+        if peer.graceful_restart:
+            lines.append(f"  capability {{ graceful-restart {peer.graceful_restart}; }}")
+        lines += ["  family { ipv4 unicast; }",
+                  "  api {",
+                  f"    processes [ {PROCESS} ];",
+                  "    neighbor-changes;",
+                  "    receive { parsed; update; notification; }",
+                  "  }",
+                  "}", ""]
+    return "\n".join(lines)

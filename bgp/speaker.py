@@ -1,0 +1,130 @@
+"""`routed bgp-speaker`: the ExaBGP sidecar's supervisor.
+
+The agent writes exabgp.conf and exabgp.env.json (the environment ExaBGP needs: bind
+address, port) into a directory both containers share. This loop runs ExaBGP on them,
+sends SIGUSR1 (reload: sessions of unchanged peers stay up, the API process too) when
+the configuration changes, restarts ExaBGP when its environment changes or it dies,
+and on SIGTERM stops it with SIGTERM, which closes sessions without a NOTIFICATION so
+peers keep our routes for the graceful-restart time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger("routed.bgp")
+
+CONFIG = "exabgp.conf"
+ENV = "exabgp.env.json"
+
+
+def exabgp_binary() -> str:
+    found = Path(sys.executable).with_name("exabgp")
+    return str(found) if found.exists() else (shutil.which("exabgp") or "exabgp")
+
+
+class Speaker:
+    def __init__(self, directory: str | Path, netns: str | None = None, poll: float = 0.5):
+        self.dir = Path(directory)
+        self.netns = netns
+        self.poll = poll
+        self.proc: subprocess.Popen | None = None
+        self.stop = threading.Event()
+        self.restarts = 0
+
+    def _read(self) -> tuple[float, dict] | None:
+        try:
+            mtime = (self.dir / CONFIG).stat().st_mtime_ns
+            env = json.loads((self.dir / ENV).read_text())
+        except (OSError, ValueError):
+            return None
+        return mtime, env
+
+    def _start(self, env: dict) -> None:
+        cmd = [exabgp_binary(), str(self.dir / CONFIG)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        out = open(self.dir / "exabgp.log", "ab")
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.info("ExaBGP started (pid %d)", self.proc.pid)
+
+    def run(self) -> None:
+        seen = None
+        while not self.stop.is_set():
+            current = self._read()
+            if current is None:  # the agent has not written a configuration yet
+                self.stop.wait(self.poll)
+                continue
+            mtime, env = current
+            if self.proc is None or self.proc.poll() is not None:
+                if self.proc is not None:
+                    self.restarts += 1
+                    log.warning("ExaBGP exited with %s; restarting", self.proc.returncode)
+                    self.stop.wait(min(5.0, 0.2 * self.restarts))
+                self._start(env)
+            elif seen is not None and env != seen[1]:
+                log.info("ExaBGP environment changed; restarting it")
+                self._terminate()
+                self._start(env)
+            elif seen is not None and mtime != seen[0]:
+                log.info("ExaBGP configuration changed; reloading")
+                self.proc.send_signal(signal.SIGUSR1)
+            seen = (mtime, env)
+            self.stop.wait(self.poll)
+        self._terminate()
+
+    def _terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def write_config(directory: str | Path, config: str, env: dict) -> bool:
+    """Atomically write both files; False when nothing changed (no reload needed)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    env_text = json.dumps(env, sort_keys=True)
+    try:
+        if (d / CONFIG).read_text() == config and (d / ENV).read_text() == env_text:
+            return False
+    except OSError:
+        pass
+    for name, text in ((ENV, env_text), (CONFIG, config)):  # env first: the speaker reads on config change
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)  # it may hold MD5 passwords
+        os.rename(tmp, d / name)
+    return True
+
+
+def run(args) -> int:
+    from routed.agent.cli import LogfmtFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    speaker = Speaker(args.config_dir, args.netns or None)
+    signal.signal(signal.SIGTERM, lambda *_: speaker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: speaker.stop.set())
+    speaker.run()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bgp-speaker", help="run ExaBGP on the configuration the agent writes")
+    p.add_argument("--config-dir", default=os.environ.get("ROUTED_BGP_DIR", "/var/run/routed/bgp"))
+    p.add_argument("--netns", default=os.environ.get("ROUTED_NETNS"), help="namespace playing this node")
+    p.set_defaults(func=run)
