@@ -39,11 +39,25 @@ def _error(version, code, msg):
     return json.dumps({"cniVersion": version, "code": code, "msg": msg})
 
 
+def _connect(sock, path):
+    """Connect, waiting while the agent's accept queue is full (EAGAIN on a unix socket
+    with a timeout) instead of mistaking a busy agent for a missing one."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def ask_agent(path, env, stdin):
     """Send one request; returns (exit code, stdout text). Raises OSError if unreachable."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(path)
+        _connect(sock, path)
         sock.settimeout(ANSWER_TIMEOUT)
         sock.sendall(json.dumps({"env": env, "stdin": stdin}).encode())
         sock.shutdown(socket.SHUT_WR)

@@ -21,7 +21,7 @@ from routed.errors import RoutedError
 from . import node as nodeinfo
 from .bgp import BGPController
 from .cniserver import CNIServer
-from .controllers import BlockRoutes, Every
+from .controllers import BlockRoutes, Every, NatOutgoing
 from .health import HealthServer
 from .metrics import Metrics
 from .podnet import HostDataplane
@@ -112,6 +112,11 @@ class Agent:
         replay_shim_spool(self.config.spool_dir, self.handle_cni)
         self.pending.retry(self.ipam.release_handle)
         reaper = EmptyBlockReaper(self.ipam, self.config.node_name, self.config.block_grace)
+        nat = NatOutgoing(self.store, self.config.netns)
+        try:
+            nat.sync()
+        except RoutedError as err:
+            log.warning("natOutgoing: %s", err)
         self._spawn("block-routes", BlockRoutes(self.kv, self.dataplane, self.config.node_name,
                                                 self.config.resync).run)
         if self.bgp is not None:
@@ -119,7 +124,8 @@ class Agent:
         for task in (Every("empty-blocks", min(60.0, max(1.0, self.config.block_grace / 4)), reaper.sweep),
                      Every("pending-releases", 5.0, lambda: self.pending.retry(self.ipam.release_handle)),
                      Every("cni-spool", 10.0, lambda: replay_shim_spool(self.config.spool_dir, self.handle_cni)),
-                     Every("node-labels", self.config.resync, self._refresh_labels)):
+                     Every("node-labels", self.config.resync, self._refresh_labels),
+                     Every("nat-outgoing", 10.0, nat.sync)):
             self._spawn(task.name, task.run)
 
     def _refresh_labels(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -39,8 +40,13 @@ class CNIServer:
             def handle(self):
                 outer._serve(self.rfile, self.wfile)
 
-        self._server = socketserver.ThreadingUnixStreamServer(str(self.path), Handler)
-        self._server.daemon_threads = True
+        class Server(socketserver.ThreadingUnixStreamServer):
+            # A burst of pods (kubelet starts many at once) must queue, not be turned away:
+            # the default backlog of 5 made the shim's connect fail with EAGAIN.
+            request_queue_size = socket.SOMAXCONN
+            daemon_threads = True
+
+        self._server = Server(str(self.path), Handler)
         os.chmod(self.path, 0o600)
         self._thread = threading.Thread(target=self._server.serve_forever, name="cni-server", daemon=True)
         self._thread.start()

@@ -75,3 +75,28 @@ class Every:
                 self.fn()
             except Exception as err:
                 log.warning("%s: %s", self.name, err)
+
+
+class NatOutgoing:
+    """Masquerade for pools with natOutgoing, toward addresses outside every pool."""
+
+    name = "nat-outgoing"
+
+    def __init__(self, store, netns: str | None):
+        self.store, self.netns = store, netns
+
+    def sync(self) -> None:
+        from routed import resources as r
+        from routed.dataplane import nat
+
+        pools = [p for p in self.store.list(r.IPPool)]
+        for family in (4, 6):
+            mine = [p for p in pools if p.network.version == family]
+            nat.sync(self.netns, [p.spec.cidr for p in mine if p.spec.nat_outgoing and not p.spec.disabled],
+                     [p.spec.cidr for p in mine], family)
+
+    def cleanup(self) -> None:
+        from routed.dataplane import nat
+
+        nat.remove(self.netns, 4)
+        nat.remove(self.netns, 6)

@@ -19,6 +19,7 @@ from routed.dataplane.constants import ROUTE_PROTO_BGP
 from routed.dataplane.errors import DataplaneError
 from routed.errors import RoutedError
 
+from routed.dataplane import bulk, encap
 from routed.dataplane import pod as podnet
 from routed.dataplane import routes, sysctl
 from routed.dataplane.netns import in_netns
@@ -81,8 +82,6 @@ class HostDataplane:
 
     def sync_learned(self, routes: list) -> str:
         """Make the kernel's proto-202 routes equal to routes, with the devices they need."""
-        from routed.dataplane import bulk, encap
-
         vxlan_peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan"})
         if vxlan_peers:
             encap.ensure_vxlan(self.netns, self.local_ip, self.nic)

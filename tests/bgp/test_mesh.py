@@ -1,0 +1,65 @@
+"""Nodes peer in a full mesh with ExaBGP and install each other's blocks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.support.agent import ROUTED
+from tests.support.cluster import Cluster
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd, root):
+    c = Cluster(tmp_path, etcd)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_three_node_mesh_pods_reach_each_other(cluster):
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+    nodes = [cluster.add_node(f"n{i}", i) for i in (1, 2, 3)]
+    pods = [node.add_pod("p") for node in nodes]
+    for node in nodes:
+        cluster.wait(lambda: cluster.sessions_up(node, 2), what=f"{node.name}'s 2 BGP sessions")
+    blocks = {node.name: [line.split()[1] for line in node.routes(201).splitlines() if line.startswith("blackhole")]
+              for node in nodes}
+    for node in nodes:
+        others = [(o, b) for o in nodes if o is not node for b in blocks[o.name]]
+        cluster.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
+                     what=f"{node.name} to learn the others' blocks")
+    for (pod, _), node in zip(pods, nodes):
+        for _, ip in pods:
+            assert pod.run("ping", "-c1", "-W2", ip, check=False).returncode == 0, f"{node.name} -> {ip}"
+    status = subprocess.run([ROUTED.replace("routed", "routedctl"), "node", "status", "--agent",
+                             f"http://127.0.0.1:{nodes[0].agent.health_port}", "-o", "wide"],
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "2 of 2 BGP session(s) up" in status.stdout
+    assert status.stdout.count(" mesh ") == 2 and status.stdout.count(" up ") == 2
+
+
+def test_a_withdrawn_block_leaves_the_other_nodes(cluster):
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    pod, ip = a.add_pod("p")
+    cluster.wait(lambda: cluster.sessions_up(b, 1), what="session up")
+    block = [line.split()[1] for line in a.routes(201).splitlines() if line.startswith("blackhole")][0]
+    cluster.wait(lambda: block in b.routes(), what="b to learn a's block")
+    from ipam.allocator import IPAM
+
+    ipam = IPAM(cluster.kv)
+    from tests.support.agent import cni
+
+    assert cni("DEL", a.agent.conf(), container="a-p", netns=pod.path, pod=("default", "a-p"))[0] == 0
+    a.pods.clear()
+    pod.delete()
+    (bkey, rev), = ipam.empty_blocks("a")
+    assert ipam.release_block(bkey, rev)
+    cluster.wait(lambda: block not in b.routes(), what="b to drop a's released block")

@@ -1,0 +1,201 @@
+"""Run a pytest selection INSIDE a virtme-ng VM that boots Debian's stock kernel.
+
+This machine's kernel has no ipip module, so IPIP is tested in a VM: Debian's
+linux-image-amd64 kernel (fetched and unpacked by scripts/vm-kernel.sh), booted by
+virtme-ng under qemu without KVM (the host's /dev/kvm cannot run a stock kernel). The
+guest sees the host filesystem read-only, with the repository mounted read-write; it
+loads ipip, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
+
+    .venv/bin/python tests/vm/run_in_vm.py [PATH ...] [-- PYTEST_ARGS ...]
+
+With no PATH, runs tests/vm/guest_ipip.py. Exits with the guest pytest's exit code.
+If the VM cannot be prepared or started, or the guest never reports back, it exits
+non-zero with a message saying so: this never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PATHS = ["tests/vm/guest_ipip.py"]
+KERNEL_SCRIPT = REPO / "scripts" / "vm-kernel.sh"
+# The guest prints this after its pytest ends; without it the VM failed, not the tests.
+SENTINEL = "ROUTED-GUEST-EXIT="
+# Exit codes of our own, distinct from pytest's (0-5).
+EXIT_NO_VM = 90          # could not prepare or start the VM, or the guest never reported
+EXIT_NO_IPIP = 91        # the guest kernel would not load ipip
+# Boot ≈ 15-20 s without KVM; a small guest pytest run adds ≈ 10-25 s.
+DEFAULT_TIMEOUT = float(os.environ.get("ROUTED_VM_TIMEOUT", "300"))
+
+
+class VMError(RuntimeError):
+    """The VM could not be prepared or started, or did not report back."""
+
+
+def prepare_kernel() -> str:
+    """Run scripts/vm-kernel.sh (idempotent: installs qemu/kmod/udev and virtme-ng when
+    missing, fetches and unpacks the kernel once) and return the kernel image path."""
+    try:
+        result = subprocess.run(
+            ["bash", str(KERNEL_SCRIPT)], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, timeout=900,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise VMError(f"{KERNEL_SCRIPT} did not finish in {err.timeout:.0f} s") from None
+    if result.returncode != 0:
+        raise VMError(f"{KERNEL_SCRIPT} failed (exit {result.returncode}):\n{result.stderr}")
+    lines = result.stdout.strip().splitlines()
+    kimg = lines[-1].strip() if lines else ""
+    if not kimg or not os.path.isfile(kimg):
+        raise VMError(f"{KERNEL_SCRIPT} printed no kernel image path:\n{result.stdout}{result.stderr}")
+    return kimg
+
+
+def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO) -> str:
+    """The shell script the guest runs: load ipip, run the venv's pytest, report."""
+    python = repo / ".venv" / "bin" / "python"
+    pytest_cmd = shlex.join(
+        [str(python), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", *pytest_args, *paths]
+    )
+    return "\n".join([
+        f"cd {shlex.quote(str(repo))} || {{ echo '{SENTINEL}{EXIT_NO_VM}'; exit {EXIT_NO_VM}; }}",
+        "echo \"guest: kernel $(uname -r)\"",
+        "if ! modprobe ipip 2>&1; then",
+        "  echo 'guest: ERROR: modprobe ipip failed'",
+        f"  echo '{SENTINEL}{EXIT_NO_IPIP}'; exit {EXIT_NO_IPIP}",
+        "fi",
+        f"ROUTED_IN_VM=1 {pytest_cmd} 2>&1",
+        "rc=$?",
+        f"echo \"{SENTINEL}$rc\"",
+        "exit $rc",
+    ])
+
+
+def vng_command(kimg: str, script: str, repo: Path = REPO) -> list[str]:
+    vng = repo / ".venv" / "bin" / "vng"
+    return [
+        str(vng),
+        "--run", kimg,
+        "--disable-kvm", "--force-9p",
+        "--append", "modprobe.blacklist=kvm_amd,kvm_intel,kvm",
+        "--rwdir", str(repo),
+        "--memory", "1G",
+        "--cpus", "2",
+        "--exec", script,
+    ]
+
+
+def run_in_vm(
+    paths: list[str] | None = None,
+    pytest_args: list[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    echo: bool = True,
+) -> tuple[int, str]:
+    """Boot the VM, run the guest pytest on ``paths`` and return (exit code, output).
+
+    The exit code is the guest pytest's. Raises VMError when the VM cannot be started
+    or the guest never reports its exit code (boot failure, crash, timeout)."""
+    paths = list(paths or DEFAULT_PATHS)
+    kimg = prepare_kernel()
+    cmd = vng_command(kimg, guest_script(paths, list(pytest_args or [])))
+    env = dict(os.environ)
+    # vng execs virtme-run through PATH: the venv's bin must come first.
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    if not os.access(cmd[0], os.X_OK):
+        raise VMError(f"{cmd[0]} missing after {KERNEL_SCRIPT}")
+
+    started = time.monotonic()
+    # Our own session: on timeout we kill exactly the process group we started (vng, qemu).
+    # stdout is a pipe, not a tty (vng behaves as with `| cat`).
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+    )
+    out: list[str] = []
+
+    def _read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    reader = threading.Thread(target=_read, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        vng_rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        if proc.poll() is None:  # timeout, or an exception (Ctrl-C) while waiting
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            vng_rc = proc.wait()
+    reader.join(timeout=10)
+    elapsed = time.monotonic() - started
+    output = "".join(out)
+
+    if timed_out:
+        raise VMError(f"VM run timed out after {timeout:.0f} s; output so far:\n{output[-4000:]}")
+    codes = re.findall(rf"^{re.escape(SENTINEL)}(\d+)\s*$", output, re.M)
+    if not codes:
+        raise VMError(
+            f"the VM did not run the guest tests (vng exit {vng_rc} after {elapsed:.1f} s); "
+            f"command: {shlex.join(cmd[:-1])} --exec <script>\noutput:\n{output[-4000:]}"
+        )
+    rc = int(codes[-1])
+    if rc == EXIT_NO_IPIP:
+        raise VMError(f"the guest kernel could not load ipip:\n{output[-4000:]}")
+    if echo:
+        print(f"run_in_vm: guest pytest exit {rc}, VM run {elapsed:.1f} s", flush=True)
+    return rc, output
+
+
+_SUMMARY_WORD = r"(passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)"
+
+
+def parse_summary(output: str) -> dict[str, int]:
+    """Counts from the LAST pytest summary line, e.g. ``1 passed, 2 skipped in 3.1s``.
+    An empty dict means no summary line was found."""
+    for line in reversed(output.splitlines()):
+        if not re.search(r"\bin [\d.]+s\b", line):
+            continue
+        found = re.findall(rf"(\d+) {_SUMMARY_WORD}\b", line)
+        if found or "no tests ran" in line:
+            counts: dict[str, int] = {}
+            for n, word in found:
+                word = {"error": "errors", "warning": "warnings"}.get(word, word)
+                counts[word] = counts.get(word, 0) + int(n)
+            return counts
+    return {}
+
+
+def main(argv: list[str]) -> int:
+    if "--" in argv:
+        i = argv.index("--")
+        paths, pytest_args = argv[:i], argv[i + 1:]
+    else:
+        paths, pytest_args = argv, []
+    try:
+        rc, _ = run_in_vm(paths or None, pytest_args)
+    except VMError as err:
+        print(f"run_in_vm: ERROR: {err}", file=sys.stderr, flush=True)
+        return EXIT_NO_VM
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
