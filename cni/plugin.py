@@ -43,6 +43,9 @@ class Context:
     node_labels: Callable[[], dict] = dict
     # Called with a handle whose release could not reach etcd: the agent keeps it and retries.
     defer_release: Callable[[str], None] = lambda handle: None
+    # When set, DEL hands the release to it (durably queued, done at once by a worker)
+    # instead of waiting for etcd; None: DEL releases before it answers.
+    release_later: Callable[[str], None] | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -98,15 +101,23 @@ def _release_quietly(ctx: Context, handle: str) -> None:
 
 def cmd_del(req: Request, ctx: Context) -> str:
     """Never fails for what is already gone: containerd calls DEL twice, the second time
-    with no netns. The veth goes first so a released address is never routed twice."""
+    with no netns. The pod's routes go first, so a released address is never routed to
+    two pods; once they are gone, when the release happens no longer matters, only that
+    it does (ctx.release_later queues it durably)."""
     handle = handle_of(req)
     netns = req.netns if req.netns and os.path.exists(req.netns) else None
-    try:
-        # The addresses let teardown prove a veth is this sandbox's when its netns is unusable.
-        ips = ctx.ipam.held_by(handle)
-    except (DatastoreUnavailable, Conflict):
-        ips = None
+    ips = None
+    if netns is None:
+        try:
+            # Without its netns, the addresses are what proves a veth is this sandbox's.
+            ips = ctx.ipam.held_by(handle)
+        except (DatastoreUnavailable, Conflict):
+            pass
     ctx.pods.teardown(netns, req.ifname, host_veth_name(req), ips)
+    if ctx.release_later is not None:
+        ctx.release_later(handle)
+        log.info("DEL %s: release queued", handle)
+        return ""
     try:
         released = ctx.ipam.release_handle(handle)
     except (DatastoreUnavailable, Conflict) as err:

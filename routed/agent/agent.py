@@ -73,7 +73,7 @@ class Agent:
         self.ipam = IPAM(self.kv)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
-                                   defer_release=self.pending.add)
+                                   defer_release=self.pending.add, release_later=self.pending.add)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
         self.cni.start()
@@ -121,8 +121,8 @@ class Agent:
                                                 self.config.resync).run)
         if self.bgp is not None:
             self._spawn("bgp", self.bgp.run)
+        self._spawn("releases", lambda stop: self.pending.run(self.ipam.release_handle, stop))
         for task in (Every("empty-blocks", min(60.0, max(1.0, self.config.block_grace / 4)), reaper.sweep),
-                     Every("pending-releases", 5.0, lambda: self.pending.retry(self.ipam.release_handle)),
                      Every("cni-spool", 10.0, lambda: replay_shim_spool(self.config.spool_dir, self.handle_cni)),
                      Every("node-labels", self.config.resync, self._refresh_labels),
                      Every("nat-outgoing", 10.0, nat.sync)):

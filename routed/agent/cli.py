@@ -42,6 +42,10 @@ def run(args) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler], force=True)
+    # pyroute2 logs every netlink message at debug: under a burst of pods that alone
+    # slowed the agent to seconds per ADD. Its warnings still show.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     etcd = EtcdConfig.parse(args.etcd_endpoints) if args.etcd_endpoints else EtcdConfig.from_env()
     config = AgentConfig(
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),

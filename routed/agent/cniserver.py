@@ -1,7 +1,6 @@
 """The agent's end of the CNI shim's unix socket: one thread per request.
 
-Wire format (see cni/shim.py): the shim sends {"env": {...}, "stdin": "..."} and
-shuts down its write side; the agent answers {"code": N, "stdout": "..."}.
+Wire format: cni/wire.py. The shim shuts down its write side after the request.
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cni import wire
+
 from .metrics import Metrics
 
 log = logging.getLogger("routed.cni")
-
-MAX_REQUEST = 1 << 20  # a network config larger than 1 MiB is not one
 
 
 class CNIServer:
@@ -54,22 +53,16 @@ class CNIServer:
 
     def _serve(self, rfile, wfile) -> None:
         started = time.monotonic()
-        raw = rfile.read(MAX_REQUEST + 1)
         command = "?"
         try:
-            if len(raw) > MAX_REQUEST:
-                raise ValueError("request larger than 1 MiB")
-            request = json.loads(raw)
-            env, stdin = request["env"], request["stdin"]
-            if not isinstance(env, dict) or not isinstance(stdin, str):
-                raise ValueError("env must be an object and stdin a string")
+            env, stdin = wire.parse_request(rfile.read(wire.MAX_REQUEST + 1))
             command = env.get("CNI_COMMAND", "?")
-            code, out = self.handle({str(k): str(v) for k, v in env.items()}, stdin)
-        except (ValueError, KeyError, TypeError) as err:
+            code, out = self.handle(env, stdin)
+        except wire.BadRequest as err:
             code, out = 1, json.dumps({"cniVersion": "1.1.0", "code": 6, "msg": f"bad request from the shim: {err}"})
         self.metrics.observe_cni(command, code, time.monotonic() - started)
         try:
-            wfile.write(json.dumps({"code": code, "stdout": out}).encode())
+            wfile.write(wire.encode_answer(code, out))
         except OSError:
             log.warning("CNI %s: the shim went away before the answer", command)
 

@@ -7,11 +7,13 @@ release in its own directory. Both are replayed until they succeed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable
+
+from cni import wire
 
 log = logging.getLogger("routed.spool")
 
@@ -22,11 +24,10 @@ def replay_shim_spool(directory: str | Path, dispatch: Callable[[dict, str], tup
     path = Path(directory)
     if not path.is_dir():
         return 0
-    for entry in sorted(path.glob("*.json")):
+    for entry in sorted(path.glob("*.req")):
         try:
-            request = json.loads(entry.read_text())
-            env, stdin = request["env"], request["stdin"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            env, stdin = wire.parse_request(entry.read_bytes())
+        except (OSError, ValueError) as err:
             log.error("spool entry %s is unreadable (%s); moved aside", entry.name, err)
             entry.rename(entry.with_suffix(".bad"))
             continue
@@ -49,14 +50,29 @@ class PendingReleases:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.wake = threading.Event()
 
     def add(self, handle: str) -> None:
+        """Durable before it returns: a DEL is answered on the strength of it."""
         tmp = self.dir / f".{handle}"
-        tmp.write_text(handle)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, handle.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, self.dir / handle)
+        self.wake.set()
 
     def handles(self) -> list[str]:
         return sorted(p.name for p in self.dir.iterdir() if not p.name.startswith("."))
+
+    def run(self, release: Callable[[str], object], stop: threading.Event, interval: float = 5.0) -> None:
+        """Release queued handles as soon as they come, and retry failures every interval."""
+        while not stop.is_set():
+            self.wake.wait(interval)
+            self.wake.clear()
+            self.retry(release)
 
     def retry(self, release: Callable[[str], object]) -> int:
         done = 0

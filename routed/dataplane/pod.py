@@ -318,28 +318,59 @@ def teardown_pod(
     host_ifname: str,
     ips: Iterable | None = None,
 ) -> None:
-    """Delete the pod's veth from the host side (that deletes the pod end and every
-    route through either end, our host routes included). Idempotent: a missing veth, a
-    missing or empty netns path, a second call are all fine.
+    """Detach the pod (detach_pod) and delete its veth (delete_link). Idempotent: a
+    missing veth, a missing or empty netns path, a second call are all fine."""
+    index = detach_pod(ipr_host, host_netns, pod_netns_path, ifname, host_ifname, ips)
+    if index is not None:
+        delete_link(ipr_host, index, host_ifname)
+
+
+def detach_pod(
+    ipr_host: IPRoute,
+    host_netns: str | None,
+    pod_netns_path: str | None,
+    ifname: str,
+    host_ifname: str,
+    ips: Iterable | None = None,
+) -> int | None:
+    """The fast half of a teardown: remove our host routes through the pod's veth, so its
+    addresses may be given out again at once. Returns the veth's index for delete_link
+    (the slow half: the kernel takes 15-20 ms to delete a veth), or None when there is
+    nothing of this sandbox to delete.
 
     The host name derives from namespace/pod, so an interface of that name may belong to
     a *newer* sandbox of the same pod when a late DEL arrives for an old one. The veth is
-    therefore deleted only when it is provably this sandbox's:
+    therefore touched only when it is provably this sandbox's:
     - the netns path is usable: the veth's peer lives in that netns;
     - otherwise: it carries our (proto ROUTE_PROTO) host route for one of ``ips``.
-    With neither a netns nor ``ips`` nothing is deleted: a sandbox whose netns is gone
+    With neither a netns nor ``ips`` nothing is touched: a sandbox whose netns is gone
     has lost its veth with it (the kernel destroys both ends with the netns).
     ``ifname`` is accepted for symmetry with setup_pod; the host side is enough.
     """
     link = _get_link(ipr_host, ifname=host_ifname)
     if link is None:
-        return
+        return None
     if link.get(("linkinfo", "kind")) != "veth":
-        return  # not ours whatever its name
+        return None  # not ours whatever its name
     if not _is_this_sandbox(ipr_host, link, pod_netns_path, ips):
-        return
+        return None
+    index = link["index"]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr_host.get_routes(family=family, oif=index, proto=ROUTE_PROTO):
+            with step(f"delete the host route of {host_ifname}"):
+                _ignore(ipr_host.route, "del", family=family, dst=route.get_attr("RTA_DST"),
+                        dst_len=route["dst_len"], oif=index, proto=ROUTE_PROTO,
+                        codes=(errno.ESRCH, errno.ENOENT, errno.ENODEV))
+    return index
+
+
+def delete_link(ipr_host: IPRoute, index: int, host_ifname: str) -> None:
+    """Delete the veth at index (both ends go), if it still is the one named host_ifname."""
+    link = _get_link(ipr_host, index=index)
+    if link is None or link.get_attr("IFLA_IFNAME") != host_ifname:
+        return  # gone already, or the index now names something else
     with step(f"delete {host_ifname}"):
-        _ignore(ipr_host.link, "del", index=link["index"], codes=(errno.ENODEV,))
+        _ignore(ipr_host.link, "del", index=index, codes=(errno.ENODEV,))
 
 
 def _is_this_sandbox(ipr_host, link, pod_netns_path, ips) -> bool:

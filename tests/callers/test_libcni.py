@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from tests.support.wait import eventually
+
 from tests.callers.callers import (
     HostSnapshot,
     Libcni,
@@ -108,7 +110,7 @@ def test_add_check_del_through_libcni_with_portmap_and_bandwidth(node, cni, pod)
     assert link_names(pod.name) == {"lo"}
     assert str(ip.ip) + " " not in host_routes(node.host.name)
     assert _dnat_rules(node.host.name) == []
-    assert node.held_by(handle) == [] and node.handles() == []
+    eventually(lambda: node.held_by(handle) == [] and node.handles() == [], "address released")
     real_host.assert_unchanged()
 
 
@@ -157,7 +159,7 @@ def test_check_reports_a_broken_pod_and_del_still_cleans_up(node, cni, pod):
     assert code == 0, out
     assert host_if not in link_names(node.host.name)
     assert _dnat_rules(node.host.name) == []
-    assert node.handles() == []
+    eventually(lambda: node.handles() == [], "every address released")
 
 
 def test_del_after_the_netns_is_gone_and_again(node, cni, pod):
@@ -172,4 +174,4 @@ def test_del_after_the_netns_is_gone_and_again(node, cni, pod):
         assert code == 0, f"DEL #{attempt}: {out}\n{node.agent_log()}"
         assert str(ip.ip) + " " not in host_routes(node.host.name)
         assert _dnat_rules(node.host.name) == []
-        assert node.handles() == []
+        eventually(lambda: node.handles() == [], "every address released")

@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from tests.support.wait import eventually
+
 from tests.callers.callers import (
     NETWORK,
     HostSnapshot,
@@ -97,8 +99,9 @@ def test_two_podman_containers_get_pod_addresses_and_reach_each_other(node, podm
 
     podman("rm", "-f", "-t", "0", "c1", "c2")
     assert podman("ps", "-a", "-q").stdout.strip() == ""
-    assert node.handles() == []
-    assert node.held_by(f"{NETWORK}.{c1}.eth0") == [] and node.held_by(f"{NETWORK}.{c2}.eth0") == []
+    eventually(lambda: node.handles() == [], "every address released")
+    eventually(lambda: node.held_by(f"{NETWORK}.{c1}.eth0") == [] and node.held_by(f"{NETWORK}.{c2}.eth0") == [],
+               "both released")
     assert not [name for name in link_names(node.host.name) if name.startswith("cali")]
     routes = host_routes(node.host.name)
     assert f"{ip1} " not in routes and f"{ip2} " not in routes
@@ -111,7 +114,7 @@ def test_podman_restart_gives_the_network_back_and_leaks_nothing(node, podman, r
     peer_id, peer_ip, _, _ = _start(podman, node, "r2", rootfs)
 
     podman("stop", "-t", "0", "r1")
-    assert node.held_by(f"{NETWORK}.{cid}.eth0") == []
+    eventually(lambda: node.held_by(f"{NETWORK}.{cid}.eth0") == [], "released")
     assert host_if not in link_names(node.host.name)
     assert f"{ip} " not in host_routes(node.host.name)
     assert not os.path.exists(sandbox)
@@ -129,5 +132,5 @@ def test_podman_restart_gives_the_network_back_and_leaks_nothing(node, podman, r
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     podman("rm", "-f", "-t", "0", "r1", "r2")
-    assert node.handles() == []
+    eventually(lambda: node.handles() == [], "every address released")
     assert not [n for n in link_names(node.host.name) if n.startswith("cali")]

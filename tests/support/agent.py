@@ -40,7 +40,7 @@ class AgentProcess:
                 "--bgp-socket", str(self.workdir / "bgp.sock"),
                 "--cni-socket", self.socket, "--spool-dir", self.spool, "--state-dir", str(self.workdir / "state"),
                 "--health-port", str(self.health_port), "--etcd-endpoints", self.etcd_url,
-                "--block-grace", str(self.block_grace), "--log-level", "debug"]
+                "--block-grace", str(self.block_grace), "--log-level", "info"]
         if self.labels:
             args += ["--node-labels", self.labels]
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
