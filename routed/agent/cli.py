@@ -46,7 +46,7 @@ def run(args) -> int:
     # slowed the agent to seconds per ADD. Its warnings still show.
     for noisy in ("pyroute2", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    etcd = EtcdConfig.parse(args.etcd_endpoints) if args.etcd_endpoints else EtcdConfig.from_env()
+    etcd = EtcdConfig.from_env(endpoints=args.etcd_endpoints)
     config = AgentConfig(
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,

@@ -33,8 +33,7 @@ class Context:
     @property
     def kv(self):
         if self._kv is None:
-            config = (EtcdConfig.parse(self.args.etcd_endpoints) if self.args.etcd_endpoints
-                      else EtcdConfig.from_env())
+            config = EtcdConfig.from_env(endpoints=self.args.etcd_endpoints)
             self._kv = config.connect()
         return self._kv
 

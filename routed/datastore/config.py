@@ -20,8 +20,10 @@ class EtcdConfig:
     key: str | None = None
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> EtcdConfig:
-        raw = environ.get("ROUTED_ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS
+    def from_env(cls, environ=os.environ, endpoints: str | None = None) -> EtcdConfig:
+        """From ROUTED_ETCD_*; endpoints (a --etcd-endpoints flag) overrides only the URLs,
+        never the TLS files."""
+        raw = endpoints or environ.get("ROUTED_ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS
         return cls.parse(raw, environ.get("ROUTED_ETCD_CA"), environ.get("ROUTED_ETCD_CERT"),
                          environ.get("ROUTED_ETCD_KEY"))
 

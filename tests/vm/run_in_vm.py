@@ -3,7 +3,8 @@
 This machine's kernel has no ipip module, so IPIP is tested in a VM: Debian's
 linux-image-amd64 kernel (fetched and unpacked by scripts/vm-kernel.sh), booted by
 virtme-ng under qemu without KVM (the host's /dev/kvm cannot run a stock kernel). The
-guest sees the host filesystem read-only, with the repository mounted read-write; it
+guest sees the host filesystem read-only, with the repository mounted read-write (9p,
+cache=loose: see REPO_TAG below); it
 loads ipip, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
 
     .venv/bin/python tests/vm/run_in_vm.py [PATH ...] [-- PYTEST_ARGS ...]
@@ -33,7 +34,8 @@ SENTINEL = "ROUTED-GUEST-EXIT="
 # Exit codes of our own, distinct from pytest's (0-5).
 EXIT_NO_VM = 90          # could not prepare or start the VM, or the guest never reported
 EXIT_NO_IPIP = 91        # the guest kernel would not load ipip
-# Boot ≈ 15-20 s without KVM; a small guest pytest run adds ≈ 10-25 s.
+# Measured on 2 cores: guest reaches its script ≈ 8-9 s after start, the whole IPIP run
+# ≈ 26-35 s idle, up to ≈ 60 s with the machine busy (TCG suffers most from contention).
 DEFAULT_TIMEOUT = float(os.environ.get("ROUTED_VM_TIMEOUT", "300"))
 
 
@@ -60,34 +62,68 @@ def prepare_kernel() -> str:
     return kimg
 
 
-def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO) -> str:
-    """The shell script the guest runs: load ipip, run the venv's pytest, report."""
+# How the repository reaches the guest read-write. vng's --rwdir mounts 9p without any
+# cache, so every stat() is a round trip to qemu; under TCG that doubles Python's start-up
+# and import times (pytest: ~8 s -> ~4 s, pyroute2: ~12 s -> ~4.5 s). So by default we
+# export the repo ourselves and mount it with cache=loose over the read-only root's copy.
+# Nothing on the host changes the tree during the run; the guest's writes reach the host
+# (and it syncs before exiting). ROUTED_VM_RWDIR=1 falls back to plain `--rwdir`.
+REPO_TAG = "routedrepo"
+PLAIN_RWDIR = os.environ.get("ROUTED_VM_RWDIR") == "1"
+
+
+def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO,
+                 plain_rwdir: bool = PLAIN_RWDIR) -> str:
+    """The shell script the guest runs: mount the repo, load ipip, run the venv's pytest,
+    report its exit code on a line of its own."""
     python = repo / ".venv" / "bin" / "python"
     pytest_cmd = shlex.join(
         [str(python), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", *pytest_args, *paths]
     )
-    return "\n".join([
-        f"cd {shlex.quote(str(repo))} || {{ echo '{SENTINEL}{EXIT_NO_VM}'; exit {EXIT_NO_VM}; }}",
-        "echo \"guest: kernel $(uname -r)\"",
+    q_repo = shlex.quote(str(repo))
+    fail = f"{{ echo '{SENTINEL}{EXIT_NO_VM}'; exit {EXIT_NO_VM}; }}"
+    lines = ["echo \"guest: kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s\""]
+    if not plain_rwdir:
+        lines.append(
+            "mount -t 9p -o trans=virtio,version=9p2000.L,access=any,msize=512000,cache=loose "
+            f"{REPO_TAG} {q_repo} || {{ echo 'guest: ERROR: cannot mount the repo'; "
+            f"echo '{SENTINEL}{EXIT_NO_VM}'; exit {EXIT_NO_VM}; }}"
+        )
+    lines += [
+        f"cd {q_repo} || {fail}",
         "if ! modprobe ipip 2>&1; then",
         "  echo 'guest: ERROR: modprobe ipip failed'",
         f"  echo '{SENTINEL}{EXIT_NO_IPIP}'; exit {EXIT_NO_IPIP}",
         "fi",
-        f"ROUTED_IN_VM=1 {pytest_cmd} 2>&1",
+        # No plugin autoload: the hypothesis plugin alone costs ~20 s to import without KVM.
+        f"ROUTED_IN_VM=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {pytest_cmd} 2>&1",
         "rc=$?",
+        "sync",
+        "echo \"guest: pytest done, up $(cut -d' ' -f1 /proc/uptime) s\"",
         f"echo \"{SENTINEL}$rc\"",
         "exit $rc",
-    ])
+    ]
+    return "\n".join(lines)
 
 
-def vng_command(kimg: str, script: str, repo: Path = REPO) -> list[str]:
+def vng_command(kimg: str, script: str, repo: Path = REPO,
+                plain_rwdir: bool = PLAIN_RWDIR) -> list[str]:
     vng = repo / ".venv" / "bin" / "vng"
+    if plain_rwdir:
+        share = ["--rwdir", str(repo)]
+    else:
+        if "," in str(repo):
+            raise VMError(f"cannot export {repo} to qemu: a comma in the path")
+        # `--qemu-opts=VALUE`: a separate value starting with "-" confuses vng's argparse.
+        share = ["--qemu-opts="
+                 f"-fsdev local,id={REPO_TAG},path={repo},security_model=none,multidevs=remap "
+                 f"-device virtio-9p-pci,fsdev={REPO_TAG},mount_tag={REPO_TAG}"]
     return [
         str(vng),
         "--run", kimg,
         "--disable-kvm", "--force-9p",
         "--append", "modprobe.blacklist=kvm_amd,kvm_intel,kvm",
-        "--rwdir", str(repo),
+        *share,
         "--memory", "1G",
         "--cpus", "2",
         "--exec", script,
@@ -154,11 +190,13 @@ def run_in_vm(
     if not codes:
         raise VMError(
             f"the VM did not run the guest tests (vng exit {vng_rc} after {elapsed:.1f} s); "
-            f"command: {shlex.join(cmd[:-1])} --exec <script>\noutput:\n{output[-4000:]}"
+            f"command: {shlex.join(cmd[:-2])} --exec <script>\noutput:\n{output[-4000:]}"
         )
     rc = int(codes[-1])
     if rc == EXIT_NO_IPIP:
         raise VMError(f"the guest kernel could not load ipip:\n{output[-4000:]}")
+    if rc == EXIT_NO_VM:
+        raise VMError(f"the guest could not reach the repository:\n{output[-4000:]}")
     if echo:
         print(f"run_in_vm: guest pytest exit {rc}, VM run {elapsed:.1f} s", flush=True)
     return rc, output

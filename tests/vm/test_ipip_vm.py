@@ -2,7 +2,7 @@
 kernel has no ipip) and run tests/vm/guest_ipip.py inside it.
 
 A VM that cannot start is a failure, never a skip (run_in_vm raises VMError).
-Takes ≈ 30-40 s: the boot without KVM dominates.
+Takes ≈ 30 s on an idle machine (up to ≈ 60 s on a busy one): qemu runs without KVM.
 """
 
 from __future__ import annotations

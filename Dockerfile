@@ -1,0 +1,48 @@
+# The one image every routed container runs: the node agent, the ExaBGP sidecar,
+# install-cni, the GC controller, the chart's configuration job (routedctl) and the
+# optional BIRD route reflector.
+#
+#   docker build -t routed/routed:0.1.0 .
+#
+# Debian 12's own python3 (3.11, what pyproject.toml requires) in both stages, so the
+# virtualenv built in the first one runs unchanged in the second.
+
+FROM debian:12-slim AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/routed/venv \
+ && /opt/routed/venv/bin/pip install --no-cache-dir --upgrade pip setuptools wheel
+WORKDIR /src
+# Dependencies first (a layer that survives source edits), then the project itself.
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/requirements.txt \
+ && /opt/routed/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY routed ./routed
+COPY ipam ./ipam
+COPY cni ./cni
+COPY bgp ./bgp
+RUN /opt/routed/venv/bin/pip install --no-cache-dir --no-deps . \
+ && /opt/routed/venv/bin/routed --help >/dev/null \
+ && /opt/routed/venv/bin/routedctl --help >/dev/null \
+ && /opt/routed/venv/bin/exabgp --version >/dev/null
+
+FROM debian:12-slim
+# iproute2: `ip` for netns and the route reflector's address; iptables (nft backend,
+# Debian's default) for natOutgoing; bird2 for the optional route reflector.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 iproute2 iptables bird2 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && rm -f /etc/bird/bird.conf
+COPY --from=build /opt/routed/venv /opt/routed/venv
+ENV PATH=/opt/routed/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+LABEL org.opencontainers.image.title="routed" \
+      org.opencontainers.image.description="A Calico-class routed pod network for Kubernetes" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENTRYPOINT ["routed"]
+CMD ["--help"]

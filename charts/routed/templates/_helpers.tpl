@@ -1,0 +1,133 @@
+{{/*
+Names. The release is usually called "routed", which gives "routed-agent",
+"routed-controller"... rather than "routed-routed-agent".
+*/}}
+{{- define "routed.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "routed.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "routed.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "routed.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: routed
+{{- end -}}
+
+{{/* Selector labels of one component: include "routed.selectorLabels" (list . "agent") */}}
+{{- define "routed.selectorLabels" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: {{ include "routed.name" $ }}
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "routed.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "routed.agentServiceAccount" -}}{{ include "routed.fullname" . }}-agent{{- end -}}
+{{- define "routed.controllerServiceAccount" -}}{{ include "routed.fullname" . }}-controller{{- end -}}
+{{- define "routed.cniServiceAccount" -}}{{ include "routed.fullname" . }}-cni{{- end -}}
+{{- define "routed.configMapName" -}}{{ include "routed.fullname" . }}-config{{- end -}}
+
+{{/*
+Pod MTU: the value given, or 1500 less the encapsulation's overhead (VXLAN 50 bytes,
+IPIP 20). CrossSubnet counts as encapsulated: some of the traffic is.
+*/}}
+{{- define "routed.mtu" -}}
+{{- $pool := .Values.ipPool -}}
+{{- if gt (int .Values.mtu) 0 -}}
+{{- .Values.mtu | int -}}
+{{- else if or (eq $pool.encapsulation "None") (eq $pool.encapsulationMode "Never") -}}
+1500
+{{- else if eq $pool.encapsulation "IPIP" -}}
+1480
+{{- else -}}
+1450
+{{- end -}}
+{{- end -}}
+
+{{- define "routed.ipipMode" -}}
+{{- if eq .Values.ipPool.encapsulation "IPIP" }}{{ .Values.ipPool.encapsulationMode }}{{ else }}Never{{ end -}}
+{{- end -}}
+
+{{- define "routed.vxlanMode" -}}
+{{- if eq .Values.ipPool.encapsulation "VXLAN" }}{{ .Values.ipPool.encapsulationMode }}{{ else }}Never{{ end -}}
+{{- end -}}
+
+{{- define "routed.meshEnabled" -}}
+{{- and .Values.bgp.nodeToNodeMesh (not .Values.routeReflector.enabled) -}}
+{{- end -}}
+
+{{/* Where the etcd client certificates are mounted in every container that talks to etcd. */}}
+{{- define "routed.etcdTLSDir" -}}/etc/routed/etcd-tls{{- end -}}
+
+{{/* The Secret names (sorted, unique) the BGP peers' passwords come from. */}}
+{{- define "routed.passwordSecrets" -}}
+{{- $names := list -}}
+{{- range .Values.bgp.peers -}}
+{{- if .passwordSecret -}}
+{{- $names = append $names .passwordSecret.name -}}
+{{- end -}}
+{{- end -}}
+{{- $names | uniq | sortAlpha | join "," -}}
+{{- end -}}
+
+{{/* Environment every container that talks to etcd gets: the ConfigMap plus nothing else. */}}
+{{- define "routed.etcdEnvFrom" -}}
+- configMapRef:
+    name: {{ include "routed.configMapName" . }}
+{{- end -}}
+
+{{- define "routed.etcdTLSVolume" -}}
+{{- if .Values.etcd.tls.enabled }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.secretName }}
+    # Group-readable: the controller and the config job run as nobody (fsGroup).
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "routed.etcdTLSMount" -}}
+{{- if .Values.etcd.tls.enabled }}
+- name: etcd-tls
+  mountPath: {{ include "routed.etcdTLSDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express (it sees one value at a time). Included by the
+ConfigMap, so `helm template` and `helm install` fail with a clear message.
+*/}}
+{{- define "routed.validate" -}}
+{{- $prefix := .Values.ipPool.cidr | splitList "/" | last | int -}}
+{{- if gt $prefix (int .Values.ipPool.blockSize) -}}
+{{- fail (printf "ipPool.cidr %s is smaller than one block (ipPool.blockSize %d)" .Values.ipPool.cidr (int .Values.ipPool.blockSize)) -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range .Values.bgp.peers -}}
+{{- if has .name $names -}}
+{{- fail (printf "bgp.peers: the name %q is used twice" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
