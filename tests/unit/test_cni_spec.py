@@ -88,10 +88,3 @@ def test_gc_takes_valid_attachments():
 def test_version_needs_nothing():
     assert json.loads(spec.version_result())["supportedVersions"] == spec.SUPPORTED_VERSIONS
 
-
-def test_an_endpoints_flag_keeps_the_tls_files_from_the_environment():
-    from routed.datastore.config import EtcdConfig
-
-    env = {"ROUTED_ETCD_CA": "/ca", "ROUTED_ETCD_CERT": "/c", "ROUTED_ETCD_KEY": "/k"}
-    config = EtcdConfig.from_env(env, endpoints="https://10.0.0.1:2379")
-    assert (config.endpoints, config.ca, config.cert, config.key) == (["https://10.0.0.1:2379"], "/ca", "/c", "/k")
