@@ -50,17 +50,18 @@ class HostDataplane:
 
     # -- PodNetwork (cni.plugin) ---------------------------------------------------
 
+    # The pod operations speak rtnetlink themselves (routed.dataplane.rtnl): no pyroute2
+    # socket is needed for them, only the host netns.
+
     def setup(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> dict:
-        with self.ipr() as ipr:
-            pod = podnet.setup_pod(ipr, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
+        pod = podnet.setup_pod(None, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
         return {"mac": pod.mac, "host_mac": pod.host_mac}
 
     def teardown(self, netns: str | None, ifname: str, host_ifname: str, ips: list | None = None) -> None:
         """Routes go now; the veth, whose deletion takes the kernel 15-20 ms, goes in the
         background. Safe: nothing routes to it any more, and a new sandbox of the same pod
         gets a new veth (delete_link checks the index still names this one)."""
-        with self.ipr() as ipr:
-            index = podnet.detach_pod(ipr, self.netns, netns, ifname, host_ifname, ips)
+        index = podnet.detach_pod(None, self.netns, netns, ifname, host_ifname, ips)
         if index is not None:
             self._doomed.put((index, host_ifname))
 
@@ -68,8 +69,8 @@ class HostDataplane:
         while True:
             index, name = self._doomed.get()
             try:
-                with self.ipr() as ipr:
-                    podnet.delete_link(ipr, index, name)
+                with in_netns(self.netns):
+                    podnet.delete_link(None, index, name)
             except DataplaneError as err:
                 log.warning("cannot delete %s: %s", name, err)
             finally:
@@ -80,8 +81,7 @@ class HostDataplane:
         self._doomed.join()
 
     def check(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> list[str]:
-        with self.ipr() as ipr:
-            return podnet.check_pod(ipr, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
+        return podnet.check_pod(None, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
 
     # -- node-level ------------------------------------------------------------------
 

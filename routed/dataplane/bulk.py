@@ -42,7 +42,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300
-NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # flags of an NLMSG_ERROR answer
 NLMSGERR_ATTR_MSG = 1
 
@@ -183,57 +183,74 @@ class SyncResult:
 # --------------------------------------------------------------------------- packing (pure)
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def pack_attr(kind: int, payload: bytes) -> bytes:
     length = RTATTR.size + len(payload)
     return RTATTR.pack(length, kind) + payload + b"\0" * (-length & 3)
 
 
-def _message(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
+def pack_message(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
 def pack_replace(route: Route, seq: int, oif: int | None) -> bytes:
     """RTM_NEWROUTE with CREATE|REPLACE: adds the route, or replaces the one to the same
     destination in the same table (the kernel's route identity), whatever its next hop."""
+    return _pack_newroute(route, seq, oif, NLM_F_CREATE | NLM_F_REPLACE)
+
+
+def pack_add(route: Route, seq: int, oif: int | None) -> bytes:
+    """RTM_NEWROUTE with CREATE|EXCL: adds the route; EEXIST when the table already has
+    one to that destination (``ip route add``)."""
+    return _pack_newroute(route, seq, oif, NLM_F_CREATE | NLM_F_EXCL)
+
+
+def _pack_newroute(route: Route, seq: int, oif: int | None, create_flags: int) -> bytes:
     unicast = route.kind == "unicast"
     scope = RT_SCOPE_LINK if unicast and not route.gateway else RT_SCOPE_UNIVERSE
     rtm_flags = RTNH_F_ONLINK if route.onlink else 0
     body = [
         RTMSG.pack(route.family, route.prefixlen, 0, 0, route.table if route.table < 256 else 0,
                    route.proto, scope, KINDS[route.kind], rtm_flags),
-        _attr(RTA_TABLE, U32.pack(route.table)),
-        _attr(RTA_DST, route._dst_packed),
+        pack_attr(RTA_TABLE, U32.pack(route.table)),
+        pack_attr(RTA_DST, route._dst_packed),
     ]
     if route.gateway:
-        body.append(_attr(RTA_GATEWAY, socket.inet_pton(route.family, route.gateway)))
+        body.append(pack_attr(RTA_GATEWAY, socket.inet_pton(route.family, route.gateway)))
     if oif is not None:
-        body.append(_attr(RTA_OIF, U32.pack(oif)))
-    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-    return _message(RTM_NEWROUTE, flags, seq, b"".join(body))
+        body.append(pack_attr(RTA_OIF, U32.pack(oif)))
+    return pack_message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | create_flags, seq, b"".join(body))
 
 
-def pack_delete(route: Route, seq: int) -> bytes:
+def pack_delete(route: Route, seq: int, oif: int | None = None) -> bytes:
     """RTM_DELROUTE for our route to ``route.dst`` in its table, whatever its next hop:
     type 0 and scope NOWHERE match any (as ``ip route del`` sends them), and the proto
-    makes the kernel skip a route of another proto to the same destination."""
+    makes the kernel skip a route of another proto to the same destination. With
+    ``oif``, only a route through that interface matches."""
     body = [
         RTMSG.pack(route.family, route.prefixlen, 0, 0, route.table if route.table < 256 else 0,
                    route.proto, RT_SCOPE_NOWHERE, 0, 0),
-        _attr(RTA_TABLE, U32.pack(route.table)),
-        _attr(RTA_DST, route._dst_packed),
+        pack_attr(RTA_TABLE, U32.pack(route.table)),
+        pack_attr(RTA_DST, route._dst_packed),
     ]
-    return _message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, seq, b"".join(body))
+    if oif is not None:
+        body.append(pack_attr(RTA_OIF, U32.pack(oif)))
+    return pack_message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, seq, b"".join(body))
 
 
-def pack_dump(msg_type: int, seq: int, family: int = socket.AF_UNSPEC, proto: int = 0) -> bytes:
+def pack_dump(msg_type: int, seq: int, family: int = socket.AF_UNSPEC, proto: int = 0,
+              table: int = 0, oif: int | None = None) -> bytes:
     """A dump request. With NETLINK_GET_STRICT_CHK the kernel filters routes by
-    rtm_protocol itself; without it (old kernels) it ignores the field and the parser
-    filters."""
+    rtm_protocol, table and RTA_OIF itself; without it (old kernels) it ignores them and
+    the parser filters."""
     if msg_type == RTM_GETROUTE:
-        body = RTMSG.pack(family, 0, 0, 0, 0, proto, 0, 0, 0)
+        body = RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, proto, 0, 0, 0)
+        if table >= 256:
+            body += pack_attr(RTA_TABLE, U32.pack(table))
+        if oif is not None:
+            body += pack_attr(RTA_OIF, U32.pack(oif))
     else:
         body = IFINFOMSG.pack(family, 0, 0, 0, 0)
-    return _message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+    return pack_message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -382,6 +399,8 @@ class RtnlSocket:
     is created, so only the creation happens inside ``in_netns``; after that any thread
     may use it (one at a time)."""
 
+    BUFFER = 1 << 20  # bytes of the receive buffer (one datagram per recv)
+
     def __init__(self, netns: str | None):
         try:
             with in_netns(netns):
@@ -406,7 +425,7 @@ class RtnlSocket:
             raise
         self.seq = 0
         self.resent = 0  # requests sent again after their acks were lost (for tests, stats)
-        self.buf = bytearray(1 << 20)
+        self.buf = bytearray(self.BUFFER)
 
     def close(self) -> None:
         self.sock.close()

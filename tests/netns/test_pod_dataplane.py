@@ -6,6 +6,7 @@ import ipaddress
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import pytest
@@ -18,6 +19,8 @@ from routed.dataplane.netns import in_netns
 from routed.dataplane import pod as podmod
 from routed.dataplane.pod import (
     check_pod,
+    delete_link,
+    detach_pod,
     host_veth_name,
     host_veth_name_for_container,
     setup_pod,
@@ -295,6 +298,52 @@ def test_teardown_never_deletes_another_sandboxs_veth(host, netns):
     teardown_pod(host.ipr, host.name, None, "eth0", pi.host_ifname)
     assert pi.host_ifname in links(host.name)
     assert check_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips) == []
+
+
+def test_detach_frees_the_addresses_at_once_and_delete_link_finishes(host, netns):
+    # The agent's split DEL, with no IPRoute at all (ipr_host=None): the host routes go
+    # first, so the address can serve a new pod while the old veth still exists.
+    ns, path, pi = _pod(host, netns, "split", ["10.20.14.1", "fd00:20:14::1"])
+    index = detach_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips)
+    assert index == links(host.name)[pi.host_ifname]["ifindex"]
+    assert _our_routes(host.name) == [] and _our_routes(host.name, "-6") == []
+    assert "eth0" in links(ns)
+
+    ns2 = netns("pod")
+    other = host_veth_name("rt-test", "split2")
+    setup_pod(None, host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"])
+    assert {r["dev"] for r in _our_routes(host.name)} == {other}
+
+    # Nothing left to detach of the first sandbox but its veth; a second detach finds
+    # it again (idempotent), and another sandbox's DEL finds nothing of its own.
+    assert detach_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips) == index
+    assert detach_pod(None, host.name, netns.path(ns2), "eth0", pi.host_ifname) is None
+
+    # delete_link acts in the netns of the IPRoute it is given, whatever netns the
+    # calling thread is in (here: the real host's, which it must not touch).
+    delete_link(host.ipr, index, "cali-not-this")  # the index names another link now
+    assert pi.host_ifname in links(host.name)
+    delete_link(host.ipr, index, pi.host_ifname)
+    assert pi.host_ifname not in links(host.name) and "eth0" not in links(ns)
+    delete_link(host.ipr, index, pi.host_ifname)  # gone already: fine
+    with in_netns(host.name):
+        delete_link(None, index, pi.host_ifname)  # None: the calling thread's netns
+    assert check_pod(None, host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"]) == []
+
+
+def test_detach_of_an_old_sandbox_leaves_the_new_one_alone(host, netns):
+    ns, path, pi = _pod(host, netns, "keep", ["10.20.15.2"])
+    old = netns("old")
+    assert detach_pod(None, host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.15.1"]) is None
+    assert detach_pod(None, host.name, "", "eth0", pi.host_ifname, ["10.20.15.1"]) is None
+    assert [r["dst"] for r in _our_routes(host.name)] == ["10.20.15.2"]
+    assert check_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips) == []
+
+
+def test_pod_dataplane_does_not_import_pyroute2():
+    # Importing pyroute2 costs 200-300 ms; the CNI path does not need it any more.
+    code = "import sys, routed.dataplane.pod; assert 'pyroute2' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --------------------------------------------------------------------------- check
