@@ -311,8 +311,12 @@ class BGPController:
             status.info = ""
             with self._lock:
                 self.stale_until.pop(peer, None)
-            # Our routes went out with the session; End-of-RIB tells a restarting peer so.
-            self.link.send([f"neighbor {peer} announce eor ipv4 unicast"])
+                prefixes = sorted(self.own_prefixes)
+            # ExaBGP gives a neighbour added by a reload none of what was announced before
+            # it existed: announce everything to this one, then End-of-RIB, which tells a
+            # peer in graceful restart that our routes are all there.
+            self.link.send([f"neighbor {peer} {c}" for c in announce_commands("announce", prefixes)]
+                           + [f"neighbor {peer} announce eor ipv4 unicast"])
         elif state == "down":
             status.info = neighbor.get("reason", status.info) or status.info
             keep = self.peers.get(peer).graceful_restart if peer in self.peers else 0

@@ -63,3 +63,37 @@ def test_a_withdrawn_block_leaves_the_other_nodes(cluster):
     (bkey, rev), = ipam.empty_blocks("a")
     assert ipam.release_block(bkey, rev)
     cluster.wait(lambda: block not in b.routes(), what="b to drop a's released block")
+
+
+def test_a_new_node_does_not_reset_existing_sessions(cluster):
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    cluster.wait(lambda: cluster.sessions_up(a, 1), what="a-b session")
+    (before,) = [p for p in a.peers() if p["address"] == b.ip]
+    c = cluster.add_node("c", 3)
+    cluster.wait(lambda: cluster.sessions_up(a, 2) and cluster.sessions_up(c, 2), what="c joins the mesh")
+    (after,) = [p for p in a.peers() if p["address"] == b.ip]
+    assert after["state"] == "up" and after["since"] == before["since"], "the a-b session was reset by the reload"
+    assert "SIGUSR1" in (a.workdir / "bgp" / "exabgp.log").read_text() or \
+        "reloading" in (a.workdir / "speaker.log").read_text()
+
+
+def test_a_borrowed_address_is_advertised_as_a_host_route(cluster):
+    # One block of 4 per node: a fills its block, b takes the last block, a then borrows from b.
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"},
+                   "spec": {"cidr": "10.244.0.0/29", "blockSize": 30}})
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    cluster.wait(lambda: cluster.sessions_up(a, 1), what="a-b session")
+    _, b_ip = b.add_pod("p0")
+    a_pods = [a.add_pod(f"p{i}") for i in range(5)]
+    borrowed = a_pods[-1][1]
+    b_block = [line.split()[1] for line in b.routes(201).splitlines() if line.startswith("blackhole")][0]
+    import ipaddress
+
+    assert ipaddress.ip_address(borrowed) in ipaddress.ip_network(b_block)
+    # b routes the borrowed address to a (the /32 beats its own block's blackhole) ...
+    cluster.wait(lambda: f"{borrowed} via {a.ip}" in b.routes(), what="b to learn a's /32")
+    # ... and pods on both nodes reach it.
+    b_pod = b.pods[0][1]
+    assert b_pod.run("ping", "-c1", "-W2", borrowed, check=False).returncode == 0
+    assert a_pods[0][0].run("ping", "-c1", "-W2", b_ip, check=False).returncode == 0
