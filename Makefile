@@ -7,8 +7,10 @@ VENV := .venv
 setup:
 	@bash scripts/setup.sh
 
+# A 4-node, 2-rack lab (BIRD ToRs, VXLAN across racks) with 2 pods per node: prints the
+# status, the reachability matrix and two nodes' route tables, and stays up.
 lab: setup
-	$(VENV)/bin/routed lab up
+	$(VENV)/bin/routed lab up --pods 2
 
 lab-down:
 	$(VENV)/bin/routed lab down

@@ -10,6 +10,7 @@ peers keep our routes for the graceful-restart time.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -24,6 +25,13 @@ log = logging.getLogger("routed.bgp")
 
 CONFIG = "exabgp.conf"
 ENV = "exabgp.env.json"
+
+
+def _die_with_parent() -> None:
+    """ExaBGP gets SIGTERM when its supervisor dies, even by SIGKILL: an orphan would
+    keep port 179 and make every restarted speaker's ExaBGP fail to bind."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def exabgp_binary() -> str:
@@ -54,7 +62,7 @@ class Speaker:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         out = open(self.dir / "exabgp.log", "ab")
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         log.info("ExaBGP started (pid %d)", self.proc.pid)
 
     def run(self) -> None:

@@ -7,6 +7,7 @@ network while the agent is upgraded or restarted.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class AgentConfig:
     bgp_dir: str = "/var/run/routed/bgp"
     bgp_socket: str = "/var/run/routed/bgp.sock"
     secrets_dir: str = "/etc/routed/secrets"
+    # Where the Kubernetes API is (routed.k8s.api_source); None: run without Kubernetes.
+    kube: dict | None = None
 
 
 class Agent:
@@ -57,6 +60,8 @@ class Agent:
         self.metrics = Metrics()
         self.registered = threading.Event()
         self.labels: dict = dict(config.node_labels)
+        self.own_labels: dict = dict(config.node_labels)  # what we register: Kubernetes' + --node-labels
+        self.kube = self.pod_info = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -65,15 +70,19 @@ class Agent:
         self.store = ResourceStore(self.kv)
         self.dataplane = HostDataplane(c.netns)
         self.dataplane.set_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
+        kube_ip = self._start_kubernetes() if c.kube is not None else None
         if c.node_ip:
             self.address = nodeinfo.parse_node_ip(c.node_ip)
+        elif kube_ip:
+            self.address = self._address_holding(kube_ip)
         else:
             with self.dataplane.ipr() as ipr:
                 self.address = nodeinfo.detect_node_ip(ipr)
         self.ipam = IPAM(self.kv)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
-                                   defer_release=self.pending.add, release_later=self.pending.add)
+                                   defer_release=self.pending.add, release_later=self.pending.add,
+                                   pod_info=self.pod_info)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
         self.cni.start()
@@ -92,6 +101,33 @@ class Agent:
         log.info("agent for node %s (%s) started%s", c.node_name, self.address,
                  f" in netns {c.netns}" if c.netns else "")
 
+    def _start_kubernetes(self) -> str | None:
+        """Labels from this node's Kubernetes Node, and the pod cache that CNI ADD reads pool
+        and address annotations from. Returns the Node's InternalIP (IPv4), if any."""
+        from routed.k8s.client import KubeClient
+        from routed.k8s.podinfo import PodInfo
+
+        name = self.config.node_name
+        self.kube = KubeClient.connect(**self.config.kube)
+        node = self.kube.get("nodes", name)
+        if node is None:
+            raise RoutedError(f"Kubernetes has no Node {name!r}: --node-name must be the Kubernetes node name")
+        self.own_labels = self.labels = {**_kube_labels(node), **self.config.node_labels}
+        self.pod_info = PodInfo(self.kube, name).start()
+        for addr in (node.get("status") or {}).get("addresses") or []:
+            if addr.get("type") == "InternalIP" and "." in addr.get("address", ""):
+                return addr["address"]
+        return None
+
+    def _address_holding(self, ip: str) -> str:
+        """ip with the prefix of the host interface that holds it (the subnet decides CrossSubnet)."""
+        with self.dataplane.ipr() as ipr:
+            for addr in ipr.get_addr(family=socket.AF_INET):
+                if addr.get_attr("IFA_ADDRESS") == ip:
+                    return f"{ip}/{addr['prefixlen']}"
+        raise RoutedError(f"the Kubernetes Node's InternalIP {ip} is on no interface of this host; "
+                          "pass --node-ip ADDR/PREFIX")
+
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
         return dispatch(env, stdin, self.cni_context)
 
@@ -99,7 +135,7 @@ class Agent:
         delay = 0.2
         while not stop.is_set():
             try:
-                node = nodeinfo.register(self.store, self.config.node_name, self.address, self.config.node_labels)
+                node = nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels)
                 self.labels = dict(node.metadata.labels or {})
                 break
             except RoutedError as err:
@@ -129,6 +165,12 @@ class Agent:
             self._spawn(task.name, task.run)
 
     def _refresh_labels(self) -> None:
+        if self.kube is not None:  # a label changed in Kubernetes: register it again
+            kube_node = self.kube.get("nodes", self.config.node_name)
+            labels = {**_kube_labels(kube_node), **self.config.node_labels} if kube_node else self.own_labels
+            if labels != self.own_labels:
+                nodeinfo.register(self.store, self.config.node_name, self.address, labels)
+                self.own_labels = labels
         node = self.store.find(r.Node, self.config.node_name)
         if node is not None:
             self.labels = dict(node.metadata.labels or {})
@@ -149,10 +191,17 @@ class Agent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.pending.wake.set()  # its worker waits on this, not on stop_event
         self.cni.stop()
+        if self.pod_info is not None:
+            self.pod_info.stop()
         self.health.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         self.dataplane.close()
         self.kv.close()
         log.info("agent stopped; pod networking left in place")
+
+
+def _kube_labels(node: dict) -> dict:
+    return dict((node.get("metadata") or {}).get("labels") or {})

@@ -12,6 +12,7 @@ import time
 
 from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
+from routed.k8s import api_source
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -51,7 +52,8 @@ def run(args) -> int:
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
-        bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir)
+        bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
+        kube=api_source(args.kube_server, args.kubeconfig))
     agent = Agent(config)
     agent.start()
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
@@ -82,6 +84,10 @@ def register(sub) -> None:
     p.add_argument("--secrets-dir", default=env("ROUTED_SECRETS_DIR", "/etc/routed/secrets"),
                    help="mounted secrets, <name>/<key>, for BGP passwords")
     p.add_argument("--etcd-endpoints", default=None)
+    p.add_argument("--kube-server", default=None, metavar="URL",
+                   help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster "
+                        "when KUBERNETES_SERVICE_HOST is set, else no Kubernetes")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE", help="Kubernetes API from a kubeconfig")
     p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)

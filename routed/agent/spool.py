@@ -72,7 +72,8 @@ class PendingReleases:
         while not stop.is_set():
             self.wake.wait(interval)
             self.wake.clear()
-            self.retry(release)
+            if not stop.is_set():
+                self.retry(release)
 
     def retry(self, release: Callable[[str], object]) -> int:
         done = 0

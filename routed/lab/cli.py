@@ -1,57 +1,276 @@
-"""`routed lab up | down | status`."""
+"""`routed lab up | down | status | pod add | pod del | routes`: commands call the lab
+modules (which return data) and render what they return."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-from routed import resources as r
-from routed.cli.columns import resource_table
-from routed.cli.render import format_table
-from routed.datastore.etcd import EtcdKV
-from routed.datastore.resources import ResourceStore
+from routed.cli.render import Table, format_table
+from routed.errors import RoutedError
 
-from . import etcd
-
-DEFAULT_POOL = {
-    "apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
-    "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "vxlanMode": "CrossSubnet", "natOutgoing": True},
-}
+from . import cluster, pods, status
+from .cluster import Lab
 
 
-def state_dir() -> Path:
-    path = Path(os.environ.get("ROUTED_LAB_DIR", "/var/lib/routed-lab"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+class Progress:
+    """Progress on stderr: a rewritten line on a terminal, a line now and then otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._live = False
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+
+    def _stamp(self) -> str:
+        return f"lab {time.monotonic() - self._start:5.1f}s"
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._live:
+                self.stream.write("\n")
+                self._live = False
+            self.stream.write(f"{self._stamp()}  {text}\n")
+            self.stream.flush()
+
+    def live(self, text: str, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.tty:
+                self.stream.write(f"\r\033[K{self._stamp()}  {text}")
+                self._live = True
+            elif force or now - self._last >= 2.0:
+                self.stream.write(f"{self._stamp()}  {text}\n")
+                self._last = now
+            self.stream.flush()
+
+    def done(self) -> None:
+        with self._lock:
+            if self._live:
+                self.stream.write("\n")
+                self._live = False
+            self.stream.flush()
+
+    def reach(self, checked: int, total: int, failing: int) -> None:
+        self.live(f"reachability: {checked}/{total} pairs tried, {failing} not answering yet",
+                  force=checked == total)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _section(title: str, table: Table) -> str:
+    return f"{title}\n{format_table(table)}" if table.rows else f"{title}\n  (none)"
+
+
+def render_status(data: dict) -> str:
+    lab = data["lab"]
+    o = lab["options"]
+    parts = [f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}, "
+             f"ToRs {o['tor']}, etcd {lab['etcd']}"]
+    parts.append(_section("NODES", Table(
+        ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
+        [[n["name"], n["rack"], n["address"], n["netns"], n["agent"], n["speaker"],
+          f"127.0.0.1:{n['healthPort']}"] for n in data["nodes"]])))
+    parts.append(_section("TOP-OF-RACK ROUTERS", Table(
+        ["NAME", "DAEMON", "AS", "ADDRESS", "CORE", "RUNNING", "POD ROUTES"],
+        [[r["name"], r["kind"], r["as"], r["address"], r["coreAddress"] or "-", "yes" if r["running"] else "NO",
+          r["podRoutes"]] for r in data["routers"]])))
+    sessions = data["sessions"]
+    up = sum(s["state"] == "up" for s in sessions)
+    parts.append(_section(f"BGP SESSIONS ({up}/{len(sessions)} up)", Table(
+        ["SPEAKER", "PEER", "NAME", "TYPE", "STATE", "ACCEPTED", "INFO"],
+        [[s["speaker"], s["peer"], s["name"], s["type"], s["state"],
+          "" if s["accepted"] is None else s["accepted"], s["info"]] for s in sessions])))
+    parts.append(_section("BLOCKS", Table(
+        ["CIDR", "NODE", "IN USE", "FREE"],
+        [[b["cidr"], b["node"] or "(none)", b["inUse"], b["free"]] for b in data["blocks"]])))
+    parts.append(_section("PODS", Table(
+        ["#", "NODE", "POD", "NAMESPACE", "IP", "NETNS"],
+        [[i, p["node"], p["name"], p["namespace"], p["ip"] or "-", p["netns"] if p["present"] else "(missing)"]
+         for i, p in enumerate(data["pods"], 1)])))
+    if "reachability" in data:
+        parts.append(render_matrix(data["reachability"]))
+    return "\n\n".join(parts)
+
+
+def render_matrix(reach: dict) -> str:
+    labels = reach["pods"]
+    if len(labels) < 2:
+        return "REACHABILITY\n  (fewer than two pods: `routed lab pod add NODE NAME`)"
+    total = reach["ok"] + reach["failed"] + reach["untested"]
+    verdict = "ALL REACHABLE" if reach["ok"] == total else \
+        f"{reach['failed']} FAILING" + (f", {reach['untested']} not tried" if reach["untested"] else "")
+    head = f"REACHABILITY: {reach['ok']}/{total} pod pairs answer ping ({verdict}; {reach['seconds']}s)"
+    cell = {True: "ok", False: "NO", None: "?"}
+    width = max(len(str(len(labels))), 2)
+    rows = []
+    for i, src in enumerate(labels, 1):
+        marks = ["-" if src == dst else cell[reach["matrix"][src][dst]] for dst in labels]
+        rows.append([str(i), src, *[m.rjust(width) for m in marks]])
+    table = Table(["#", "FROM \\ TO", *[str(i).rjust(width) for i in range(1, len(labels) + 1)]], rows)
+    return f"{head}\n{format_table(table)}"
+
+
+def annotate_routes(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        note = ""
+        if line.startswith("blackhole"):
+            note = "<- blackhole: a block this node owns"
+        elif "dev vxlan.routed" in line:
+            note = "<- VXLAN: block of a node in another rack (next hop = that node)"
+        elif "dev tunl0" in line:
+            note = "<- IPIP"
+        elif "proto 202" in line:
+            note = "<- direct: block of a node in this rack (learned over BGP)"
+        elif " dev cali" in line:
+            note = "<- a local pod"
+        elif line.startswith("default"):
+            note = "<- the rack's ToR"
+        out.append(f"  {line:<62} {note}".rstrip())
+    return "\n".join(out)
+
+
+def render_routes(state: dict, names: list[str]) -> str:
+    blocks = []
+    for name in names:
+        node = next(n for n in state["nodes"] if n["name"] == name)
+        text = status.node_routes(state, name)
+        blocks.append(f"$ ip -n {node['netns']} route      # {name}, rack {node['rack']}, {node['address']}\n"
+                      + annotate_routes(text))
+    return "\n\n".join(blocks)
+
+
+def showcase_nodes(state: dict) -> list[str]:
+    """Two nodes whose tables show a direct route and a VXLAN one: the first node and the
+    first of another rack (or simply the first two)."""
+    nodes = state["nodes"]
+    if not nodes:
+        return []
+    other = next((n for n in nodes if n["rack"] != nodes[0]["rack"]), nodes[1] if len(nodes) > 1 else None)
+    return [nodes[0]["name"]] + ([other["name"]] if other else [])
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _lab() -> Lab:
+    return Lab()
 
 
 def up(args) -> int:
-    state = state_dir()
-    pid = etcd.start(state)
-    kv = EtcdKV([etcd.endpoint()])
-    try:
-        store = ResourceStore(kv)
-        store.apply(r.parse(DEFAULT_POOL))
-        print(f"etcd running (pid {pid}) at {etcd.endpoint()}, data in {state}")
-        print(format_table(resource_table(r.IPPool, store.list(r.IPPool)), wide=True))
-    finally:
-        kv.close()
-    print(f"\nTry: ROUTED_ETCD_ENDPOINTS={etcd.endpoint()} .venv/bin/routedctl get ippools -o yaml")
-    print("Tear down: .venv/bin/routed lab down")
-    return 0
+    progress = Progress()
+    lab = _lab()
+    options = cluster.options_from_env(nodes=args.nodes, racks=args.racks, encap=args.encap, tor=args.tor)
+    started = time.monotonic()
+    state = cluster.up(lab, options, progress.line, timeout=args.timeout)
+    progress.line(f"lab up in {time.monotonic() - started:.0f}s")
+    if args.pods:
+        wanted = [(n["name"], f"p{i}") for n in state["nodes"] for i in range(1, args.pods + 1)]
+        have = {(p["node"], p["name"]) for p in state["pods"]}
+        missing = [w for w in wanted if w not in have]
+        if missing:
+            progress.line(f"pods: adding {len(missing)} ({args.pods} per node) through the CNI shim")
+            errors = []
+
+            def add(item):
+                try:
+                    pods.add(lab, item[0], item[1])
+                except RoutedError as err:
+                    errors.append(str(err))
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(add, missing))
+            if errors:
+                raise RoutedError("; ".join(errors))
+    state = lab.load()
+    reach_timeout = args.timeout if state["pods"] else 0
+    data = status.collect(lab, reach=len(state["pods"]) > 1, timeout=min(60.0, reach_timeout),
+                          progress=progress.reach)
+    progress.done()
+    print(render_status(data))
+    if state["pods"]:
+        print()
+        print(render_routes(state, showcase_nodes(state)))
+    print()
+    print(f"The lab stays up (state in {lab.dir}). Try: routed lab status | routed lab pod add node1 web")
+    print(f"  ROUTED_ETCD_ENDPOINTS={state['etcd']['endpoint']} .venv/bin/routedctl ipam show --show-blocks")
+    print("Tear it down with: make lab-down   (or: .venv/bin/routed lab down)")
+    reach = data.get("reachability")
+    return 0 if reach is None or reach["ok"] == reach["ok"] + reach["failed"] + reach["untested"] else 1
 
 
 def down(args) -> int:
-    state = state_dir()
-    etcd.stop(state)
-    shutil.rmtree(state, ignore_errors=True)
-    print("lab removed")
+    progress = Progress()
+    cluster.down(_lab(), progress.line)
+    return 0
+
+
+def show_status(args) -> int:
+    progress = Progress()
+    data = status.collect(_lab(), reach=not args.no_ping, timeout=args.timeout,
+                          progress=None if args.output == "json" else progress.reach)
+    progress.done()
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_status(data))
+    return 0
+
+
+def pod_add(args) -> int:
+    pod = pods.add(_lab(), args.node, args.name, args.namespace)
+    print(f"pod {pod['namespace']}/{pod['name']} on {pod['node']}: {pod['ip']} (netns {pod['netns']})")
+    return 0
+
+
+def pod_del(args) -> int:
+    pod = pods.delete(_lab(), args.node, args.name)
+    print(f"pod {pod['namespace']}/{pod['name']} on {pod['node']} deleted ({pod['ip']} released)")
+    return 0
+
+
+def routes(args) -> int:
+    state = _lab().load()
+    print(render_routes(state, args.nodes or showcase_nodes(state)))
     return 0
 
 
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="a routed cluster on this machine, in network namespaces")
     verbs = lab.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser("up", help="start the lab").set_defaults(func=up)
-    verbs.add_parser("down", help="remove everything the lab created").set_defaults(func=down)
+    p = verbs.add_parser("up", help="start the lab (or what died of it), wait for every BGP session")
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--racks", type=int, default=2)
+    p.add_argument("--encap", choices=sorted(cluster.ENCAPS), default="crosssubnet",
+                   help="pool mode: crosssubnet = VXLAN across racks only (default); ipip needs a kernel with it")
+    p.add_argument("--tor", choices=["bird", "frr", "gobgp"], default="bird", help="top-of-rack router daemon")
+    p.add_argument("--pods", type=int, default=0, help="pods per node to add (p1..pK), then show reachability")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for BGP sessions")
+    p.set_defaults(func=up)
+    verbs.add_parser("down", help="remove everything the lab created (also after a crash)").set_defaults(func=down)
+    p = verbs.add_parser("status", help="nodes, BGP sessions, blocks, pods and a reachability matrix")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("--no-ping", action="store_true", help="skip the reachability matrix")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds the reachability matrix may take")
+    p.set_defaults(func=show_status)
+    pod = verbs.add_parser("pod", help="add or delete a pod (CNI ADD/DEL exactly as kubelet)")
+    pverbs = pod.add_subparsers(dest="pod_verb", required=True, metavar="VERB")
+    p = pverbs.add_parser("add", help="create a pod namespace on NODE and run CNI ADD")
+    p.add_argument("node")
+    p.add_argument("name")
+    p.add_argument("--namespace", default="default", help="the pod's Kubernetes namespace")
+    p.set_defaults(func=pod_add)
+    p = pverbs.add_parser("del", help="run CNI DEL and remove the pod's namespace")
+    p.add_argument("node")
+    p.add_argument("name")
+    p.set_defaults(func=pod_del)
+    p = verbs.add_parser("routes", help="the route tables of nodes, annotated")
+    p.add_argument("nodes", nargs="*")
+    p.set_defaults(func=routes)

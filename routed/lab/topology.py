@@ -33,12 +33,13 @@ def run_in(netns: str, *cmd: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
-def add_netns(name: str) -> str:
+def add_netns(name: str, forward: bool = True) -> str:
     if not os.path.exists(f"{NETNS_DIR}/{name}"):
         ip("netns", "add", name)
     ip("link", "set", "lo", "up", netns=name)
-    # Routers and nodes forward; proxy ARP answers are per interface (set by the agent).
-    run_in(name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    if forward:
+        # Routers and nodes forward (pods do not); proxy ARP answers are per interface (set by the agent).
+        run_in(name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     return name
 
 

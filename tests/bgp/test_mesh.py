@@ -97,3 +97,18 @@ def test_a_borrowed_address_is_advertised_as_a_host_route(cluster):
     b_pod = b.pods[0][1]
     assert b_pod.run("ping", "-c1", "-W2", borrowed, check=False).returncode == 0
     assert a_pods[0][0].run("ping", "-c1", "-W2", b_ip, check=False).returncode == 0
+
+
+def test_exabgp_does_not_outlive_a_killed_speaker(cluster):
+    import signal
+
+    from tests.support.wait import eventually
+
+    a = cluster.add_node("a", 1)
+    eventually(lambda: a.exabgp_pid() is not None, "ExaBGP started", timeout=30)
+    exabgp = a.exabgp_pid()
+    os.kill(a.speaker.pid, signal.SIGKILL)
+    a.speaker.wait()
+    eventually(lambda: not os.path.exists(f"/proc/{exabgp}") or
+               open(f"/proc/{exabgp}/stat").read().split()[2] == "Z", "ExaBGP to exit with its speaker")
+

@@ -1,0 +1,178 @@
+"""What the lab looks like: nodes, BGP sessions (each agent's and each ToR's view),
+blocks, pods, and a reachability matrix where every pod pings every other pod.
+
+Data only; routed.lab.cli renders it. The matrix is measured in parallel, retried for
+failing pairs until a deadline (routes may still be converging), and reports progress
+through a callback while it runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from routed.errors import RoutedError
+
+from . import cluster, etcd, procs, routers, topology
+from .cluster import Lab
+
+Progress = Callable[[int, int, int], None]  # (checked, total, failing)
+
+
+def ping(netns: str, ip: str, wait: float = 1.0) -> bool:
+    try:
+        return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-q", "-W", str(max(1, int(wait))), ip],
+                              capture_output=True, timeout=wait + 5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
+                 progress: Progress | None = None) -> dict:
+    """Every pod pings every other pod's IP; failing pairs are retried until timeout.
+
+    Returns {"pods": [labels], "matrix": {src: {dst: true|false|null}}, "ok", "failed",
+    "untested", "seconds"}; null means the deadline came before that pair was tried."""
+    label = {id(p): f"{p['node']}/{p['name']}" for p in pods}
+    pairs = [(s, d) for s in pods for d in pods if s is not d and s.get("ip") and d.get("ip")]
+    result: dict[tuple[int, int], bool | None] = {(id(s), id(d)): None for s, d in pairs}
+    start = time.monotonic()
+    deadline = start + timeout
+    todo = list(pairs)
+    done_once: set[tuple[int, int]] = set()
+    def attempt(s: dict, d: dict) -> bool | None:
+        return ping(s["netns"], d["ip"]) if time.monotonic() < deadline else None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while todo and time.monotonic() < deadline:
+            futures = [(s, d, pool.submit(attempt, s, d)) for s, d in todo]
+            todo = []
+            for s, d, future in futures:
+                key = (id(s), id(d))
+                ok = future.result()
+                if ok is None:  # the deadline came first: keep what an earlier round found
+                    continue
+                result[key] = ok
+                done_once.add(key)
+                if not ok:
+                    todo.append((s, d))
+                if progress:
+                    progress(len(done_once), len(pairs), sum(v is False for v in result.values()))
+            if todo:
+                time.sleep(0.5)
+    matrix = {label[id(s)]: {label[id(d)]: (None if s is d else result.get((id(s), id(d)))) for d in pods}
+              for s in pods}
+    values = list(result.values())
+    return {"pods": [label[id(p)] for p in pods], "matrix": matrix, "ok": sum(v is True for v in values),
+            "failed": sum(v is False for v in values), "untested": sum(v is None for v in values),
+            "seconds": round(time.monotonic() - start, 1)}
+
+
+def nodes(lab: Lab, state: dict, registered: dict) -> list[dict]:
+    rows = []
+    for n in state["nodes"]:
+        code, body = cluster.agent_get(n, "/readyz", timeout=1.0)
+        node = registered.get(n["name"])
+        rows.append({"name": n["name"], "rack": n["rack"], "address": n["address"], "netns": n["netns"],
+                     "agent": "ready" if code == 200 else ("running" if procs.alive(n["pids"].get("agent"),
+                                                                                  lab.marker) else "dead"),
+                     "speaker": "running" if procs.alive(n["pids"].get("speaker"), lab.marker) else "dead",
+                     "registered": node is not None, "healthPort": n["health_port"],
+                     "why": "" if code == 200 else body.strip()[:80]})
+    return rows
+
+
+def sessions(state: dict) -> list[dict]:
+    rows = []
+    for n in state["nodes"]:
+        peers = cluster.node_sessions(n)
+        if peers is None:
+            rows.append({"speaker": n["name"], "peer": "", "name": "", "type": "", "state": "agent not answering",
+                         "since": "", "info": "", "accepted": 0})
+            continue
+        for p in peers:
+            rows.append({"speaker": n["name"], "peer": p["address"], "name": p["name"], "type": p["type"],
+                         "state": p["state"], "since": p.get("since", ""), "info": p.get("info", ""),
+                         "accepted": p.get("accepted", 0)})
+    for rack in state["racks"]:
+        for s in cluster.router_sessions(state, rack):
+            rows.append({"speaker": rack["tor"], "peer": s["peer"], "name": s["name"],
+                         "type": "ebgp-" + s["kind"], "state": s["state"], "since": "", "info": s["info"],
+                         "accepted": None})
+    return rows
+
+
+def router_routes(state: dict) -> dict[str, dict[str, str]]:
+    """ToR name -> {prefix: next hop} from the router's own RIB."""
+    return {rack["tor"]: routers.routes(rack["kind"], cluster.router_spec(state, rack), Path(rack["dir"]),
+                                        rack["tor_ns"])
+            for rack in state["racks"]}
+
+
+def ipam(state: dict) -> tuple[list[dict], dict]:
+    """(block rows, Node resources by name), from etcd at one revision."""
+    from ipam import usage
+    from routed import resources as r
+    from routed.datastore.etcd import EtcdKV
+    from routed.datastore.resources import ResourceStore
+
+    kv = EtcdKV([state["etcd"]["endpoint"]], timeout=3.0)
+    try:
+        blocks = usage.block_usage(kv)
+        registered = {n.metadata.name: n for n in ResourceStore(kv).list(r.Node)}
+    finally:
+        kv.close()
+    return blocks, registered
+
+
+def _natural(name: str) -> tuple:
+    """node2 before node10, p2 before p10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def in_pools(routes: dict[str, str]) -> int:
+    pool = ipaddress.ip_network(cluster.POOL_CIDR)
+    count = 0
+    for prefix in routes:
+        try:
+            count += ipaddress.ip_network(prefix).subnet_of(pool)
+        except (ValueError, TypeError):
+            pass
+    return count
+
+
+def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progress | None = None) -> dict:
+    state = lab.load()
+    if not etcd.running_pid(lab.dir):
+        raise RoutedError(f"the lab's etcd is not running (the lab at {lab.dir} crashed?): `routed lab up` "
+                          "starts what died, `routed lab down` removes it all")
+    blocks, registered = ipam(state)
+    ordered = sorted(state["pods"], key=lambda p: (_natural(p["node"]), _natural(p["name"])))
+    pods = [{"node": p["node"], "name": p["name"], "namespace": p["namespace"], "ip": p["ip"], "netns": p["netns"],
+             "present": os.path.exists(f"{topology.NETNS_DIR}/{p['netns']}")} for p in ordered]
+    tor_routes = router_routes(state)
+    out = {"lab": {"dir": str(lab.dir), "prefix": state["prefix"], "options": state["options"],
+                   "etcd": state["etcd"]["endpoint"], "created": state.get("created", "")},
+           "nodes": nodes(lab, state, registered),
+           "routers": [{"name": rack["tor"], "kind": rack["kind"], "as": rack["as"], "netns": rack["tor_ns"],
+                        "address": rack["gateway"], "coreAddress": rack["core_ip"],
+                        "running": all(procs.alive(p, lab.marker) for p in rack["pids"].values()),
+                        "routes": tor_routes[rack["tor"]], "podRoutes": in_pools(tor_routes[rack["tor"]])}
+                       for rack in state["racks"]],
+           "sessions": sessions(state), "blocks": blocks, "pods": pods}
+    if reach:
+        out["reachability"] = reachability([p for p in pods if p["present"]], timeout=timeout, progress=progress)
+    return out
+
+
+def node_routes(state: dict, node_name: str) -> str:
+    node = next((n for n in state["nodes"] if n["name"] == node_name), None)
+    if node is None:
+        raise RoutedError(f"no node {node_name!r} in the lab")
+    return topology.ip("route", "show", netns=node["netns"]).stdout

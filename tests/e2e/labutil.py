@@ -1,0 +1,107 @@
+"""Drive `routed lab` as a user does, in a lab of the test's own: its own state directory,
+namespace prefix (`rl-e2e<hex>-`) and etcd port, so a lab a user left running is never
+touched, and `routed lab down` always runs at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from routed.lab import procs, topology
+
+ROUTED = str(Path(sys.executable).with_name("routed"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabRun:
+    def __init__(self):
+        # Under /tmp, not pytest's tmp_path: FRR's daemons run as user frr and must reach it.
+        self.dir = Path(tempfile.mkdtemp(prefix="routed-lab-e2e-", dir="/tmp"))
+        os.chmod(self.dir, 0o755)
+        self.prefix = f"rl-e2e{secrets.token_hex(2)}-"
+        self.env = {**os.environ, "ROUTED_LAB_DIR": str(self.dir), "ROUTED_LAB_PREFIX": self.prefix,
+                    "ROUTED_LAB_ETCD_PORT": str(free_port())}
+        self.pids: set[int] = set()
+
+    def run(self, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        proc = subprocess.run([ROUTED, "lab", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        took = time.monotonic() - started
+        if check and proc.returncode != 0:
+            raise AssertionError(f"routed lab {' '.join(args)} exited {proc.returncode} after {took:.0f}s\n"
+                                 f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}\n{self.logs()}")
+        self._remember()
+        return proc
+
+    def state(self) -> dict:
+        return json.loads((self.dir / "lab.json").read_text())
+
+    def _remember(self) -> None:
+        """Every PID the lab recorded, and their children: down must leave none of them."""
+        try:
+            state = self.state()
+        except (OSError, ValueError):
+            return
+        for node in state["nodes"]:
+            self.pids.update(node["pids"].values())
+        for rack in state["racks"]:
+            self.pids.update(rack["pids"].values())
+        tree = procs.children()
+        for pid in list(self.pids):
+            self.pids.update(procs.descendants(pid, tree))
+
+    def status(self) -> dict:
+        return json.loads(self.run("status", "-o", "json", "--timeout", "30").stdout)
+
+    def namespaces(self) -> list[str]:
+        return topology.list_netns(self.prefix)
+
+    def running(self) -> list[int]:
+        """Recorded processes (or their children) still running with the lab's dir in argv."""
+        return [p for p in self.pids if procs.alive(p, str(self.dir))] + procs.with_path(str(self.dir))
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted(self.dir.glob("nodes/*/*.log")) + sorted(self.dir.glob("nodes/*/bgp/exabgp.log")) \
+                + sorted(self.dir.glob("racks/*/*.log")):
+            out.append(f"--- {path.relative_to(self.dir)}\n{path.read_text(errors='replace')[-1500:]}")
+        return "\n".join(out)
+
+    def down(self) -> subprocess.CompletedProcess:
+        return self.run("down", check=False, timeout=120)
+
+    def close(self) -> None:
+        """Always: down, then make sure (the test asserts it separately)."""
+        if self.dir.exists():
+            self.down()
+        for name in self.namespaces():
+            topology.del_netns(name)
+        procs.terminate(self.running())
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def router_rib(kind: str, rack: dict) -> str:
+    """The ToR's own view, straight from its CLI."""
+    d = rack["dir"]
+    if kind == "bird":
+        cmd = ["birdc", "-s", f"{d}/bird.ctl", "show", "route"]
+    elif kind == "frr":
+        cmd = ["vtysh", "--vty_socket", d, "-d", "bgpd", "-c", "show ip bgp"]
+    else:
+        cmd = ["ip", "netns", "exec", rack["tor_ns"], "gobgp", "-u", "127.0.0.1", "global", "rib"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
