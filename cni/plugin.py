@@ -18,6 +18,7 @@ from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExha
 from routed.dataplane import names
 from routed.dataplane.errors import InterfaceExists, NetnsNotFound, RouteConflict
 from routed.errors import Conflict, DatastoreUnavailable, RoutedError
+from routed.k8s import AnnotationError, PodNotKnown
 
 from . import spec
 from .spec import CNIError, Request
@@ -46,6 +47,9 @@ class Context:
     # When set, DEL hands the release to it (durably queued, done at once by a worker)
     # instead of waiting for etcd; None: DEL releases before it answers.
     release_later: Callable[[str], None] | None = None
+    # With Kubernetes: the agent's cache of this node's pods (routed.k8s.podinfo.PodInfo),
+    # whose annotations choose pools and fixed addresses. Read from the cache, never the API.
+    pod_info: object | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -67,9 +71,12 @@ def cmd_add(req: Request, ctx: Context) -> str:
     handle, host_if, conf = handle_of(req), host_veth_name(req), req.conf
     attrs = {k: v for k, v in (("pod", req.pod_name), ("namespace", req.pod_namespace),
                                ("container", req.container_id[:64])) if v}
+    static = conf.runtime_config.get("ips") or []
+    annotated: dict[int, list[str] | None] = {}
+    if not static:
+        static, annotated = _from_annotations(req, ctx)
     allocations = []
     try:
-        static = conf.runtime_config.get("ips") or []
         if static:
             for text in static:
                 ip = ipaddress.ip_interface(str(text)).ip
@@ -77,6 +84,7 @@ def cmd_add(req: Request, ctx: Context) -> str:
         else:
             for version, wanted, pools in ((4, conf.assign_ipv4, conf.ipv4_pools), (6, conf.assign_ipv6, conf.ipv6_pools)):
                 if wanted:
+                    pools = annotated.get(version) or pools
                     allocations.append(ctx.ipam.allocate(handle, ctx.node, attrs, pools=pools or None,
                                                          version=version, node_labels=ctx.node_labels()))
         ips = [ip for a in allocations for ip in a.ips]
@@ -90,6 +98,19 @@ def cmd_add(req: Request, ctx: Context) -> str:
     host = {"name": host_if, "mac": pod_if["host_mac"]}
     pod = {"name": req.ifname, "mac": pod_if["mac"], "sandbox": req.netns}
     return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, conf.mtu))
+
+
+def _from_annotations(req: Request, ctx: Context) -> tuple[list[str], dict[int, list[str] | None]]:
+    """Fixed addresses (routed.io/ipAddrs), else the pools per IP version (routed.io/ipv4pools,
+    ipv6pools; the pod's, else its namespace's) from the pod cache; None: the conflist's."""
+    if ctx.pod_info is None or not (req.pod_name and req.pod_namespace):
+        return [], {}
+    fixed = ctx.pod_info.addresses_for(req.pod_namespace, req.pod_name)
+    if fixed:
+        return fixed, {}
+    conf = req.conf
+    return [], {version: ctx.pod_info.pools_for(req.pod_namespace, req.pod_name, version)
+                for version, wanted in ((4, conf.assign_ipv4), (6, conf.assign_ipv6)) if wanted}
 
 
 def _release_quietly(ctx: Context, handle: str) -> None:
@@ -175,6 +196,8 @@ _CODES = [
     (NetnsNotFound, spec.INVALID_ENVIRONMENT),
     (DatastoreUnavailable, spec.TRY_AGAIN_LATER),
     (Conflict, spec.TRY_AGAIN_LATER),
+    (AnnotationError, spec.INVALID_CONFIG),
+    (PodNotKnown, spec.TRY_AGAIN_LATER),
 ]
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -132,7 +133,10 @@ class BGPController:
         self.link = HelperLink(socket_path, self.events)
         self.helper_command = f"{sys.executable} -m bgp.helper --socket {socket_path}"
         self.status: dict[str, PeerStatus] = {}
-        self.rib: dict[str, dict[str, decide.Learned]] = {}  # peer -> prefix -> route
+        # Everything peers sent, unfiltered: the filters run when routes are programmed, so
+        # a policy change (allowedPrefixes, pools, max-prefixes) applies to what is here.
+        self.received: dict[str, dict[str, decide.Learned]] = {}  # peer -> prefix -> route
+        self._rejected: set[tuple[str, str]] = set()  # logged once each
         self.stale_until: dict[str, float] = {}  # peer -> when its kept routes go (graceful restart)
         self.announced: set[str] = set()
         self.peers: dict[str, peering.Peer] = {}
@@ -225,7 +229,7 @@ class BGPController:
                     self.status[p.address] = PeerStatus(p.address, p.kind, p.name)
             for gone in set(self.status) - set(self.peers):
                 del self.status[gone]
-                self.rib.pop(gone, None)
+                self.received.pop(gone, None)
             # Disabled pools count too: their blocks still hold pods that must stay reachable.
             self.pools = [decide.PoolView(p.network, p.spec.ipip_mode, p.spec.vxlan_mode) for p in pools]
         self._announce(self._own_prefixes())
@@ -283,7 +287,7 @@ class BGPController:
                 self._on_state(state)
             with self._lock:
                 for peer, routes in msg.get("routes", {}).items():
-                    self.rib[peer] = {}
+                    self.received[peer] = {}
                     for prefix, info in routes.items():
                         self._learn(peer, prefix, info.get("next-hop", ""), info.get("attribute", {}))
             self.program()
@@ -297,7 +301,8 @@ class BGPController:
             peer = _peer_of(msg)
             if peer in self.status:
                 note = (msg.get("neighbor", {}).get("message") or {}).get("notification", {})
-                self.status[peer].info = f"notification: {note.get('code')}/{note.get('subcode')} {note.get('data', '')}"
+                self.status[peer].info = describe_notification(note.get("code"), note.get("subcode"),
+                                                               str(note.get("data", "")).strip())
 
     def _on_state(self, msg: dict) -> None:
         neighbor = msg.get("neighbor", {})
@@ -318,13 +323,20 @@ class BGPController:
             self.link.send([f"neighbor {peer} {c}" for c in announce_commands("announce", prefixes)]
                            + [f"neighbor {peer} announce eor ipv4 unicast"])
         elif state == "down":
-            status.info = neighbor.get("reason", status.info) or status.info
+            reason = neighbor.get("reason", "")
+            # ExaBGP's reasons name the notification only as numbers, "(2,2)": say what it
+            # means, and keep it over the generic "closing connection" of the next attempt.
+            found = re.search(r"\((\d+),(\d+)\)", reason)
+            if found:
+                status.info = describe_notification(*found.groups())
+            elif reason and not status.info.startswith("BGP notification"):
+                status.info = reason
             keep = self.peers.get(peer).graceful_restart if peer in self.peers else 0
             with self._lock:
                 if keep:
                     self.stale_until.setdefault(peer, time.monotonic() + keep)
                 else:
-                    self.rib.pop(peer, None)
+                    self.received.pop(peer, None)
 
     def _on_update(self, msg: dict) -> None:
         peer = _peer_of(msg)
@@ -337,7 +349,7 @@ class BGPController:
         update = message.get("update", {})
         attrs = update.get("attribute", {})
         with self._lock:
-            table = self.rib.setdefault(peer, {})
+            table = self.received.setdefault(peer, {})
             for entries in (update.get("withdraw") or {}).values():
                 for entry in entries:
                     table.pop(entry["nlri"], None)
@@ -347,23 +359,35 @@ class BGPController:
                         self._learn(peer, entry["nlri"], next_hop, attrs)
 
     def _learn(self, peer: str, prefix: str, next_hop: str, attrs: dict) -> None:
-        """Accept or reject one received route (called with the lock held)."""
-        status = self.status.get(peer)
-        config = self.peers.get(peer)
-        if status is None or config is None:
-            return
-        route = decide.Learned(prefix, next_hop, peer, tuple(_as_path(attrs)))
-        why = decide.rejection(route, self.my_as, self.pools, config.allowed_prefixes, self.own_prefixes)
-        table = self.rib.setdefault(peer, {})
-        if why is None and config.max_prefixes and prefix not in table and len(table) >= config.max_prefixes:
-            why = f"more than max-prefixes {config.max_prefixes}"
-        if why is not None:
-            status.rejected += 1
-            table.pop(prefix, None)
-            log.info("peer %s: rejected %s: %s", peer, prefix, why)
-            return
-        table[prefix] = route
-        status.accepted = len(table)
+        """Keep one received route (called with the lock held); program() filters."""
+        if peer in self.peers:
+            self.received.setdefault(peer, {})[prefix] = decide.Learned(prefix, next_hop, peer,
+                                                                         tuple(_as_path(attrs)))
+
+    def _accepted(self) -> dict[str, list[decide.Learned]]:
+        """The routes that pass every filter, by prefix (called with the lock held)."""
+        by_prefix: dict[str, list[decide.Learned]] = {}
+        rejected = set()
+        for peer, table in self.received.items():
+            config, status = self.peers.get(peer), self.status.get(peer)
+            if config is None or status is None:
+                continue
+            accepted = 0
+            for prefix in sorted(table):
+                route = table[prefix]
+                why = decide.rejection(route, self.my_as, self.pools, config.allowed_prefixes, self.own_prefixes)
+                if why is None and config.max_prefixes and accepted >= config.max_prefixes:
+                    why = f"more than max-prefixes {config.max_prefixes}"
+                if why is not None:
+                    rejected.add((peer, prefix))
+                    if (peer, prefix) not in self._rejected:
+                        log.info("peer %s: rejected %s: %s", peer, prefix, why)
+                    continue
+                accepted += 1
+                by_prefix.setdefault(prefix, []).append(route)
+            status.accepted, status.rejected = accepted, len(table) - accepted
+        self._rejected = rejected
+        return by_prefix
 
     def _expire_stale(self) -> None:
         now = time.monotonic()
@@ -372,7 +396,7 @@ class BGPController:
             for peer in expired:
                 del self.stale_until[peer]
                 if self.status.get(peer) is None or self.status[peer].state != "up":
-                    self.rib.pop(peer, None)
+                    self.received.pop(peer, None)
         if expired:
             log.info("graceful restart time over for %s: their routes are removed", ", ".join(expired))
             self.program()
@@ -381,10 +405,7 @@ class BGPController:
 
     def program(self) -> None:
         with self._lock:
-            by_prefix: dict[str, list[decide.Learned]] = {}
-            for table in self.rib.values():
-                for prefix, route in table.items():
-                    by_prefix.setdefault(prefix, []).append(route)
+            by_prefix = self._accepted()
             pools = list(self.pools)
         routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
         result = self.dataplane.sync_learned(routes)
@@ -405,11 +426,37 @@ def _peer_of(msg: dict) -> str:
 
 
 def _as_path(attrs: dict) -> list[int]:
+    """Every AS of the path. ExaBGP 5 sends {"0": {"element": "as-sequence", "value": [..]}, ...};
+    a plain list (older releases) is read too."""
     path = attrs.get("as-path") or []
+    segments = [path[k] for k in sorted(path, key=int)] if isinstance(path, dict) else path
     out = []
-    for hop in path if isinstance(path, list) else []:
-        if isinstance(hop, int):
-            out.append(hop)
-        elif isinstance(hop, list):  # an AS_SET
-            out += [h for h in hop if isinstance(h, int)]
+    for segment in segments:
+        if isinstance(segment, int):
+            out.append(segment)
+        elif isinstance(segment, dict):
+            out += [a for a in segment.get("value", []) if isinstance(a, int)]
+        elif isinstance(segment, list):  # an AS_SET in the old form
+            out += [a for a in segment if isinstance(a, int)]
     return out
+
+
+# RFC 4271 (and 4486 for Cease) notification codes, as a user can read them.
+NOTIFICATIONS = {
+    (1, 0): "message header error", (2, 1): "unsupported BGP version", (2, 2): "bad peer AS",
+    (2, 3): "bad BGP identifier", (2, 4): "unsupported optional parameter", (2, 6): "unacceptable hold time",
+    (2, 7): "unsupported capability", (3, 0): "UPDATE message error", (4, 0): "hold timer expired",
+    (5, 0): "finite state machine error", (6, 1): "maximum number of prefixes reached",
+    (6, 2): "administrative shutdown", (6, 3): "peer de-configured", (6, 4): "administrative reset",
+    (6, 5): "connection rejected", (6, 6): "other configuration change", (6, 7): "connection collision",
+    (6, 8): "out of resources",
+}
+
+
+def describe_notification(code, subcode, data: str = "") -> str:
+    try:
+        code, subcode = int(code), int(subcode)
+    except (TypeError, ValueError):
+        return f"notification {code}/{subcode}"
+    text = NOTIFICATIONS.get((code, subcode)) or NOTIFICATIONS.get((code, 0)) or "unknown error"
+    return f"BGP notification {code}/{subcode}: {text}" + (f" ({data})" if data else "")

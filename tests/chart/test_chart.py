@@ -458,8 +458,7 @@ def test_controller_command_exists_in_routed():
     """`routed controller --leader-election` is what the chart runs; it is being written."""
     parser = _routed_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public API
-    if "controller" not in commands:
-        pytest.xfail("routed has no `controller` subcommand yet")
+    assert "controller" in commands
     args = parser.parse_args(["controller", "--leader-election"])
     assert args.command == "controller"
 

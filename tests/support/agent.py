@@ -23,11 +23,14 @@ class AgentProcess:
     etcd on loopback) and drives the namespace that plays the node's host."""
 
     def __init__(self, workdir: Path, etcd_url: str, host: Netns, node: str, node_ip: str, labels: str = "",
-                 block_grace: float = 300, bgp: bool = False):
+                 block_grace: float = 300, bgp: bool = False, secrets_dir: str | None = None,
+                 extra_args: list[str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.etcd_url, self.host, self.node, self.node_ip = etcd_url, host, node, node_ip
         self.labels, self.block_grace, self.bgp = labels, block_grace, bgp
+        self.secrets_dir = secrets_dir  # <dir>/<secret name>/<key>: BGP passwords
+        self.extra_args = list(extra_args or [])  # more `routed agent` flags, e.g. --kube-server URL
         self.socket = str(self.workdir / "cni.sock")
         self.spool = str(self.workdir / "spool")
         self.health_port = free_port()
@@ -43,6 +46,9 @@ class AgentProcess:
                 "--block-grace", str(self.block_grace), "--log-level", "info"]
         if self.labels:
             args += ["--node-labels", self.labels]
+        if self.secrets_dir:
+            args += ["--secrets-dir", str(self.secrets_dir)]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout)

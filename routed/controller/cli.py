@@ -1,0 +1,99 @@
+"""`routed controller`: the GC controller in the foreground (the chart's Deployment)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from routed.datastore.config import EtcdConfig
+from routed.errors import RoutedError
+from routed.k8s import api_source
+
+
+def run(args) -> int:
+    from routed.agent.cli import LogfmtFormatter
+    from routed.agent.health import HealthServer
+    from routed.k8s.client import KubeClient
+
+    from .gc import GarbageCollector
+    from .leader import LeaderElector
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler], force=True)
+    source = api_source(args.kube_server, args.kubeconfig)
+    if source is None:
+        raise RoutedError("the controller needs the Kubernetes API: run it in a pod, "
+                          "or pass --kube-server URL or --kubeconfig FILE")
+    if args.grace < 0 or args.interval <= 0:
+        raise RoutedError("--grace must be >= 0 and --interval > 0 seconds")
+    kube = KubeClient.connect(**source)
+    kv = EtcdConfig.from_env(endpoints=args.etcd_endpoints).connect()
+    gc = GarbageCollector(kv, kube, grace=args.grace)
+    stop = threading.Event()
+
+    def shutdown(*_):
+        stop.set()
+        gc.wake.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    elector = election = None
+    if args.leader_election:
+        elector = LeaderElector(kv, "controller", args.identity, args.lease_ttl,
+                                on_started=gc.wake.set, on_stopped=gc.forget)
+        election = threading.Thread(target=elector.run, args=(stop,), name="leader-election", daemon=True)
+        election.start()
+
+    def leading() -> bool:
+        return elector is None or elector.leading.is_set()
+
+    def metrics() -> str:
+        lines = [f"# TYPE routed_controller_leader gauge\nrouted_controller_leader {int(leading())}"]
+        for name, what in (("passes", "GC passes"), ("nodes", "deleted nodes released"),
+                           ("handles", "deleted pods' handles released"), ("blocks", "empty blocks deleted"),
+                           ("errors", "GC passes skipped on an error")):
+            lines.append(f"# HELP routed_gc_{name}_total {what}.\n# TYPE routed_gc_{name}_total counter\n"
+                         f"routed_gc_{name}_total {gc.stats[name]}")
+        return "\n".join(lines) + "\n"
+
+    health = HealthServer(args.health_host, args.health_port,
+                          lambda: (True, "leading" if leading() else "standby"), metrics)
+    health.start()
+    logging.getLogger("routed.controller").info(
+        "controller started: grace %gs, every %gs, %s", args.grace, args.interval,
+        f"leader election as {elector.identity}" if elector else "no leader election")
+    try:
+        gc.run(stop, args.interval, leading)
+    finally:
+        stop.set()
+        health.stop()
+        if election is not None:
+            election.join(timeout=10)  # it revokes the lease as it stops: a standby takes over now
+        kv.close()
+    return 0
+
+
+def register(sub) -> None:
+    env = os.environ.get
+    p = sub.add_parser("controller", help="run the GC controller: addresses and blocks of deleted nodes and pods")
+    p.add_argument("--leader-election", action="store_true",
+                   help="work only while holding the etcd leader lease (for several replicas)")
+    p.add_argument("--kube-server", default=None, metavar="URL",
+                   help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE", help="Kubernetes API from a kubeconfig")
+    p.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a pod or node must stay missing before its addresses are released")
+    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between GC passes")
+    p.add_argument("--lease-ttl", type=int, default=15, metavar="SECONDS", help="leader lease TTL")
+    p.add_argument("--identity", default=None, help="this replica's name in the election (default: $POD_NAME)")
+    p.add_argument("--health-host", default="127.0.0.1")
+    p.add_argument("--health-port", type=int, default=int(env("ROUTED_CONTROLLER_HEALTH_PORT", "9098")))
+    p.add_argument("--etcd-endpoints", default=None)
+    p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
