@@ -25,8 +25,9 @@ def environment(speaker: LocalSpeaker) -> dict[str, str]:
         "exabgp_api_cli": "false",
         "exabgp_api_ack": "true",
         "exabgp_log_destination": "stdout",
-        "exabgp_log_level": {"Debug": "DEBUG", "Info": "INFO", "Warning": "WARNING",
-                             "Error": "ERR", "Fatal": "CRIT"}.get(speaker.log_severity, "INFO"),
+        # INFO at least, whatever logSeverity says: the speaker reads "performing reload"
+        # (an INFO line) to know a configuration change took effect.
+        "exabgp_log_level": "DEBUG" if speaker.log_severity == "Debug" else "INFO",
     }
 
 

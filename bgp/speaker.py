@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("routed.bgp")
 
+RELOAD_WAIT = 5.0  # seconds for ExaBGP to log that it reloaded
 CONFIG = "exabgp.conf"
 ENV = "exabgp.env.json"
 
@@ -47,6 +49,7 @@ class Speaker:
         self.proc: subprocess.Popen | None = None
         self.stop = threading.Event()
         self.restarts = 0
+        self._reload_since: tuple[float, int] | None = None  # a reload asked for, not yet seen
 
     def _read(self) -> tuple[float, dict] | None:
         try:
@@ -85,10 +88,36 @@ class Speaker:
                 self._start(env)
             elif seen is not None and mtime != seen[0]:
                 log.info("ExaBGP configuration changed; reloading")
+                self._reload_since = (time.monotonic(), self._log_size())
                 self.proc.send_signal(signal.SIGUSR1)
+            elif self._reload_since is not None:
+                self._check_reload(env)
             seen = (mtime, env)
             self.stop.wait(self.poll)
         self._terminate()
+
+    def _log_size(self) -> int:
+        try:
+            return (self.dir / "exabgp.log").stat().st_size
+        except OSError:
+            return 0
+
+    def _check_reload(self, env: dict) -> None:
+        """ExaBGP 5.0 consumes SIGUSR1 but skips the reload while any peer still has routes
+        queued, which a peer that never connects (wrong password, router down) has for
+        ever. It logs "performing reload" when it does reload: without that, restart it
+        (peers keep our routes through graceful restart)."""
+        since, offset = self._reload_since
+        with open(self.dir / "exabgp.log", "rb") as f:
+            f.seek(offset)
+            if b"performing reload" in f.read():
+                self._reload_since = None
+                return
+        if time.monotonic() - since > RELOAD_WAIT:
+            log.warning("ExaBGP did not reload its configuration within %.0f s; restarting it", RELOAD_WAIT)
+            self._reload_since = None
+            self._terminate()
+            self._start(env)
 
     def _terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from routed.datastore import keys
@@ -49,11 +50,15 @@ class BlockRoutes:
                 stop.wait(2)
                 continue
             try:
+                next_sync = time.monotonic() + self.resync
                 while not stop.is_set():
-                    event = watch.get(timeout=self.resync)
+                    # Short waits, so a stopping agent is not held up for a whole resync period.
+                    event = watch.get(timeout=1.0)
                     while event is not None and watch.get(timeout=0.05) is not None:
                         pass  # a burst of changes is one sync
-                    self.sync()
+                    if event is not None or time.monotonic() >= next_sync:
+                        self.sync()
+                        next_sync = time.monotonic() + self.resync
             except RoutedError as err:
                 log.warning("block routes: %s; resyncing", err)
             finally:

@@ -60,6 +60,7 @@ def test_a_withdrawn_block_leaves_the_other_nodes(cluster):
     assert cni("DEL", a.agent.conf(), container="a-p", netns=pod.path, pod=("default", "a-p"))[0] == 0
     a.pods.clear()
     pod.delete()
+    cluster.wait(lambda: len(ipam.empty_blocks("a")) == 1, what="a's block to empty after the DEL")
     (bkey, rev), = ipam.empty_blocks("a")
     assert ipam.release_block(bkey, rev)
     cluster.wait(lambda: block not in b.routes(), what="b to drop a's released block")

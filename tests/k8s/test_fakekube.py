@@ -1,10 +1,9 @@
-"""The fake Kubernetes API server, checked with the official client, kubectl, and routed's
+"""The fake Kubernetes API server, checked with the official client and routed's
 own client wrapper and informer (list, watch, selectors, resourceVersions, 410 Gone)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 
@@ -141,27 +140,6 @@ def test_watch_from_a_compacted_resource_version_is_410_gone(fake_kube):
         next(iter(watch.Watch().stream(api.list_node, resource_version=rv)))
     assert err.value.status == 410
 
-
-def test_kubectl_against_the_fake_server(fake_kube):
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (optional: the official client tests above cover the server)")
-    fake_kube.add_node("n1", labels={"rack": "a"})
-    fake_kube.add_pod("apps", "web-1", node="n1")
-
-    def run(*args):
-        out = subprocess.run([kubectl, "--server", fake_kube.url, *args], capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    assert run("get", "nodes", "-l", "rack=a", "-o", "name").split() == ["node/n1"]
-    pods = json.loads(run("get", "pods", "-A", "--field-selector", "spec.nodeName=n1", "-o", "json"))
-    assert [p["metadata"]["name"] for p in pods["items"]] == ["web-1"]
-    assert "web-1" in run("get", "pods", "-n", "apps", "--watch", "--request-timeout=1s")
-
-
-# -- routed's wrapper and informer -------------------------------------------------------------
 
 def test_client_wrapper_lists_gets_and_watches(fake_kube):
     kube = kube_client(fake_kube)

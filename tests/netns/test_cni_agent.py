@@ -286,6 +286,7 @@ def test_the_nodes_blocks_get_blackhole_routes_and_the_node_is_registered(cluste
 
 def test_del_while_the_agent_is_away_is_spooled_and_replayed(tmp_path, etcd, pods):
     host = node_host("192.0.2.20/24")
+    agent = None
     try:
         ResourceStore(etcd.client()).create(pool("main", "10.51.0.0/16"))
         agent = AgentProcess(tmp_path / "agent", etcd.url, host, "node-s", "192.0.2.20/24").start()
@@ -306,13 +307,15 @@ def test_del_while_the_agent_is_away_is_spooled_and_replayed(tmp_path, etcd, pod
             time.sleep(0.1)
         assert list(Path(agent.spool).glob("*.req")) == []
         eventually(lambda: host_veth_name("ns1", "sp") not in cali_links(host), "veth left behind")
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop()
         host.delete()
 
 
 def test_sigterm_leaves_pods_connected(tmp_path, etcd, pods):
     host = node_host("192.0.2.30/24")
+    agent = None
     try:
         ResourceStore(etcd.client()).create(pool("main", "10.52.0.0/16"))
         agent = AgentProcess(tmp_path / "agent", etcd.url, host, "node-t", "192.0.2.30/24").start()
@@ -327,6 +330,7 @@ def test_sigterm_leaves_pods_connected(tmp_path, etcd, pods):
         agent.start()
         for cid, pod in (("t-a", a), ("t-b", b)):
             assert cni("DEL", agent.conf(), container=cid, netns=pod.path, pod=("ns1", cid))[0] == 0
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop()
         host.delete()

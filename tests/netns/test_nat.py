@@ -26,6 +26,7 @@ def test_pods_of_a_nat_pool_reach_the_outside(tmp_path, etcd, root):
     host = node_host("192.0.2.10/24")
     outside = Netns("ext")
     pod = Netns("pod")
+    agent = None
     try:
         # "The internet": one address, a route back only to the node's subnet, not to the pods.
         host.run("ip", "link", "del", "uplink0")
@@ -55,7 +56,8 @@ def test_pods_of_a_nat_pool_reach_the_outside(tmp_path, etcd, root):
             time.sleep(0.2)
         assert pod.run("ping", "-c1", "-W1", "198.51.100.7", check=False).returncode != 0
         cni("DEL", agent.conf(), netns=pod.path, container="nat1")
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop()
         for ns in (pod, outside, host):
             ns.delete()

@@ -17,6 +17,8 @@ from routed.lab import topology
 from tests.support.agent import ROUTED, AgentProcess, cni
 from tests.support.netns import Netns
 
+ROUTEDCTL = str(Path(ROUTED).with_name("routedctl"))
+
 
 class _Named:
     """Enough of tests.support.netns.Netns for AgentProcess, for namespaces topology made."""
@@ -35,7 +37,8 @@ class Node:
         self.ip = address.split("/")[0]
         self.ns = _Named(f"{cluster.prefix}{name}")
         self.workdir = cluster.workdir / name
-        self.agent = AgentProcess(self.workdir, cluster.etcd.url, self.ns, name, address, labels=labels, bgp=True)
+        self.agent = AgentProcess(self.workdir, cluster.etcd.url, self.ns, name, address, labels=labels, bgp=True,
+                                  secrets_dir=cluster.secrets_dir)
         self.speaker: subprocess.Popen | None = None
         self.pods: list[tuple[str, Netns, str]] = []
 
@@ -73,6 +76,18 @@ class Node:
     def routes(self, proto: int = 202) -> str:
         return self.ns.run("ip", "route", "show", "proto", str(proto)).stdout
 
+    def blocks(self) -> list[str]:
+        """The blocks this node owns (its proto-201 blackhole routes)."""
+        return [line.split()[1] for line in self.routes(201).splitlines() if line.startswith("blackhole")]
+
+    def status(self, output: str = "wide") -> subprocess.CompletedProcess:
+        """`routedctl node status` against this node's agent."""
+        return subprocess.run([ROUTEDCTL, "node", "status", "--agent", f"http://127.0.0.1:{self.agent.health_port}",
+                               "-o", output], capture_output=True, text=True)
+
+    def peer(self, address: str) -> dict:
+        return next(p for p in self.peers() if p["address"] == address)
+
     def add_pod(self, name: str, conf_extra: dict | None = None) -> tuple[Netns, str]:
         pod = Netns("pod")
         code, result, raw = cni("ADD", self.agent.conf(**(conf_extra or {})), container=f"{self.name}-{name}",
@@ -88,14 +103,39 @@ class Node:
 class Cluster:
     """A switch (bridge) namespace and nodes plugged into it; everything removed on exit."""
 
-    def __init__(self, workdir: Path, etcd, subnet: str = "192.0.2.0/24"):
+    def __init__(self, workdir: Path, etcd, subnet: str = "192.0.2.0/24", secrets_dir: str | None = None):
         self.workdir, self.etcd, self.subnet = Path(workdir), etcd, subnet
+        self.secrets_dir = secrets_dir  # the agents' --secrets-dir (BGP passwords), if any
         self.prefix = f"rt-{secrets.token_hex(2)}-"
-        self.switch = topology.add_netns(f"{self.prefix}sw")
-        topology.add_bridge(self.switch)
+        self.nodes: list[Node] = []
+        self.routers: list = []  # tests.bgp.routers.Router instances, stopped on close
+        self.switch = self.add_switch("sw")
         self.kv = etcd.client()
         self.store = ResourceStore(self.kv)
-        self.nodes: list[Node] = []
+
+    def add_switch(self, name: str) -> str:
+        """Another L2 segment: a namespace holding a bridge. Returns the namespace name."""
+        switch = topology.add_netns(f"{self.prefix}{name}")
+        topology.add_bridge(switch)
+        return switch
+
+    def add_netns(self, name: str, legs: list[tuple[str, str, str]] = (), gateway: str | None = None) -> str:
+        """A plain namespace (a router between switches, a ToR) plugged into switches:
+        legs = [(ifname, switch namespace, address/prefix)]. It forwards (add_netns)."""
+        ns = topology.add_netns(f"{self.prefix}{name}")
+        for ifname, switch, address in legs:
+            topology.plug(ns, ifname, switch, address)
+        if gateway:
+            topology.default_route(ns, gateway, legs[0][0])
+        return ns
+
+    def add_router(self, name: str, router_cls, spec, switch: str | None = None, prefixlen: int | None = None):
+        """A BGP daemon (tests.bgp.routers) in its own namespace on switch, at spec.address."""
+        plen = prefixlen if prefixlen is not None else int(self.subnet.split("/")[1])
+        ns = self.add_netns(name, [("eth0", switch or self.switch, f"{spec.address}/{plen}")])
+        router = router_cls(ns, self.workdir / name, spec)
+        self.routers.append(router)
+        return router.start()
 
     def apply(self, doc: dict):
         return self.store.apply(r.parse({"apiVersion": "routed.io/v1", **doc}))[0]
@@ -126,6 +166,9 @@ class Cluster:
 
     def logs(self) -> str:
         out = []
+        for router in self.routers:
+            if router.log.exists():
+                out.append(f"--- {router.netns}/{router.log.name}\n" + router.log.read_text()[-1500:])
         for node in self.nodes:
             for name in ("agent.log", "speaker.log", "bgp/exabgp.log"):
                 path = node.workdir / name
@@ -134,10 +177,14 @@ class Cluster:
         return "\n".join(out)
 
     def close(self) -> None:
-        for node in self.nodes:
-            for _, pod, _ in node.pods:
-                pod.delete()
-            node.stop()
-        for name in topology.list_netns(self.prefix):
-            topology.del_netns(name)
-        self.kv.close()
+        try:
+            for node in self.nodes:
+                for _, pod, _ in node.pods:
+                    pod.delete()
+                node.stop()
+            for router in self.routers:
+                router.stop()
+        finally:
+            for name in topology.list_netns(self.prefix):
+                topology.del_netns(name)
+            self.kv.close()

@@ -1,0 +1,181 @@
+"""Sessions that must not come up, and a speaker that dies: TCP MD5 with a right and a wrong
+password, a BGPPeer with the wrong AS, and graceful restart when ExaBGP is SIGKILLed.
+
+    n1 .1  -- BGPPeer tor-n1: BIRD .250, AS 65001, password from secret good/password
+    n2 .2  -- BGPPeer tor-n2: the same, but password from secret bad/password (wrong)
+    n3 .3  -- BGPPeer tor-n3: BIRD .250 with asNumber 65099 (BIRD is AS 65001)
+    and the node-to-node mesh among n1, n2, n3, which none of this may disturb.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.bgp.routers import Bird, Neighbor, RouterSpec, module_cluster, ping, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+NODE_AS, TOR_AS, WRONG_AS = 64512, 65001, 65099
+TOR = "192.0.2.250"
+PASSWORD = "s3cret-md5"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("resilience")
+    secrets = workdir / "secrets"
+    for name, value in (("good", PASSWORD), ("bad", "not-the-password")):
+        (secrets / name).mkdir(parents=True)
+        (secrets / name / "password").write_text(value + "\n")
+    with module_cluster(workdir, secrets_dir=str(secrets)) as cluster:
+        cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+        for node, secret, asn in (("n1", "good", TOR_AS), ("n2", "bad", TOR_AS), ("n3", None, WRONG_AS)):
+            spec = {"peerIP": TOR, "asNumber": asn, "node": node}
+            if secret:
+                spec["password"] = {"secretKeyRef": {"name": secret, "key": "password"}}
+            cluster.apply({"kind": "BGPPeer", "metadata": {"name": f"tor-{node}"}, "spec": spec})
+        tor = cluster.add_router("tor", Bird, RouterSpec(TOR, TOR_AS, [
+            Neighbor("192.0.2.1", NODE_AS, password=PASSWORD),
+            Neighbor("192.0.2.2", NODE_AS, password=PASSWORD),
+            Neighbor("192.0.2.3", NODE_AS)]))
+        nodes = [cluster.add_node(f"n{i}", i) for i in (1, 2, 3)]
+        for node in nodes:
+            cluster.wait(lambda: cluster.sessions_up(node, 2), what=f"{node.name}'s mesh sessions")
+        tor.wait_established(["192.0.2.1"])
+        pods = [node.add_pod("p") for node in nodes]
+        for node in nodes:
+            cluster.wait(lambda: node.blocks(), what=f"{node.name}'s block")
+        for node in nodes:
+            others = [(o, b) for o in nodes if o is not node for b in o.blocks()]
+            cluster.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
+                         what=f"{node.name} to learn the other blocks")
+        yield cluster, tor, nodes, pods
+
+
+def tcp_ext(netns_run, counter: str) -> int:
+    """A TcpExt counter of one namespace (/proc/net/netstat is per namespace)."""
+    lines = netns_run("cat", "/proc/net/netstat").stdout.splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split()[1:], values.split()[1:]))[counter])
+    raise AssertionError("no TcpExt in /proc/net/netstat")
+
+
+def status_row(node, address: str) -> str:
+    out = node.status()
+    assert out.returncode == 0, out.stderr
+    return next(line for line in out.stdout.splitlines() if line.startswith(address + " "))
+
+
+def test_md5_right_password_up_wrong_password_never(setup):
+    cluster, tor, (n1, n2, n3), _ = setup
+    # Right password: the session is up on both ends, and BIRD (which requires the
+    # signature) learned n1's block over it.
+    cluster.wait(lambda: n1.peer(TOR)["state"] == "up", what="n1's MD5 session")
+    tor.wait_route(n1.blocks()[0], n1.ip)
+    # Wrong password: n2's SYNs reach BIRD's namespace and the kernel drops them for their
+    # bad signature (TCPMD5Failure counts exactly that), so the session never comes up.
+    wait_for(lambda: tcp_ext(tor.run, "TCPMD5Failure") > 0, 60, "a segment with a wrong MD5 signature at BIRD")
+    assert n2.peer(TOR)["state"] != "up"
+    assert "192.0.2.2" not in tor.established()
+    row = status_row(n2, TOR)
+    assert " node " in row and " up " not in row and "tor-n2" in row, row
+    assert "2 of 3 BGP session(s) up" in n2.status().stdout
+    # The mesh does not care.
+    assert [p["state"] for p in n2.peers() if p["type"] == "mesh"] == ["up", "up"]
+    assert f"{n2.blocks()[0]} via {n2.ip} dev eth0" in n1.routes()
+
+
+def test_fixing_the_password_brings_the_session_up(setup):
+    cluster, tor, (n1, n2, n3), _ = setup
+    assert n2.peer(TOR)["state"] != "up"
+    # The operator points tor-n2 at the right secret: the session comes up.
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "tor-n2"},
+                   "spec": {"peerIP": TOR, "asNumber": TOR_AS, "node": "n2",
+                            "password": {"secretKeyRef": {"name": "good", "key": "password"}}}})
+    cluster.wait(lambda: n2.peer(TOR)["state"] == "up", timeout=20, what="n2's session with the fixed password")
+    tor.wait_established(["192.0.2.1", "192.0.2.2"])
+
+
+def test_wrong_peer_as_is_refused_and_breaks_nothing(setup):
+    cluster, tor, (n1, n2, n3), pods = setup
+    # BIRD answers with AS 65001; n3's ExaBGP expected 65099 and refuses with a NOTIFICATION
+    # (2,2: OPEN message error, Bad Peer AS), which BIRD records.
+    cluster.wait(lambda: "Bad peer AS" in tor.protocol_info("192.0.2.3"), what="BIRD to be told Bad Peer AS")
+    cluster.wait(lambda: re.search(r"\(2,2\)|(?i:bad peer as)", n3.peer(TOR)["info"]),
+                 what="the notification on n3's peer status")
+    assert n3.peer(TOR)["state"] != "up"
+    assert "192.0.2.3" not in tor.established()
+    row = status_row(n3, TOR)
+    assert " up " not in row and "tor-n3" in row, row
+    # Everything else works: n3's mesh, n1's session with BIRD, pods to and from n3.
+    assert [p["state"] for p in n3.peers() if p["type"] == "mesh"] == ["up", "up"]
+    assert n1.peer(TOR)["state"] == "up"
+    (pod1, ip1), _, (pod3, ip3) = pods
+    assert ping(pod1.run, ip3) and ping(pod3.run, ip1)
+
+
+def test_graceful_restart_keeps_routes_while_exabgp_restarts(setup):
+    cluster, tor, (n1, n2, n3), pods = setup
+    (pod1, ip1), (pod2, ip2), (pod3, ip3) = pods
+    block = n1.blocks()[0]
+    route = f"{block} via {n1.ip} dev eth0"
+    for node in (n2, n3):
+        assert node.routes().count(block) == 1
+    since = {node.name: node.peer(n1.ip)["since"] for node in (n2, n3)}
+    old = n1.exabgp_pid()
+    assert old is not None
+    # A continuous ping from a pod on n2 to the pod on n1, through the whole restart.
+    pinger = subprocess.Popen(["ip", "netns", "exec", pod2.name, "ping", "-n", "-i", "0.2", "-W", "1", ip1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        states, missing = set(), []
+        os.kill(old, signal.SIGKILL)
+        # While ExaBGP on n1 is gone (until a new one is up again), n2 and n3 keep n1's block.
+        deadline = time.monotonic() + 60
+        while True:
+            pid = n1.exabgp_pid()
+            up_again = pid not in (None, old) and cluster.sessions_up(n1, 2) and \
+                all(node.peer(n1.ip)["state"] == "up" for node in (n2, n3))
+            for node in (n2, n3):
+                states.add(node.peer(n1.ip)["state"])
+                if route not in node.routes():
+                    missing.append(node.name)
+            if up_again:
+                break
+            assert time.monotonic() < deadline, f"n1's ExaBGP did not come back\n{cluster.logs()}"
+            time.sleep(0.05)
+        assert not missing, f"n1's block left {missing} during the restart"
+        # The sessions really went down and came back (not just a quiet ExaBGP).
+        assert all(node.peer(n1.ip)["since"] != since[node.name] for node in (n2, n3)), states
+        time.sleep(2)  # a few more pings after convergence
+    finally:
+        pinger.send_signal(signal.SIGINT)
+        out, _ = pinger.communicate(timeout=10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    sent, received = int(m.group(1)), int(m.group(2))
+    assert sent >= 10 and sent - received <= 3, out
+    # Converged, nothing duplicated: one proto-202 route per block everywhere.
+    cluster.wait(lambda: tor.rib().get(block) == {n1.ip}, what="BIRD to learn n1's block again")
+    for node in (n1, n2, n3):
+        lines = [line.split()[0] for line in node.routes().splitlines()]
+        assert len(lines) == len(set(lines)), node.routes()
+        others = [b for o in (n1, n2, n3) if o is not node for b in o.blocks()]
+        assert sorted(lines) == sorted(others), (node.name, node.routes())
+    assert ping(pod3.run, ip1) and ping(pod1.run, ip3)
+
+
+def test_wrong_peer_as_reason_is_spelled_out(setup):
+    cluster, tor, (n1, n2, n3), _ = setup
+    cluster.wait(lambda: re.search(r"\(2,2\)|(?i:notification|bad peer as)", n3.peer(TOR)["info"]),
+                 what="a notification on n3's peer status")
+    assert "bad peer as" in n3.peer(TOR)["info"].lower()
+    assert "bad peer as" in status_row(n3, TOR).lower()
