@@ -110,7 +110,13 @@ class IPAM:
         memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version)
         if self._candidates_memo[0] == memo_key:
             return self._candidates_memo[1]
-        chosen = self._choose_pools(pools, node_labels, names, version)
+        try:
+            chosen = self._choose_pools(pools, node_labels, names, version)
+        except NoMatchingPool:
+            if fresh or not names:
+                raise
+            # A pool named by the caller may be newer than our cached read: look again once.
+            return self.pools_for(node_labels, names, version, fresh=True)
         self._candidates_memo = (memo_key, chosen)
         return chosen
 

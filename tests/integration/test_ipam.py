@@ -244,3 +244,11 @@ def test_dual_stack_under_one_handle(store, ipam, kv):
     from ipam.check import check
 
     assert check(kv).clean
+
+
+def test_a_pool_named_right_after_it_was_created_is_found(store, ipam):
+    store.create(pool("first", "10.10.0.0/16"))
+    ipam.allocate("net.a.eth0", "node-1")  # caches the pool list
+    store.create(pool("brand-new", "10.11.0.0/16"))
+    got = ipam.allocate("net.b.eth0", "node-1", pools=["brand-new"])
+    assert got.pool == "brand-new"
