@@ -42,10 +42,9 @@ class Context:
     node: str
     pods: PodNetwork
     node_labels: Callable[[], dict] = dict
-    # Called with a handle whose release could not reach etcd: the agent keeps it and retries.
-    defer_release: Callable[[str], None] = lambda handle: None
-    # When set, DEL hands the release to it (durably queued, done at once by a worker)
-    # instead of waiting for etcd; None: DEL releases before it answers.
+    # The agent's durable release queue (done at once by a worker, retried while etcd is
+    # away). DEL hands every release to it; other releases fall back to it when etcd
+    # cannot be reached. None: DEL releases before it answers, and a failed release is lost.
     release_later: Callable[[str], None] | None = None
     # With Kubernetes: the agent's cache of this node's pods (routed.k8s.podinfo.PodInfo),
     # whose annotations choose pools and fixed addresses. Read from the cache, never the API.
@@ -116,8 +115,11 @@ def _from_annotations(req: Request, ctx: Context) -> tuple[list[str], dict[int, 
 def _release_quietly(ctx: Context, handle: str) -> None:
     try:
         ctx.ipam.release_handle(handle)
-    except (DatastoreUnavailable, Conflict):
-        ctx.defer_release(handle)
+    except (DatastoreUnavailable, Conflict) as err:
+        if ctx.release_later is None:
+            log.error("release of %s lost: %s", handle, err)
+            return
+        ctx.release_later(handle)
 
 
 def cmd_del(req: Request, ctx: Context) -> str:
@@ -138,14 +140,9 @@ def cmd_del(req: Request, ctx: Context) -> str:
     if ctx.release_later is not None:
         ctx.release_later(handle)
         log.info("DEL %s: release queued", handle)
-        return ""
-    try:
-        released = ctx.ipam.release_handle(handle)
-    except (DatastoreUnavailable, Conflict) as err:
-        log.warning("DEL %s: release deferred: %s", handle, err)
-        ctx.defer_release(handle)
-        return ""
-    log.info("DEL %s released=%s", handle, ",".join(map(str, released)) or "-")
+    else:
+        _release_quietly(ctx, handle)
+        log.info("DEL %s: released", handle)
     return ""
 
 

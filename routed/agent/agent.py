@@ -81,7 +81,7 @@ class Agent:
         self.ipam = IPAM(self.kv)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
-                                   defer_release=self.pending.add, release_later=self.pending.add,
+                                   release_later=self.pending.add,
                                    pod_info=self.pod_info)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
