@@ -119,6 +119,13 @@ def add(lab: Lab, node_name: str, name: str, namespace: str = "default") -> dict
         topology.add_netns(pod["netns"], forward=False)
         result = _call(state, node, "ADD", pod)
     except RoutedError:
+        # As kubelet does after a failed ADD: a DEL, so whatever the ADD did before it
+        # failed (an address whose answer was lost, say) is undone. A DEL never fails for
+        # what is not there; if the agent is away it is spooled and replayed.
+        try:
+            _call(state, node, "DEL", pod)
+        except RoutedError:
+            pass  # the ADD's error is the one to report
         _forget(lab, pod)
         topology.del_netns(pod["netns"])
         raise
