@@ -51,7 +51,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -64,6 +63,7 @@ from typing import Callable
 from routed.errors import RoutedError
 
 from . import etcd, procs, routers, topology
+from .ports import free_port
 
 DEFAULT_DIR = "/var/lib/routed-lab"
 DEFAULT_PREFIX = "rl-"
@@ -237,11 +237,6 @@ def options_from_env(**given) -> Options:
     return Options(prefix=env("ROUTED_LAB_PREFIX", DEFAULT_PREFIX),
                    etcd_port=int(env("ROUTED_LAB_ETCD_PORT", str(etcd.CLIENT_PORT))), **given)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- checks

@@ -19,12 +19,7 @@ from routed.lab import procs, topology
 ROUTED = str(Path(sys.executable).with_name("routed"))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from routed.lab.ports import free_port  # noqa: E402
 
 
 class LabRun:

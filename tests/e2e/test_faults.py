@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 ROUTEDCTL = str(Path(sys.executable).with_name("routedctl"))
 
 
-@pytest.fixture
-def lab(root):
-    run = LabRun()
-    try:
-        yield run
-    finally:
-        run.close()
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -15,15 +15,6 @@ from tests.e2e.labutil import LabRun, router_rib
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
 
-@pytest.fixture
-def lab(root):
-    run = LabRun()
-    try:
-        yield run
-    finally:
-        run.close()
-
-
 def full_mesh(status: dict, pods: int) -> None:
     reach = status["reachability"]
     assert len(reach["pods"]) == pods

@@ -8,18 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from routed.lab.status import ping
-from tests.e2e.labutil import LabRun, up_retrying
+from tests.e2e.labutil import up_retrying
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.etcd]
-
-
-@pytest.fixture
-def lab(root):
-    run = LabRun()
-    try:
-        yield run
-    finally:
-        run.close()
 
 
 def test_eight_nodes_and_two_hundred_pods(lab):

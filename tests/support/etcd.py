@@ -10,13 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from routed.lab.ports import free_port  # re-exported: the tests import it from here
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdServer:
@@ -35,6 +31,18 @@ class EtcdServer:
         self.log = self.data_dir.parent / f"etcd-{self.client_port}.log"
 
     def start(self, timeout: float = 15.0) -> EtcdServer:
+        """Start, trying other ports if a chosen one was taken before etcd could bind it."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as err:
+                if "address already in use" not in str(err) or attempt == 2:
+                    raise
+                self.client_port, self.peer_port = free_port(), free_port()
+                self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [ETCD, "--name", "t", "--data-dir", str(self.data_dir),
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
