@@ -72,6 +72,12 @@ def list_routes(
     return [_from_msg(m) for m in msgs]
 
 
+def _blackhole(cidr: str) -> dict:
+    """The request of our blackhole route for cidr (adding and deleting alike)."""
+    family = socket.AF_INET if ipaddress.ip_network(cidr).version == 4 else socket.AF_INET6
+    return {"family": family, "dst": cidr, "type": "blackhole", "proto": ROUTE_PROTO, "table": RT_TABLE_MAIN}
+
+
 def sync_blackholes(ipr: IPRoute, desired: Iterable[str]) -> tuple[set[str], set[str]]:
     """Make the ``blackhole <block> proto ROUTE_PROTO`` routes in the main table equal
     to ``desired`` (CIDRs, IPv4 and IPv6). Returns (added, removed) as CIDR strings.
@@ -85,29 +91,13 @@ def sync_blackholes(ipr: IPRoute, desired: Iterable[str]) -> tuple[set[str], set
     have = {r.dst for r in list_routes(ipr) if r.type == "blackhole"}
     added, removed = want - have, have - want
     for cidr in sorted(added):
-        net = ipaddress.ip_network(cidr)
         with step(f"add blackhole {cidr}"):
-            ipr.route(
-                "replace",
-                family=socket.AF_INET if net.version == 4 else socket.AF_INET6,
-                dst=cidr,
-                type="blackhole",
-                proto=ROUTE_PROTO,
-                table=RT_TABLE_MAIN,
-            )
+            ipr.route("replace", **_blackhole(cidr))
     for cidr in sorted(removed):
-        net = ipaddress.ip_network(cidr)
         try:
             with step(f"delete blackhole {cidr}"):
                 # proto and type in the request make the kernel match only our route.
-                ipr.route(
-                    "del",
-                    family=socket.AF_INET if net.version == 4 else socket.AF_INET6,
-                    dst=cidr,
-                    type="blackhole",
-                    proto=ROUTE_PROTO,
-                    table=RT_TABLE_MAIN,
-                )
+                ipr.route("del", **_blackhole(cidr))
         except DataplaneError as err:
             if err.errno != ESRCH:  # gone meanwhile: that is the desired state
                 raise

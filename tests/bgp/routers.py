@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from routed.lab import topology
+from tests.support.wait import eventually
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"
@@ -59,15 +60,8 @@ class RouterSpec:
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.2)
+    return eventually(predicate, what, timeout, 0.2,
+                      details=lambda: log.read_text()[-3000:] if log is not None and log.exists() else "")
 
 
 class Router:

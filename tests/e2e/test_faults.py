@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.labutil import LabRun, up_retrying
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
@@ -57,14 +58,7 @@ def ping(src_netns: str, ip: str, count: int = 1, wait: float = 1.0) -> bool:
 
 
 def wait_until(predicate, timeout: float, what: str, details=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout:.0f}s) waiting for {what}\n{details()}")
-        time.sleep(0.3)
+    return eventually(predicate, what, timeout, 0.3, details)
 
 
 def ipam_check(lab: LabRun) -> dict:

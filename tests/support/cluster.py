@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from routed.datastore.resources import ResourceStore
 from routed.lab import topology
 from tests.support.agent import ROUTED, AgentProcess, cni
 from tests.support.netns import Netns
+from tests.support.wait import eventually
 
 ROUTEDCTL = str(Path(ROUTED).with_name("routedctl"))
 
@@ -151,12 +151,8 @@ class Cluster:
         self.nodes.append(node)
         return node.start() if start else node
 
-    def wait(self, predicate, timeout: float = 60.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}\n" + self.logs())
-            time.sleep(0.2)
+    def wait(self, predicate, timeout: float = 60.0, what: str = "condition"):
+        return eventually(predicate, what, timeout, 0.2, details=self.logs)
 
     def sessions_up(self, node: Node, count: int) -> bool:
         try:
