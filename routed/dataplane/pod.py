@@ -5,6 +5,8 @@ addresses, a link-local gateway that exists nowhere, and one host route per addr
     eth0  10.0.0.5/32  ──────── veth ────────  cali1a2b3c4d5e6  (ee:ee:ee:ee:ee:ee)
     169.254.1.1 dev eth0 scope link             10.0.0.5 dev cali1a2b3c4d5e6 scope link proto 201
     default via 169.254.1.1 dev eth0 onlink     proxy_arp=1: answers ARP for 169.254.1.1
+    169.254.1.1 lladdr ee:ee:ee:ee:ee:ee          (when the host has a route to it)
+        permanent: no ARP needed at all
 
 The host end is created in the host netns with the peer placed straight into the pod
 netns (one RTM_NEWLINK), so nothing is moved afterwards and nothing has to be created
@@ -252,6 +254,13 @@ def _configure_pod_side(pod: Rtnl, index: int, ifname, path, addrs, v4, v6) -> N
         steps.append((f"add {a} to {where}",
                       rtnl.add_address(index, str(a.ip), a.network.prefixlen, nodad=a.version == 6)))
     if v4:
+        # The gateway's MAC is known (every host veth has HOST_VETH_MAC): a permanent
+        # entry instead of ARP. Proxy ARP answers for 169.254.1.1 only while the host has
+        # a route to it, so a node without a default route (air-gapped) would leave the
+        # pod unable to reach anything (Calico #3270). Proxy ARP stays on for pods whose
+        # entry someone flushes.
+        steps.append((f"add neighbour {POD_GATEWAY_V4} lladdr {HOST_VETH_MAC} dev {where}",
+                      rtnl.set_neighbour(index, POD_GATEWAY_V4, HOST_VETH_MAC)))
         steps.append((f"add route {POD_GATEWAY_V4} dev {where}",
                       rtnl.add_route(Route(f"{POD_GATEWAY_V4}/32", dev=ifname, proto=ROUTE_PROTO), index)))
         steps.append((f"add default route via {POD_GATEWAY_V4} dev {where}",

@@ -40,6 +40,7 @@ from routed.dataplane.bulk import (
     NLM_F_DUMP,
     NLM_F_DUMP_INTR,
     NLM_F_EXCL,
+    NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -75,6 +76,7 @@ __all__ = [
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 
 IFF_UP = 0x1
@@ -86,6 +88,10 @@ VETH_INFO_PEER = 1
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFA_F_NODAD = 0x02
+
+NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_PERMANENT = 0x80
 
 RTGENMSG = struct.Struct("=Bxxx")  # family, padded to 4 bytes
 NETNSA_NSID, NETNSA_FD = 1, 3
@@ -172,6 +178,15 @@ def del_route(route: Route, oif: int | None) -> bytes:
     """RTM_DELROUTE of the route of ``route.proto`` to ``route.dst`` through ``oif``.
     ESRCH when there is none."""
     return pack_delete(route, 0, oif)
+
+
+def set_neighbour(index: int, address: str, mac: str) -> bytes:
+    """RTM_NEWNEIGH (CREATE|REPLACE) of a permanent entry: ``ip neigh replace ADDRESS
+    lladdr MAC dev INDEX nud permanent``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    body = NDMSG.pack(family, index, NUD_PERMANENT, 0, 0) + (
+        pack_attr(NDA_DST, socket.inet_pton(family, address)) + pack_attr(NDA_LLADDR, _mac(mac)))
+    return pack_message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, 0, body)
 
 
 def get_nsid(netns_fd: int) -> bytes:

@@ -113,11 +113,9 @@ class Host:
     ipr: object  # IPRoute opened in it (routed.dataplane.netlink.open_host)
 
 
-@pytest.fixture
-def host(netns):
-    """A "node" netns: lo up with HOST_V4/HOST_V6, an uplink veth pair carrying the
-    default route (as on a real node; proxy ARP answers for 169.254.1.1 only when the
-    host has a route to it through another interface), forwarding on."""
+def make_host(netns, default_route: bool = True) -> str:
+    """A "node" netns: lo up with HOST_V4/HOST_V6, an uplink veth pair (carrying the
+    default route unless ``default_route`` is False: an air-gapped node), forwarding on."""
     name = netns("host")
     ip(name, "link", "set", "lo", "up")
     ip(name, "addr", "add", f"{HOST_V4}/32", "dev", "lo")
@@ -126,10 +124,28 @@ def host(netns):
     ip(name, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
     ip(name, "link", "set", "uplink0", "up")
     ip(name, "link", "set", "uplink1", "up")
-    ip(name, "route", "add", "default", "dev", "uplink0")
+    if default_route:
+        ip(name, "route", "add", "default", "dev", "uplink0")
     nsexec(name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     nsexec(name, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-    ipr = open_host(name)
+    return name
+
+
+@pytest.fixture
+def host(netns):
+    """A "node" netns with a default route, as on most nodes."""
+    ipr = open_host(name := make_host(netns))
+    try:
+        yield Host(name=name, ipr=ipr)
+    finally:
+        ipr.close()
+
+
+@pytest.fixture
+def airgapped_host(netns):
+    """A "node" netns without any default route (Calico #3270: proxy ARP answers for
+    169.254.1.1 only when the host has a route to it through another interface)."""
+    ipr = open_host(name := make_host(netns, default_route=False))
     try:
         yield Host(name=name, ipr=ipr)
     finally:

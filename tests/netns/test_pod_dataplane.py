@@ -30,6 +30,7 @@ from routed.dataplane.routes import list_routes, sync_blackholes
 from routed.dataplane.sysctl import get_sysctls, set_sysctls
 from tests.netns.nsutil import (
     HOST_V4,
+    airgapped_host,  # noqa: F401  (fixture)
     HOST_V6,
     host,  # noqa: F401  (fixture)
     ip,
@@ -124,6 +125,22 @@ def test_two_pods_ping_each_other_and_the_host(host, netns):
     # to the host veth's MAC.
     neigh = ip_json(a, "neigh", "show", POD_GATEWAY_V4)
     assert neigh and neigh[0]["lladdr"] == HOST_VETH_MAC
+
+
+def test_pods_work_on_a_node_without_a_default_route(airgapped_host, netns):
+    host = airgapped_host
+    assert routes(host.name, "default") == [] and ip_json(host.name, "-6", "route", "show", "default") == []
+    a, _, _ = _pod(host, netns, "ga", ["10.20.16.1", "fd00:20:16::1"])
+    b, _, _ = _pod(host, netns, "gb", ["10.20.16.2", "fd00:20:16::2"])
+    assert ping(a, "10.20.16.2")
+    assert ping(b, "10.20.16.1")
+    assert ping(a, HOST_V4)
+    assert ping(b, HOST_V4)
+    assert ping(a, "fd00:20:16::2")
+    assert ping(a, HOST_V6)
+    # The gateway resolves without proxy ARP: a permanent entry written at ADD.
+    [neigh] = ip_json(a, "neigh", "show", POD_GATEWAY_V4)
+    assert neigh["lladdr"] == HOST_VETH_MAC and "PERMANENT" in neigh["state"]
 
 
 def test_dual_stack_pods(host, netns):
