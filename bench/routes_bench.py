@@ -34,7 +34,7 @@ PROTO = 202
 
 
 def _routes(gateway: str) -> list:
-    from routed.dataplane.bulk import Route
+    from routed.dataplane.rtnl import Route
 
     nets = ipaddress.ip_network("10.64.0.0/10").subnets(new_prefix=26)
     return [Route(str(next(nets)), gateway=gateway, dev="veth0") for _ in range(N_ROUTES)]
@@ -118,11 +118,15 @@ def main() -> None:
                 _timed(lambda: bulk.sync(ns.name, routes)) for _ in range(REPEATS))
             note(f"bulk.sync with nothing to do over {N_ROUTES:,} routes: {converged * 1000:.0f} ms (dump + compare)")
 
-            # pyroute2, one call per route: opened in the netns from this thread.
-            from routed.dataplane.netlink import open_in
+            # pyroute2 (a test dependency, not routed's), one call per route: its socket
+            # opened in the netns from this thread.
+            from pyroute2 import IPRoute
+
+            from routed.dataplane.netns import in_netns
 
             _flush(ns.name)
-            ipr = open_in(ns.name)
+            with in_netns(ns.name):
+                ipr = IPRoute()
             try:
                 oif = ipr.link_lookup(ifname="veth0")[0]
                 some = routes[:N_PYROUTE2]

@@ -6,10 +6,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from routed.dataplane.constants import ROUTE_PROTO_BGP
-
-VXLAN_DEV = "vxlan.routed"
-IPIP_DEV = "tunl0"
+from routed.dataplane.constants import IPIP_DEV, VXLAN_DEV
+from routed.dataplane.rtnl import Route
 
 
 @dataclass(frozen=True)
@@ -18,19 +16,6 @@ class Learned:
     next_hop: str
     peer: str  # the neighbor that sent it
     as_path: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class KernelRoute:
-    dst: str
-    gateway: str
-    dev: str
-    onlink: bool = False
-    proto: int = ROUTE_PROTO_BGP
-
-    @property
-    def encapsulation(self) -> str:
-        return {VXLAN_DEV: "vxlan", IPIP_DEV: "ipip"}.get(self.dev, "none")
 
 
 @dataclass(frozen=True)
@@ -73,8 +58,9 @@ def best(candidates: list[Learned]) -> Learned:
     return min(candidates, key=lambda c: (len(c.as_path), ipaddress.ip_address(c.next_hop).packed, c.peer))
 
 
-def kernel_route(route: Learned, pools: list[PoolView], node_subnet, nic: str) -> KernelRoute | None:
-    """How to reach route's next hop from this node, per the modes of the pool holding it.
+def kernel_route(route: Learned, pools: list[PoolView], node_subnet, nic: str) -> Route | None:
+    """How to reach route's next hop from this node, per the modes of the pool holding it:
+    the route for the kernel (proto ROUTE_PROTO_BGP), or None.
 
     Never: directly when the next hop is on our subnet; otherwise nothing (the fabric,
     which learned the block too, carries the traffic by the default route).
@@ -87,15 +73,15 @@ def kernel_route(route: Learned, pools: list[PoolView], node_subnet, nic: str) -
     same_subnet = next_hop.version == node_subnet.version and next_hop in node_subnet
     vxlan, ipip = (pool.vxlan, pool.ipip) if pool else ("Never", "Never")
     if vxlan == "Always" or (vxlan == "CrossSubnet" and not same_subnet):
-        return KernelRoute(route.prefix, route.next_hop, VXLAN_DEV, onlink=True)
+        return Route(route.prefix, route.next_hop, VXLAN_DEV, onlink=True)
     if ipip == "Always" or (ipip == "CrossSubnet" and not same_subnet):
-        return KernelRoute(route.prefix, route.next_hop, IPIP_DEV, onlink=True)
+        return Route(route.prefix, route.next_hop, IPIP_DEV, onlink=True)
     if same_subnet:
-        return KernelRoute(route.prefix, route.next_hop, nic)
+        return Route(route.prefix, route.next_hop, nic)
     return None
 
 
-def kernel_routes(rib: dict[str, list[Learned]], pools: list[PoolView], node_subnet, nic: str) -> list[KernelRoute]:
+def kernel_routes(rib: dict[str, list[Learned]], pools: list[PoolView], node_subnet, nic: str) -> list[Route]:
     """The learned-route table for the kernel: the best route of each prefix."""
     out = []
     for prefix in sorted(rib):

@@ -7,7 +7,6 @@ network while the agent is upgraded or restarted.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +75,7 @@ class Agent:
         elif kube_ip:
             self.address = self._address_holding(kube_ip)
         else:
-            with self.dataplane.ipr() as ipr:
-                self.address = nodeinfo.detect_node_ip(ipr)
+            self.address = self.dataplane.default_route_address()
         self.ipam = IPAM(self.kv)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
@@ -121,10 +119,9 @@ class Agent:
 
     def _address_holding(self, ip: str) -> str:
         """ip with the prefix of the host interface that holds it (the subnet decides CrossSubnet)."""
-        with self.dataplane.ipr() as ipr:
-            for addr in ipr.get_addr(family=socket.AF_INET):
-                if addr.get_attr("IFA_ADDRESS") == ip:
-                    return f"{ip}/{addr['prefixlen']}"
+        address = self.dataplane.address_with_prefix(ip)
+        if address is not None:
+            return address
         raise RoutedError(f"the Kubernetes Node's InternalIP {ip} is on no interface of this host; "
                           "pass --node-ip ADDR/PREFIX")
 

@@ -143,7 +143,7 @@ class BGPController:
         self.my_as = peering.DEFAULT_AS
         self.pools: list[decide.PoolView] = []
         self.own_prefixes: set[str] = set()
-        self.programmed: list[decide.KernelRoute] = []
+        self.programmed: list[decide.Route] = []
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 
 from routed import resources as r
 from routed.errors import RoutedError
-
-
-def detect_node_ip(ipr) -> str:
-    """The first IPv4 address (with prefix) of the interface the default route uses."""
-    for route in ipr.get_default_routes(family=socket.AF_INET):
-        for addr in ipr.get_addr(family=socket.AF_INET, index=route.get_attr("RTA_OIF")):
-            return f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
-    raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
 
 
 def parse_node_ip(text: str) -> str:

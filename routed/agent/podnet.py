@@ -1,10 +1,9 @@
 """The node's dataplane as the agent uses it: netlink in the host netns, from any thread.
 
-pyroute2 0.9 keeps a socket per thread behind each IPRoute and opens it lazily: an
-IPRoute created in one thread and used from another talks to the *calling* thread's
-netns. CNI requests are served on many threads, so every operation opens its socket
-in the thread that uses it, with that thread inside the host netns, and closes it
-there (~0.3 ms). No IPRoute ever crosses a thread.
+CNI requests are served on many threads. Every operation opens its own netlink socket
+in the host netns (rtnl.Rtnl: the netns is fixed when the socket is created, with the
+opening thread switched into it for that moment) and closes it when done (~0.1 ms):
+no socket is shared between threads, and none can end up in a pod's netns.
 """
 
 from __future__ import annotations
@@ -12,19 +11,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import queue
+import socket
 import threading
-from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-
-from routed.dataplane.constants import ROUTE_PROTO_BGP
-from routed.dataplane.errors import DataplaneError
-from routed.errors import RoutedError
-
-from routed.dataplane import bulk, encap
+from routed.dataplane import bulk, encap, sysctl
 from routed.dataplane import pod as podnet
-from routed.dataplane import routes, sysctl
-from routed.dataplane.netns import in_netns
+from routed.dataplane.constants import ROUTE_PROTO, ROUTE_PROTO_BGP
+from routed.dataplane.errors import DataplaneError
+from routed.dataplane.rtnl import Route, Rtnl
+from routed.errors import RoutedError
 
 log = logging.getLogger("routed.dataplane")
 
@@ -38,30 +33,17 @@ class HostDataplane:
         self._doomed: queue.Queue = queue.Queue()
         threading.Thread(target=self._delete_links, name="veth-deleter", daemon=True).start()
 
-    @contextmanager
-    def ipr(self):
-        """An IPRoute for this thread, in the host netns, for one operation."""
-        with in_netns(self.netns):
-            sock = IPRoute()
-            try:
-                yield sock
-            finally:
-                sock.close()
-
     # -- PodNetwork (cni.plugin) ---------------------------------------------------
 
-    # The pod operations speak rtnetlink themselves (routed.dataplane.rtnl): no pyroute2
-    # socket is needed for them, only the host netns.
-
     def setup(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> dict:
-        pod = podnet.setup_pod(None, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
+        pod = podnet.setup_pod(self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
         return {"mac": pod.mac, "host_mac": pod.host_mac}
 
     def teardown(self, netns: str | None, ifname: str, host_ifname: str, ips: list | None = None) -> None:
         """Routes go now; the veth, whose deletion takes the kernel 15-20 ms, goes in the
         background. Safe: nothing routes to it any more, and a new sandbox of the same pod
         gets a new veth (delete_link checks the index still names this one)."""
-        index = podnet.detach_pod(None, self.netns, netns, ifname, host_ifname, ips)
+        index = podnet.detach_pod(self.netns, netns, ifname, host_ifname, ips)
         if index is not None:
             self._doomed.put((index, host_ifname))
 
@@ -69,8 +51,7 @@ class HostDataplane:
         while True:
             index, name = self._doomed.get()
             try:
-                with in_netns(self.netns):
-                    podnet.delete_link(None, index, name)
+                podnet.delete_link(self.netns, index, name)
             except DataplaneError as err:
                 log.warning("cannot delete %s: %s", name, err)
             finally:
@@ -81,30 +62,63 @@ class HostDataplane:
         self._doomed.join()
 
     def check(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> list[str]:
-        return podnet.check_pod(None, self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
+        return podnet.check_pod(self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
 
     # -- node-level ------------------------------------------------------------------
 
-    def sync_blackholes(self, cidrs: set[str]):
-        with self.ipr() as ipr:
-            return routes.sync_blackholes(ipr, cidrs)
+    def sync_blackholes(self, cidrs: set[str]) -> tuple[set[str], set[str]]:
+        """Make the node's block blackholes (``blackhole <block> proto ROUTE_PROTO``) equal
+        to ``cidrs``: the same bulk sync as learned routes, limited to our blackholes
+        (the pods' /32 routes share the proto). Returns (added, removed) CIDRs; a route
+        that fails is logged and the rest still go in.
+
+        The blackhole keeps packets for unallocated addresses of our blocks from leaving
+        the node by the default route (and looping back to us); pods' /32 routes are
+        more specific and win."""
+        wanted = [Route(cidr, kind="blackhole", proto=ROUTE_PROTO) for cidr in cidrs]
+        result = bulk.sync(self.netns, wanted, proto=ROUTE_PROTO, kind="blackhole")
+        for route, reason in result.failed:
+            log.warning("blackhole %s not installed: %s", route.dst, reason)
+        return {r.dst for r in result.added}, {r.dst for r in result.removed}
 
     def set_sysctls(self, values: dict[str, str]) -> None:
         sysctl.set_sysctls(self.netns, values)
 
     # -- routes learned over BGP ---------------------------------------------------------
 
+    def default_route_address(self) -> str:
+        """The first IPv4 address (with prefix) of the interface the default route uses."""
+        with Rtnl(self.netns) as sock:
+            names = sock.links()
+            index = {name: i for i, name in names.items()}
+            for route in sock.routes(socket.AF_INET, table=254, ifnames=names):
+                if route.dst == "0.0.0.0/0" and route.dev in index:
+                    for addr in sock.addresses(socket.AF_INET, index=index[route.dev]):
+                        return f"{addr.address}/{addr.prefixlen}"
+        raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
+
+    def address_with_prefix(self, ip: str) -> str | None:
+        """``ip`` with the prefix of the interface address that is ``ip`` (the subnet
+        decides CrossSubnet), None when no interface holds it."""
+        with Rtnl(self.netns) as sock:
+            for addr in sock.addresses(socket.AF_INET):
+                if addr.address == ip:
+                    return f"{ip}/{addr.prefixlen}"
+        return None
+
     def use_uplink(self, address: str) -> str:
         """Find the interface holding the node address: direct routes and VXLAN use it."""
         ip = str(ipaddress.ip_interface(address).ip)
-        with self.ipr() as ipr:
-            for addr in ipr.get_addr(address=ip):
-                self.nic = ipr.get_links(addr["index"])[0].get_attr("IFLA_IFNAME")
-                self.local_ip = ip
-                return self.nic
+        with Rtnl(self.netns) as sock:
+            for addr in sock.addresses():
+                if addr.address == ip:
+                    link = sock.link(index=addr.index)
+                    if link is not None:
+                        self.nic, self.local_ip = link.name, ip
+                        return self.nic
         raise RoutedError(f"no interface holds the node address {ip}")
 
-    def sync_learned(self, routes: list) -> str:
+    def sync_learned(self, routes: list[Route]) -> str:
         """Make the kernel's proto-202 routes equal to routes, with the devices they need."""
         vxlan_peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan"})
         if vxlan_peers:
@@ -118,8 +132,7 @@ class HostDataplane:
             except DataplaneError as err:
                 log.error("%s: IPIP routes are skipped", err)
                 routes = [r for r in routes if r.encapsulation != "ipip"]
-        wanted = [bulk.Route(r.dst, gateway=r.gateway, dev=r.dev, onlink=r.onlink, proto=r.proto) for r in routes]
-        result = bulk.sync(self.netns, wanted, proto=ROUTE_PROTO_BGP)
+        result = bulk.sync(self.netns, routes, proto=ROUTE_PROTO_BGP)
         for route, reason in result.failed:
             log.warning("route %s not installed: %s", route.dst, reason)
         if result.added or result.removed or result.failed:

@@ -1,14 +1,16 @@
-"""The pod dataplane: veths, addresses, routes and sysctls, over netlink (pyroute2 IPRoute).
+"""The node's dataplane: veths, addresses, routes, encapsulation devices and sysctls.
 
-Importing this package is cheap (no pyroute2); the modules that talk netlink are
-imported by whoever needs them:
+One netlink layer, packed by hand (no pyroute2); the modules are imported by whoever
+needs them:
 
 - ``names``    host-side veth names (pure)
 - ``netns``    ``in_netns``: run a block with the calling thread in another netns
-- ``netlink``  opening IPRoute sockets in a netns, errno helpers
+- ``rtnl``     the codec (``Route``, requests, answers; pure) and the socket (``Rtnl``)
+- ``bulk``     desired-state route sync: learned routes, block blackholes
+- ``pod``      ``setup_pod`` / ``detach_pod`` / ``delete_link`` / ``check_pod``
+- ``encap``    VXLAN and IPIP devices, VXLAN peers (neighbour + FDB entries)
 - ``sysctl``   per-netns sysctl writes
-- ``pod``      ``setup_pod`` / ``teardown_pod`` / ``check_pod``
-- ``routes``   ``list_routes`` / ``sync_blackholes``
+- ``nat``      natOutgoing (iptables)
 """
 
 from routed.dataplane.constants import ROUTE_PROTO

@@ -27,3 +27,7 @@ POD_GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 
 # Host-side veth names: prefix + 11 hex chars = 15, the kernel's limit (IFNAMSIZ - 1).
 VETH_PREFIX = "cali"
+
+# Encapsulation devices (encap.py creates them; routes name them as their device).
+VXLAN_DEV = "vxlan.routed"
+IPIP_DEV = "tunl0"  # the fallback device the ipip module creates in every netns

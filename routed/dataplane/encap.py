@@ -14,8 +14,10 @@ IPIP: the kernel's ``tunl0`` catches every IPIP packet for the node; routes are
 ``<block> via N dev tunl0 onlink``. This kernel has no ipip module: ``ensure_ipip``
 says so in one line (tested for real in a VM).
 
-Every function opens its own IPRoute in the target netns and closes it, in the calling
-thread (pyroute2 0.9 sockets follow the calling thread's netns).
+Every function opens its own netlink socket (rtnl.py) in the target netns and closes
+it. Hand-packed like everything else: a VXLAN device is one RTM_NEWLINK with five
+attributes, a neighbour or FDB entry one RTM_NEWNEIGH; pyroute2 would only add a second
+stack (and ~0.3 s of import) for these few messages.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import errno as errnos
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
+from routed.dataplane import rtnl
+from routed.dataplane.constants import IPIP_DEV, VXLAN_DEV
 from routed.dataplane.errors import DataplaneError
-from routed.dataplane.netlink import IPRoute, NetlinkError, open_in, step
 from routed.dataplane.netns import NetnsTarget
+from routed.dataplane.rtnl import AF_BRIDGE, Link, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,10 @@ __all__ = [
     "vtep_mac", "ensure_vxlan", "remove_vxlan", "sync_vxlan_peers", "ensure_ipip",
 ]
 
-VXLAN_DEV = "vxlan.routed"
 VXLAN_VNI = 4096  # Calico's default VNI
 VXLAN_PORT = 4789  # IANA VXLAN port
 VXLAN_MTU = 1450  # 1500 - 50 bytes of outer IPv4 + UDP + VXLAN + inner Ethernet
-IPIP_DEV = "tunl0"  # the fallback device the ipip module creates in every netns
 IPIP_MTU = 1480  # 1500 - 20 bytes of outer IPv4
-
-IFF_UP = 0x1
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-NTF_SELF = 0x02
 
 IPIP_MISSING = "this kernel has no IPIP support (ip link add type ipip: Unknown device type)"
 
@@ -75,47 +72,22 @@ def _canonical_v4(node_ip: str) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def _ipr(netns: NetnsTarget) -> Iterator[IPRoute]:
-    with step(f"open netlink in netns {netns}"):
-        ipr = open_in(netns)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+def _link(sock: Rtnl, name: str) -> Link | None:
+    return sock.link(name=name)
 
 
-def _link(ipr: IPRoute, name: str):
-    """The link message for ``name``, or None when there is none."""
-    try:
-        with step(f"read link {name}"):
-            return ipr.link("get", ifname=name)[0]
-    except DataplaneError as err:
-        if err.errno == errnos.ENODEV:
-            return None
-        raise
-
-
-def _kind(link) -> str | None:
-    return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-
-
-def _vxlan(link, attr: str):
-    return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", attr)
-
-
-def _set_link(ipr: IPRoute, link, name: str, mtu: int, address: str | None = None) -> None:
+def _set_link(sock: Rtnl, link: Link, mtu: int, address: str | None = None) -> None:
     """MTU, MAC and up, each only when it differs (a no-op resync sends nothing)."""
-    change = {}
-    if link.get("mtu") != mtu:
+    change: dict = {}
+    if link.mtu != mtu:
         change["mtu"] = mtu
-    if address is not None and (link.get("address") or "").lower() != address:
+    if address is not None and (link.address or "").lower() != address:
         change["address"] = address
-    if not link["flags"] & IFF_UP:
-        change["state"] = "up"
+    if not link.up:
+        change["up"] = True
     if change:
-        with step(f"set {name} {' '.join(f'{k} {v}' for k, v in change.items())}"):
-            ipr.link("set", index=link["index"], **change)
+        sock.request(rtnl.set_link(link.index, **change)).check(
+            f"set {link.name} {' '.join(f'{k} {v}' for k, v in change.items())}")
 
 
 # --------------------------------------------------------------------------- VXLAN
@@ -140,61 +112,42 @@ def ensure_vxlan(
     of that name that is not VXLAN is never touched (DataplaneError)."""
     local_ip = _canonical_v4(local_ip)
     mac = vtep_mac(local_ip)
-    with _ipr(netns) as ipr:
-        parent = _link(ipr, parent_dev)
+    with Rtnl(netns) as sock:
+        parent = _link(sock, parent_dev)
         if parent is None:
             raise DataplaneError(f"VXLAN device {name}: parent device {parent_dev} does not exist",
                                  errno=errnos.ENODEV)
-        link = _link(ipr, name)
+        link = _link(sock, name)
         if link is not None:
-            if _kind(link) != "vxlan":
-                raise DataplaneError(f"{name} exists and is not a VXLAN device (kind {_kind(link)}); not touching it")
-            wanted = {"IFLA_VXLAN_ID": vni, "IFLA_VXLAN_LOCAL": local_ip, "IFLA_VXLAN_PORT": port,
-                      "IFLA_VXLAN_LINK": parent["index"], "IFLA_VXLAN_LEARNING": 0}
-            differs = {k: _vxlan(link, k) for k, v in wanted.items() if _vxlan(link, k) != v}
-            if differs:
-                log.info("recreating %s: %s differ from %s", name, differs, wanted)
-                with step(f"delete {name} to recreate it"):
-                    ipr.link("del", index=link["index"])
+            if link.kind != "vxlan":
+                raise DataplaneError(f"{name} exists and is not a VXLAN device (kind {link.kind}); not touching it")
+            wanted = rtnl.VxlanInfo(vni=vni, local=local_ip, parent=parent.index, port=port, learning=False)
+            if link.vxlan != wanted:
+                log.info("recreating %s: %s differs from %s", name, link.vxlan, wanted)
+                sock.request(rtnl.del_link(index=link.index)).check(f"delete {name} to recreate it")
                 link = None
         if link is None:
-            with step(f"create VXLAN device {name} (id {vni} local {local_ip} dev {parent_dev} dstport {port})"):
-                ipr.link(
-                    "add",
-                    ifname=name,
-                    kind="vxlan",
-                    vxlan_id=vni,
-                    vxlan_local=local_ip,
-                    vxlan_link=parent["index"],
-                    vxlan_port=port,
-                    vxlan_learning=0,
-                    address=mac,
-                    mtu=mtu,
-                )
-            link = _link(ipr, name)
+            sock.request(rtnl.new_vxlan(name, vni=vni, local=local_ip, parent=parent.index, port=port,
+                                        address=mac, mtu=mtu)).check(
+                f"create VXLAN device {name} (id {vni} local {local_ip} dev {parent_dev} dstport {port})")
+            link = _link(sock, name)
             if link is None:
                 raise DataplaneError(f"VXLAN device {name} vanished right after it was created")
-        _set_link(ipr, link, name, mtu, mac)
-        return link["index"]
+        _set_link(sock, link, mtu, mac)
+        return link.index
 
 
 def remove_vxlan(netns: NetnsTarget, name: str = VXLAN_DEV) -> bool:
     """Delete the VXLAN device ``name``; False when there was none. A device of that
     name that is not VXLAN is left alone (DataplaneError)."""
-    with _ipr(netns) as ipr:
-        link = _link(ipr, name)
+    with Rtnl(netns) as sock:
+        link = _link(sock, name)
         if link is None:
             return False
-        if _kind(link) != "vxlan":
-            raise DataplaneError(f"{name} is not a VXLAN device (kind {_kind(link)}); not deleting it")
-        try:
-            with step(f"delete {name}"):
-                ipr.link("del", index=link["index"])
-        except DataplaneError as err:
-            if err.errno != errnos.ENODEV:  # gone meanwhile
-                raise
-            return False
-        return True
+        if link.kind != "vxlan":
+            raise DataplaneError(f"{name} is not a VXLAN device (kind {link.kind}); not deleting it")
+        answer = sock.request(rtnl.del_link(index=link.index)).check(f"delete {name}", ignore=(errnos.ENODEV,))
+        return answer.ok  # ENODEV: gone meanwhile
 
 
 def sync_vxlan_peers(netns: NetnsTarget, peers: Iterable[str], name: str = VXLAN_DEV) -> tuple[set[str], set[str]]:
@@ -209,62 +162,51 @@ def sync_vxlan_peers(netns: NetnsTarget, peers: Iterable[str], name: str = VXLAN
     want = {_canonical_v4(p): None for p in peers}
     want_mac = {ip: vtep_mac(ip) for ip in want}
     mac_owner = {mac: ip for ip, mac in want_mac.items()}
-    with _ipr(netns) as ipr:
-        link = _link(ipr, name)
+    with Rtnl(netns) as sock:
+        link = _link(sock, name)
         if link is None:
             raise DataplaneError(f"VXLAN device {name} does not exist (ensure_vxlan first)", errno=errnos.ENODEV)
-        index = link["index"]
-        with step(f"list neighbours on {name}"):
-            neighs = {
-                n.get("dst"): (n.get("lladdr") or "").lower()
-                for n in ipr.neigh("dump", family=socket.AF_INET, ifindex=index)
-                if n["ifindex"] == index and n["state"] & NUD_PERMANENT
-            }
-        with step(f"list FDB entries on {name}"):
-            fdb: dict[str, set[str]] = {}  # mac -> remote dsts
-            for entry in ipr.fdb("dump", ifindex=index):
-                if entry["ifindex"] == index and entry.get("dst"):
-                    fdb.setdefault((entry.get("lladdr") or "").lower(), set()).add(entry.get("dst"))
+        index = link.index
+        neighs = {n.address: n.mac for n in sock.neighbours(socket.AF_INET, index) if n.permanent}
+        fdb: dict[str, set[str]] = {}  # mac -> remote dsts
+        for entry in sock.neighbours(AF_BRIDGE, index):
+            if entry.address and entry.mac:
+                fdb.setdefault(entry.mac, set()).add(entry.address)
 
         added: set[str] = set()
         removed: set[str] = set()
+        steps: list[tuple[str, bytes, tuple[int, ...]]] = []  # (what, request, errnos that are fine)
         for ip, mac in want_mac.items():
             if neighs.get(ip) != mac:
-                with step(f"neighbour {ip} lladdr {mac} dev {name}"):
-                    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+                steps.append((f"neighbour {ip} lladdr {mac} dev {name}", rtnl.set_neighbour(index, ip, mac), ()))
                 added.add(ip)
             have = fdb.get(mac, set())
             if have != {ip}:
                 for stale in have - {ip}:  # a VXLAN FDB entry may hold several remotes
-                    _fdb_del(ipr, index, name, mac, stale)
-                with step(f"fdb {mac} dst {ip} dev {name}"):
-                    ipr.fdb("replace", ifindex=index, lladdr=mac, dst=ip,
-                            state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+                    steps.append((f"delete fdb {mac} dst {stale} dev {name}", rtnl.del_fdb(index, mac, stale),
+                                  (errnos.ENOENT,)))
+                steps.append((f"fdb {mac} dst {ip} dev {name}", rtnl.set_fdb(index, mac, ip), ()))
                 added.add(ip)
-        for ip, mac in neighs.items():
+        for ip in neighs:
             if ip not in want:
-                try:
-                    with step(f"delete neighbour {ip} dev {name}"):
-                        ipr.neigh("del", dst=ip, lladdr=mac, ifindex=index)
-                except DataplaneError as err:
-                    if err.errno != errnos.ENOENT:
-                        raise
+                steps.append((f"delete neighbour {ip} dev {name}", rtnl.del_neighbour(index, ip),
+                               (errnos.ENOENT,)))
                 removed.add(ip)
         for mac, dsts in fdb.items():
             if mac not in mac_owner:
                 for dst in dsts:
-                    _fdb_del(ipr, index, name, mac, dst)
+                    steps.append((f"delete fdb {mac} dst {dst} dev {name}", rtnl.del_fdb(index, mac, dst),
+                                  (errnos.ENOENT,)))
                     removed.add(dst)
+        # One send; every failure is reported, the first one raised (the others logged).
+        failures = [f"{what}: {answer.reason()}"
+                    for (what, _, fine), answer in zip(steps, sock.exchange([r for _, r, _ in steps]))
+                    if answer.errno and answer.errno not in fine]
+        for failure in failures[1:]:
+            log.warning("%s", failure)
+        if failures:
+            raise DataplaneError(failures[0])
         return added, removed
-
-
-def _fdb_del(ipr: IPRoute, index: int, name: str, mac: str, dst: str) -> None:
-    try:
-        with step(f"delete fdb {mac} dst {dst} dev {name}"):
-            ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-    except DataplaneError as err:
-        if err.errno != errnos.ENOENT:  # gone meanwhile
-            raise
 
 
 # --------------------------------------------------------------------------- IPIP
@@ -278,21 +220,17 @@ def ensure_ipip(netns: NetnsTarget, mtu: int = IPIP_MTU) -> int:
     (rtnetlink requests "rtnl-link-ipip"), which creates the fallback device, so the
     request itself then answers EEXIST: both are success. A kernel without IPIP answers
     EOPNOTSUPP ("Unknown device type" in ip's words): one clear DataplaneError."""
-    with _ipr(netns) as ipr:
-        link = _link(ipr, IPIP_DEV)
+    with Rtnl(netns) as sock:
+        link = _link(sock, IPIP_DEV)
         if link is None:
-            try:
-                ipr.link("add", ifname=IPIP_DEV, kind="ipip")
-            except NetlinkError as err:
-                if err.code == errnos.EOPNOTSUPP:
-                    raise DataplaneError(IPIP_MISSING, errno=err.code) from err
-                if err.code != errnos.EEXIST:
-                    with step(f"create {IPIP_DEV}"):
-                        raise
-            link = _link(ipr, IPIP_DEV)
+            answer = sock.request(rtnl.new_ipip(IPIP_DEV))
+            if answer.errno == errnos.EOPNOTSUPP:
+                raise DataplaneError(IPIP_MISSING, errno=answer.errno)
+            answer.check(f"create {IPIP_DEV}", ignore=(errnos.EEXIST,))
+            link = _link(sock, IPIP_DEV)
             if link is None:
                 raise DataplaneError(f"{IPIP_DEV} did not appear after loading IPIP support")
-        if _kind(link) != "ipip":
-            raise DataplaneError(f"{IPIP_DEV} exists and is not an IPIP device (kind {_kind(link)})")
-        _set_link(ipr, link, IPIP_DEV, mtu)
-        return link["index"]
+        if link.kind != "ipip":
+            raise DataplaneError(f"{IPIP_DEV} exists and is not an IPIP device (kind {link.kind})")
+        _set_link(sock, link, mtu)
+        return link.index

@@ -14,18 +14,14 @@ inside the pod and renamed. The pod end's MAC is chosen here and its ifindex rea
 the host end's IFLA_LINK, so on the common path the pod netns is written to, never queried.
 
 The "host" netns is a parameter: None is the calling thread's netns (the agent), a
-name is a named netns (tests). Netlink goes over hand-packed rtnetlink (rtnl.py), one
-socket in the host netns and one in the pod netns per call, the requests of a step
-sent together (setup_pod: three round trips). pyroute2 is not used: its 0.9 sync API
-spends ~0.8 ms of CPU per call in asyncio, and a pod took a dozen calls. ``ipr_host``
-(an IPRoute) is still accepted for the callers' sake; only delete_link, which is given
-no netns, looks at it, for the netns its socket is in (an ioctl, no netlink call).
+name is a named netns (tests). Netlink goes over rtnl.py, one socket in the host netns
+and one in the pod netns per call, the requests of a step sent together (setup_pod:
+three round trips).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
@@ -34,12 +30,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from routed.dataplane import rtnl
-from routed.dataplane.bulk import Route
 from routed.dataplane.constants import HOST_VETH_MAC, POD_GATEWAY_V4, POD_GATEWAY_V6, ROUTE_PROTO
 from routed.dataplane.errors import DataplaneError, InterfaceExists, NetnsNotFound, RouteConflict
 from routed.dataplane.names import host_veth_name, host_veth_name_for_container
 from routed.dataplane.netns import in_netns, open_netns
-from routed.dataplane.rtnl import Link, RouteEntry, Rtnl
+from routed.dataplane.rtnl import LOOPBACK_IFINDEX, Link, Route, Rtnl
 from routed.dataplane.sysctl import get_sysctls, host_veth_sysctls, set_sysctls
 
 log = logging.getLogger(__name__)
@@ -55,9 +50,6 @@ __all__ = [
     "host_veth_name",
     "host_veth_name_for_container",
 ]
-
-LOOPBACK_IFINDEX = 1  # the kernel gives lo ifindex 1 in every netns
-SIOCGSKNS = 0x894C  # linux/sockios.h: an fd on the netns a socket lives in
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -116,25 +108,6 @@ def _pod_socket(pod_fd: int, path: str) -> Rtnl:
         raise NetnsNotFound(f"open netlink in pod netns {path}: {err.strerror}", errno=err.errno) from err
 
 
-def _socket_beside(ipr_host) -> Rtnl:
-    """A socket in the netns of ``ipr_host``'s own socket (the kernel names it:
-    SIOCGSKNS, Linux 4.9), where pyroute2 would have acted; without ``ipr_host``, in
-    the calling thread's netns. For delete_link, whose callers name no netns."""
-    if ipr_host is None:
-        return Rtnl(None)
-    try:
-        fd = fcntl.ioctl(ipr_host.fileno(), SIOCGSKNS)
-    except OSError as err:
-        raise DataplaneError(f"find the netns of the host socket: {err.strerror}", errno=err.errno) from err
-    try:
-        with in_netns(fd):
-            return Rtnl(None)
-    except OSError as err:
-        raise DataplaneError(f"open netlink in the host socket's netns: {err.strerror}", errno=err.errno) from err
-    finally:
-        os.close(fd)
-
-
 def _run(sock: Rtnl, steps: list[tuple[str, bytes]]) -> None:
     """Send every step's request at once; raise for the first one (in order) that
     failed, naming it."""
@@ -146,7 +119,6 @@ def _run(sock: Rtnl, steps: list[tuple[str, bytes]]) -> None:
 
 
 def setup_pod(
-    ipr_host: object,
     host_netns: str | None,
     pod_netns_path: str,
     ifname: str,
@@ -246,8 +218,8 @@ def _configure_pod_side(pod: Rtnl, index: int, ifname, path, addrs, v4, v6) -> N
     this order, so the v6 default route does find the link up)."""
     where = f"{ifname} in {path}"
     steps = [
-        (f"set {where} up", rtnl.set_link_up(index)),
-        (f"set lo up in {path}", rtnl.set_link_up(LOOPBACK_IFINDEX)),
+        (f"set {where} up", rtnl.set_link(index, up=True)),
+        (f"set lo up in {path}", rtnl.set_link(LOOPBACK_IFINDEX, up=True)),
     ]
     for a in addrs:
         # NODAD for v6: the address is ours by IPAM; DAD would keep it unusable ~1 s.
@@ -262,14 +234,14 @@ def _configure_pod_side(pod: Rtnl, index: int, ifname, path, addrs, v4, v6) -> N
         steps.append((f"add neighbour {POD_GATEWAY_V4} lladdr {HOST_VETH_MAC} dev {where}",
                       rtnl.set_neighbour(index, POD_GATEWAY_V4, HOST_VETH_MAC)))
         steps.append((f"add route {POD_GATEWAY_V4} dev {where}",
-                      rtnl.add_route(Route(f"{POD_GATEWAY_V4}/32", dev=ifname, proto=ROUTE_PROTO), index)))
+                      rtnl.route_add(Route(f"{POD_GATEWAY_V4}/32", dev=ifname, proto=ROUTE_PROTO), index)))
         steps.append((f"add default route via {POD_GATEWAY_V4} dev {where}",
-                      rtnl.add_route(Route("0.0.0.0/0", gateway=POD_GATEWAY_V4, dev=ifname, onlink=True,
+                      rtnl.route_add(Route("0.0.0.0/0", gateway=POD_GATEWAY_V4, dev=ifname, onlink=True,
                                            proto=ROUTE_PROTO), index)))
     if v6:
         # Needs the link up (ENETDOWN otherwise), hence after "set up".
         steps.append((f"add default route via {POD_GATEWAY_V6} dev {where}",
-                      rtnl.add_route(Route("::/0", gateway=POD_GATEWAY_V6, dev=ifname, proto=ROUTE_PROTO),
+                      rtnl.route_add(Route("::/0", gateway=POD_GATEWAY_V6, dev=ifname, proto=ROUTE_PROTO),
                                      index)))
     _run(pod, steps)
 
@@ -280,40 +252,29 @@ def _add_host_routes(host: Rtnl, host_index: int, host_ifname: str, addrs) -> No
     another pod holds it (an IPAM bug or a leftover); taking it over would cut that pod
     off silently. Same rule as Calico's CNI plugin."""
     routes = [Route(f"{a.ip}/{a.network.prefixlen}", dev=host_ifname, proto=ROUTE_PROTO) for a in addrs]
-    answers = host.exchange([rtnl.add_route(route, host_index) for route in routes])
+    answers = host.exchange([rtnl.route_add(route, host_index) for route in routes])
     for a, answer in zip(addrs, answers):
         dst = f"{a.ip}/{a.network.prefixlen}"
         if answer.errno != errno.EEXIST:
             answer.check(f"add route {dst} dev {host_ifname}")
             continue
-        others = [r for r in _routes_to(host, a) if r.oif != host_index]
+        others = [r for r in _routes_to(host, a) if r.dev != host_ifname]
         if others:
             other = others[0]
             raise RouteConflict(
-                f"route to {dst} already exists via {_ifname(host, other.oif)} "
+                f"route to {dst} already exists via {other.dev or other.kind} "
                 f"(proto {other.proto}); not adding one via {host_ifname}",
                 errno=errno.EEXIST,
             )
 
 
-def _is_route_to(route: RouteEntry, a: IPInterface) -> bool:
-    return (route.dst is not None and route.dst_len == a.network.prefixlen
-            and ipaddress.ip_address(route.dst) == a.ip)
+def _is_route_to(route: Route, a: IPInterface) -> bool:
+    return route.prefixlen == a.network.prefixlen and ipaddress.ip_address(route.address) == a.ip
 
 
-def _routes_to(sock: Rtnl, a: IPInterface) -> list[RouteEntry]:
+def _routes_to(sock: Rtnl, a: IPInterface) -> list[Route]:
     """The main table's routes to exactly ``a`` (a dump of its family: error paths only)."""
-    return [r for r in sock.list_routes(_family(a), table=254) if _is_route_to(r, a)]
-
-
-def _ifname(sock: Rtnl, index: int | None) -> str:
-    if index is None:
-        return "no interface"
-    try:
-        link = sock.link(index=index)
-    except DataplaneError:
-        link = None
-    return link.name if link is not None else f"ifindex {index}"
+    return [r for r in sock.routes(_family(a), table=254) if _is_route_to(r, a)]
 
 
 def _rollback(host: Rtnl, host_ifname: str, host_index: int | None) -> None:
@@ -330,7 +291,6 @@ def _rollback(host: Rtnl, host_ifname: str, host_index: int | None) -> None:
 
 
 def teardown_pod(
-    ipr_host: object,
     host_netns: str | None,
     pod_netns_path: str | None,
     ifname: str,
@@ -346,7 +306,6 @@ def teardown_pod(
 
 
 def detach_pod(
-    ipr_host: object,
     host_netns: str | None,
     pod_netns_path: str | None,
     ifname: str,
@@ -399,21 +358,17 @@ def _detach(host: Rtnl, pod_netns_path: str | None, host_ifname: str, ips) -> in
         return None  # not ours whatever its name
     # EINVAL (not a netns file): no id, fall through to the addresses.
     nsid = answers[1].nsid() if fd is not None else None
-    ours = host.list_routes(oif=link.index, proto=ROUTE_PROTO)
+    ours = host.routes(oif=link.index, proto=ROUTE_PROTO, ifnames={link.index: link.name})
     if not _is_this_sandbox(link, nsid, ours, ips):
         return None
-    steps = []
-    for r in ours:
-        dst = r.dst or ("0.0.0.0" if r.family == socket.AF_INET else "::")
-        route = Route(f"{dst}/{r.dst_len}", dev=host_ifname, proto=ROUTE_PROTO, table=r.table)
-        steps.append((route, rtnl.del_route(route, link.index)))
-    for (route, _), answer in zip(steps, host.exchange([request for _, request in steps])):
+    answers = host.exchange([rtnl.route_delete(route, link.index) for route in ours])
+    for route, answer in zip(ours, answers):
         answer.check(f"delete the host route {route.dst} of {host_ifname}",
                      ignore=(errno.ESRCH, errno.ENOENT, errno.ENODEV))
     return link.index
 
 
-def _is_this_sandbox(link: Link, nsid: int | None, ours: list[RouteEntry], ips) -> bool:
+def _is_this_sandbox(link: Link, nsid: int | None, ours: list[Route], ips) -> bool:
     if nsid is not None:
         # -1 (no id) cannot match: the peer's netns always has one.
         return nsid == link.peer_netnsid
@@ -422,10 +377,9 @@ def _is_this_sandbox(link: Link, nsid: int | None, ours: list[RouteEntry], ips) 
     return False
 
 
-def delete_link(ipr_host: object, index: int, host_ifname: str) -> None:
-    """Delete the veth at index (both ends go), if it still is the one named host_ifname.
-    In the netns of ``ipr_host``'s socket, as before (None: the calling thread's)."""
-    with _socket_beside(ipr_host) as host:
+def delete_link(host_netns: str | None, index: int, host_ifname: str) -> None:
+    """Delete the veth at index (both ends go), if it still is the one named host_ifname."""
+    with Rtnl(host_netns) as host:
         _delete_link(host, index, host_ifname)
 
 
@@ -440,7 +394,6 @@ def _delete_link(host: Rtnl, index: int, host_ifname: str) -> None:
 
 
 def check_pod(
-    ipr_host: object,
     host_netns: str | None,
     pod_netns_path: str,
     ifname: str,
@@ -457,7 +410,8 @@ def check_pod(
     # Host side.
     with Rtnl(host_netns) as sock:
         host = sock.link(name=host_ifname)
-        ours = sock.list_routes(oif=host.index, proto=ROUTE_PROTO) if host is not None else []
+        ours = (sock.routes(oif=host.index, proto=ROUTE_PROTO, ifnames={host.index: host.name})
+                if host is not None else [])
     if host is None:
         diffs.append(f"host veth {host_ifname} is missing")
     else:
@@ -517,7 +471,7 @@ def _check_pod_side(pod: Rtnl, path, ifname, host: Link | None, addrs, v4, v6, m
 
     have = {
         ipaddress.ip_interface(f"{m.address}/{m.prefixlen}")
-        for m in pod.list_addresses(index=index)
+        for m in pod.addresses(index=index)
         if m.scope == 0  # global: leaves out the kernel's fe80:: link-local
     }
     for a in addrs:
@@ -526,19 +480,19 @@ def _check_pod_side(pod: Rtnl, path, ifname, host: Link | None, addrs, v4, v6, m
     for a in sorted(have - set(addrs), key=str):
         diffs.append(f"{where} has unexpected address {a}")
 
-    routes = pod.list_routes(oif=index, table=254)
+    routes = pod.routes(oif=index, table=254, ifnames={index: ifname})
 
-    def has(family, dst, dst_len, gateway=None):
-        return any(
-            r.family == family and r.dst == dst and r.dst_len == dst_len and r.gateway == gateway
-            for r in routes
-        )
+    def has(dst, gateway=None):
+        return any(r.dst == dst and r.gateway == gateway for r in routes)
 
     if v4:
-        if not has(socket.AF_INET, POD_GATEWAY_V4, 32):
+        if not has(f"{POD_GATEWAY_V4}/32"):
             diffs.append(f"route {POD_GATEWAY_V4} dev {where} is missing")
-        if not has(socket.AF_INET, None, 0, POD_GATEWAY_V4):
+        if not has("0.0.0.0/0", POD_GATEWAY_V4):
             diffs.append(f"default route via {POD_GATEWAY_V4} dev {where} is missing")
-    if v6 and not has(socket.AF_INET6, None, 0, POD_GATEWAY_V6):
+        if not any(n.address == POD_GATEWAY_V4 and n.mac == HOST_VETH_MAC and n.permanent
+                   for n in pod.neighbours(socket.AF_INET, index)):
+            diffs.append(f"permanent neighbour {POD_GATEWAY_V4} lladdr {HOST_VETH_MAC} dev {where} is missing")
+    if v6 and not has("::/0", POD_GATEWAY_V6):
         diffs.append(f"default route via {POD_GATEWAY_V6} dev {where} is missing")
     return diffs

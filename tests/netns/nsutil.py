@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from routed.dataplane.netlink import open_host
-
 # Addresses the host netns gets on lo, for "pod pings the host".
 HOST_V4 = "10.99.0.1"
 HOST_V6 = "fd00:99::1"
@@ -110,7 +108,6 @@ def netns():
 @dataclass
 class Host:
     name: str  # the netns playing the node
-    ipr: object  # IPRoute opened in it (routed.dataplane.netlink.open_host)
 
 
 def make_host(netns, default_route: bool = True) -> str:
@@ -134,19 +131,11 @@ def make_host(netns, default_route: bool = True) -> str:
 @pytest.fixture
 def host(netns):
     """A "node" netns with a default route, as on most nodes."""
-    ipr = open_host(name := make_host(netns))
-    try:
-        yield Host(name=name, ipr=ipr)
-    finally:
-        ipr.close()
+    return Host(name=make_host(netns))
 
 
 @pytest.fixture
 def airgapped_host(netns):
     """A "node" netns without any default route (Calico #3270: proxy ARP answers for
     169.254.1.1 only when the host has a route to it through another interface)."""
-    ipr = open_host(name := make_host(netns, default_route=False))
-    try:
-        yield Host(name=name, ipr=ipr)
-    finally:
-        ipr.close()
+    return Host(name=make_host(netns, default_route=False))

@@ -24,8 +24,9 @@ def host(root):
 
 
 def test_operations_from_other_threads_stay_in_the_host_netns(host):
-    """pyroute2 0.9 binds a socket to the thread that uses it: a socket shared across
-    threads once created pod veths in the real host netns. Never again."""
+    """A netlink socket belongs to the netns it was opened in: pyroute2 0.9 (used here
+    once) opened its socket lazily in the *calling* thread's netns, and a CNI worker
+    thread created a pod veth in the real host netns. Never again."""
     real_host_links = sh("ip", "-o", "link").stdout
     pods = [Netns(f"pod{i}") for i in range(4)]
     dataplane = HostDataplane(host.name)

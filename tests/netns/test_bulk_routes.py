@@ -12,7 +12,8 @@ import socket
 import pytest
 
 from routed.dataplane import bulk
-from routed.dataplane.bulk import Route
+from routed.dataplane import rtnl as codec
+from routed.dataplane.rtnl import Route, Rtnl
 from routed.dataplane.constants import ROUTE_PROTO, ROUTE_PROTO_BGP
 from routed.dataplane.errors import NetnsNotFound
 from tests.netns.nsutil import ip as ip_run, ip_json, require_root
@@ -219,15 +220,15 @@ def test_blackhole_onlink_and_device_routes_v4(ns):
 def test_lost_acks_are_recovered(ns, monkeypatch):
     """With a receive buffer far too small for a batch's acks the kernel drops acks
     (ENOBUFS); the unanswered requests are sent again and every route still lands."""
-    monkeypatch.setattr(bulk, "RCVBUF", 4096)
+    monkeypatch.setattr(codec, "RCVBUF", 4096)
     routes = [Route(dst, gateway=GW, dev="veth0") for dst in blocks(2000)]
     bad = Route("10.200.0.0/26", gateway="198.51.100.9")
-    with bulk.RtnlSocket(ns) as rtnl:
+    with Rtnl(ns) as rtnl:
         failed = bulk.apply_with(rtnl, replace=routes + [bad])
         assert rtnl.resent > 0  # acks really were lost
     assert [r for r, _ in failed] == [bad]  # and errors still map to their route
     assert len(kernel(ns)) == 2000
-    with bulk.RtnlSocket(ns) as rtnl:
+    with Rtnl(ns) as rtnl:
         assert bulk.apply_with(rtnl, delete=routes) == []
         assert rtnl.resent > 0
     assert kernel(ns) == {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from routed.dataplane import bulk
-from routed.dataplane.bulk import Route
+from routed.dataplane.rtnl import Route
 from routed.dataplane.encap import (
     VXLAN_DEV,
     ensure_ipip,
@@ -29,7 +29,6 @@ from routed.dataplane.encap import (
 )
 from routed.dataplane.errors import DataplaneError
 from routed.dataplane.names import host_veth_name
-from routed.dataplane.netlink import open_host
 from routed.dataplane.pod import setup_pod
 from tests.netns.nsutil import ip, ip_json, ping, require_root
 from tests.support.netns import Netns
@@ -69,11 +68,7 @@ def make_node(ns: Netns, address: str) -> None:
 def add_pod(node: Node, pod_ip: str) -> None:
     node.pod = Netns("pod")
     node.pod_ip = pod_ip
-    ipr = open_host(node.name)  # opened and used in this thread (pyroute2 0.9)
-    try:
-        setup_pod(ipr, node.name, node.pod.path, "eth0", host_veth_name("rt-encap", pod_ip), [f"{pod_ip}/32"])
-    finally:
-        ipr.close()
+    setup_pod(node.name, node.pod.path, "eth0", host_veth_name("rt-encap", pod_ip), [f"{pod_ip}/32"])
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from routed.dataplane import ROUTE_PROTO
+from routed.agent.podnet import HostDataplane
+from routed.dataplane import ROUTE_PROTO, bulk
 from routed.dataplane.constants import HOST_VETH_MAC, POD_GATEWAY_V4, POD_GATEWAY_V6
 from routed.dataplane.errors import InterfaceExists, NetnsNotFound, RouteConflict
-from routed.dataplane.netlink import open_host
 from routed.dataplane.netns import in_netns
+from routed.dataplane.rtnl import Route, Rtnl
 from routed.dataplane import pod as podmod
 from routed.dataplane.pod import (
     check_pod,
@@ -26,7 +27,6 @@ from routed.dataplane.pod import (
     setup_pod,
     teardown_pod,
 )
-from routed.dataplane.routes import list_routes, sync_blackholes
 from routed.dataplane.sysctl import get_sysctls, set_sysctls
 from tests.netns.nsutil import (
     HOST_V4,
@@ -51,7 +51,7 @@ def _pod(host, netns, name, ips, mtu=1500, ifname="eth0"):
     """A fresh pod netns with setup_pod done; returns (netns name, path, PodInterface)."""
     ns = netns("pod")
     path = netns.path(ns)
-    pi = setup_pod(host.ipr, host.name, path, ifname, host_veth_name("rt-test", name), ips, mtu=mtu)
+    pi = setup_pod(host.name, path, ifname, host_veth_name("rt-test", name), ips, mtu=mtu)
     return ns, path, pi
 
 
@@ -111,7 +111,7 @@ def test_setup_pod_ipv4(host, netns):
 
     assert pi.ips == [ipaddress.ip_interface("10.20.0.5/32")]
     assert pi.sandbox == path
-    assert check_pod(host.ipr, host.name, path, "eth0", hname, ["10.20.0.5"], mtu=1440) == []
+    assert check_pod(host.name, path, "eth0", hname, ["10.20.0.5"], mtu=1440) == []
 
 
 def test_two_pods_ping_each_other_and_the_host(host, netns):
@@ -149,7 +149,7 @@ def test_dual_stack_pods(host, netns):
     b = netns("pod")
     nsexec(b, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
     nsexec(b, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-    setup_pod(host.ipr, host.name, netns.path(b), "eth0", host_veth_name("rt-test", "b6"),
+    setup_pod(host.name, netns.path(b), "eth0", host_veth_name("rt-test", "b6"),
               ["10.20.1.2/26", "fd00:20::2/122"])
     ha = pa.host_ifname
 
@@ -168,7 +168,7 @@ def test_dual_stack_pods(host, netns):
     assert ping(b, "fd00:20::1")
     assert ping(a, HOST_V6)
     assert ping(a, "10.20.1.2")
-    assert check_pod(host.ipr, host.name, path_a, "eth0", ha, ["10.20.1.1", "fd00:20::1"]) == []
+    assert check_pod(host.name, path_a, "eth0", ha, ["10.20.1.1", "fd00:20::1"]) == []
 
 
 def test_pod_netns_given_as_proc_path(host, netns):
@@ -178,10 +178,10 @@ def test_pod_netns_given_as_proc_path(host, netns):
         path = f"/proc/{holder.pid}/ns/net"
         assert wait_until(lambda: os.stat(path).st_ino == os.stat(netns.path(ns)).st_ino)
         hname = host_veth_name("rt-test", "proc")
-        setup_pod(host.ipr, host.name, path, "eth0", hname, ["10.20.2.1"])
+        setup_pod(host.name, path, "eth0", hname, ["10.20.2.1"])
         assert "eth0" in links(ns)
-        assert check_pod(host.ipr, host.name, path, "eth0", hname, ["10.20.2.1"]) == []
-        teardown_pod(host.ipr, host.name, path, "eth0", hname)
+        assert check_pod(host.name, path, "eth0", hname, ["10.20.2.1"]) == []
+        teardown_pod(host.name, path, "eth0", hname)
         assert hname not in links(host.name)
     finally:
         holder.kill()
@@ -191,7 +191,7 @@ def test_pod_netns_given_as_proc_path(host, netns):
 def test_missing_netns_raises_and_creates_nothing(host):
     path = "/var/run/netns/rt-missing" + os.urandom(4).hex()
     with pytest.raises(NetnsNotFound):
-        setup_pod(host.ipr, host.name, path, "eth0", host_veth_name("rt-test", "x"), ["10.20.3.1"])
+        setup_pod(host.name, path, "eth0", host_veth_name("rt-test", "x"), ["10.20.3.1"])
     assert not os.path.exists(path)
     assert _cali_links(host.name) == []
 
@@ -203,7 +203,7 @@ def test_existing_ifname_is_an_error_and_left_alone(host, netns):
     nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
     before = (ip_json(ns, "addr", "show"), routes(ns), read_sysctl(ns, "net/ipv6/conf/eth0/disable_ipv6"))
     with pytest.raises(InterfaceExists):
-        setup_pod(host.ipr, host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "dup"),
+        setup_pod(host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "dup"),
                   ["10.20.4.1", "fd00:20:4::1"])
     assert (ip_json(ns, "addr", "show"), routes(ns), read_sysctl(ns, "net/ipv6/conf/eth0/disable_ipv6")) == before
     assert _cali_links(host.name) == []
@@ -214,7 +214,7 @@ def test_stale_host_veth_of_the_same_pod_is_replaced(host, netns):
     hname = host_veth_name("rt-test", "stale")
     ip(host.name, "link", "add", hname, "type", "veth", "peer", "name", "leftover0")
     ns = netns("pod")
-    setup_pod(host.ipr, host.name, netns.path(ns), "eth0", hname, ["10.20.5.1"])
+    setup_pod(host.name, netns.path(ns), "eth0", hname, ["10.20.5.1"])
     hl = links(host.name)
     assert "leftover0" not in hl and hl[hname]["address"] == HOST_VETH_MAC
     assert "eth0" in links(ns)
@@ -229,7 +229,7 @@ def test_route_conflict_rolls_back_everything(host, netns):
     ip(host.name, "route", "add", "10.20.6.1/32", "dev", "uplink0", "proto", "static")
     ns = netns("pod")
     with pytest.raises(RouteConflict, match="uplink0"):
-        setup_pod(host.ipr, host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "rc"),
+        setup_pod(host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "rc"),
                   ["10.20.6.2", "10.20.6.1"])
     assert _cali_links(host.name) == []
     assert "eth0" not in links(ns)
@@ -249,7 +249,7 @@ def test_failure_after_host_routes_rolls_back_everything(host, netns, monkeypatc
     monkeypatch.setattr(podmod, "_add_host_routes", add_then_fail)
     ns = netns("pod")
     with pytest.raises(RuntimeError, match="injected"):
-        setup_pod(host.ipr, host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "inj"),
+        setup_pod(host.name, netns.path(ns), "eth0", host_veth_name("rt-test", "inj"),
                   ["10.20.7.1", "fd00:20:7::1"])
     assert _cali_links(host.name) == []
     assert "eth0" not in links(ns)
@@ -262,13 +262,13 @@ def test_failure_after_host_routes_rolls_back_everything(host, netns, monkeypatc
 def test_teardown_removes_everything_and_is_idempotent(host, netns):
     ns, path, pi = _pod(host, netns, "td", ["10.20.8.1", "fd00:20:8::1"])
     for _ in range(2):
-        teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
         assert _cali_links(host.name) == []
         assert "eth0" not in links(ns)
         assert _our_routes(host.name) == [] and _our_routes(host.name, "-6") == []
     # containerd's second DEL: no netns at all.
-    teardown_pod(host.ipr, host.name, "", "eth0", pi.host_ifname)
-    teardown_pod(host.ipr, host.name, None, "eth0", pi.host_ifname, pi.ips)
+    teardown_pod(host.name, "", "eth0", pi.host_ifname)
+    teardown_pod(host.name, None, "eth0", pi.host_ifname, pi.ips)
 
 
 def test_teardown_with_netns_path_gone(host, netns):
@@ -281,10 +281,10 @@ def test_teardown_with_netns_path_gone(host, netns):
                           and os.stat(f"/proc/{holder.pid}/ns/net").st_ino == os.stat(path).st_ino)
         subprocess.run(["ip", "netns", "del", ns], check=True)
         assert not os.path.exists(path)
-        teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
         assert _cali_links(host.name) == []
         assert _our_routes(host.name) == []
-        teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
     finally:
         holder.kill()
         holder.wait()
@@ -293,14 +293,14 @@ def test_teardown_with_netns_path_gone(host, netns):
 def test_teardown_after_netns_destroyed(host, netns):
     ns, path, pi = _pod(host, netns, "dead", ["10.20.10.1"])
     subprocess.run(["ip", "netns", "del", ns], check=True)  # the kernel destroys the veth
-    teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips)
-    teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname)
+    teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
+    teardown_pod(host.name, path, "eth0", pi.host_ifname)
     assert wait_until(lambda: _cali_links(host.name) == [] and _our_routes(host.name) == [])
 
 
 def test_teardown_with_empty_path_uses_the_addresses(host, netns):
     ns, path, pi = _pod(host, netns, "empty", ["10.20.11.1"])
-    teardown_pod(host.ipr, host.name, "", "eth0", pi.host_ifname, ["10.20.11.1/26"])
+    teardown_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.11.1/26"])
     assert _cali_links(host.name) == [] and _our_routes(host.name) == []
     assert "eth0" not in links(ns)
 
@@ -310,51 +310,51 @@ def test_teardown_never_deletes_another_sandboxs_veth(host, netns):
     # off the new sandbox.
     ns, path, pi = _pod(host, netns, "same-pod", ["10.20.12.2"])
     old = netns("old")
-    teardown_pod(host.ipr, host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.12.1"])
-    teardown_pod(host.ipr, host.name, "", "eth0", pi.host_ifname, ["10.20.12.1"])
-    teardown_pod(host.ipr, host.name, None, "eth0", pi.host_ifname)
+    teardown_pod(host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.12.1"])
+    teardown_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.12.1"])
+    teardown_pod(host.name, None, "eth0", pi.host_ifname)
     assert pi.host_ifname in links(host.name)
-    assert check_pod(host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips) == []
+    assert check_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == []
 
 
 def test_detach_frees_the_addresses_at_once_and_delete_link_finishes(host, netns):
-    # The agent's split DEL, with no IPRoute at all (ipr_host=None): the host routes go
+    # The agent's split DEL: the host routes go
     # first, so the address can serve a new pod while the old veth still exists.
     ns, path, pi = _pod(host, netns, "split", ["10.20.14.1", "fd00:20:14::1"])
-    index = detach_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips)
+    index = detach_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
     assert index == links(host.name)[pi.host_ifname]["ifindex"]
     assert _our_routes(host.name) == [] and _our_routes(host.name, "-6") == []
     assert "eth0" in links(ns)
 
     ns2 = netns("pod")
     other = host_veth_name("rt-test", "split2")
-    setup_pod(None, host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"])
+    setup_pod(host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"])
     assert {r["dev"] for r in _our_routes(host.name)} == {other}
 
     # Nothing left to detach of the first sandbox but its veth; a second detach finds
     # it again (idempotent), and another sandbox's DEL finds nothing of its own.
-    assert detach_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips) == index
-    assert detach_pod(None, host.name, netns.path(ns2), "eth0", pi.host_ifname) is None
+    assert detach_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == index
+    assert detach_pod(host.name, netns.path(ns2), "eth0", pi.host_ifname) is None
 
-    # delete_link acts in the netns of the IPRoute it is given, whatever netns the
-    # calling thread is in (here: the real host's, which it must not touch).
-    delete_link(host.ipr, index, "cali-not-this")  # the index names another link now
+    # delete_link acts in the netns it is given, whatever netns the calling thread is
+    # in (here: the real host's, which it must not touch).
+    delete_link(host.name, index, "cali-not-this")  # the index names another link now
     assert pi.host_ifname in links(host.name)
-    delete_link(host.ipr, index, pi.host_ifname)
+    delete_link(host.name, index, pi.host_ifname)
     assert pi.host_ifname not in links(host.name) and "eth0" not in links(ns)
-    delete_link(host.ipr, index, pi.host_ifname)  # gone already: fine
+    delete_link(host.name, index, pi.host_ifname)  # gone already: fine
     with in_netns(host.name):
         delete_link(None, index, pi.host_ifname)  # None: the calling thread's netns
-    assert check_pod(None, host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"]) == []
+    assert check_pod(host.name, netns.path(ns2), "eth0", other, ["10.20.14.1", "fd00:20:14::1"]) == []
 
 
 def test_detach_of_an_old_sandbox_leaves_the_new_one_alone(host, netns):
     ns, path, pi = _pod(host, netns, "keep", ["10.20.15.2"])
     old = netns("old")
-    assert detach_pod(None, host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.15.1"]) is None
-    assert detach_pod(None, host.name, "", "eth0", pi.host_ifname, ["10.20.15.1"]) is None
+    assert detach_pod(host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.15.1"]) is None
+    assert detach_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.15.1"]) is None
     assert [r["dst"] for r in _our_routes(host.name)] == ["10.20.15.2"]
-    assert check_pod(None, host.name, path, "eth0", pi.host_ifname, pi.ips) == []
+    assert check_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == []
 
 
 def test_pod_dataplane_does_not_import_pyroute2():
@@ -368,7 +368,7 @@ def test_pod_dataplane_does_not_import_pyroute2():
 
 def test_check_pod_reports_drift(host, netns):
     ns, path, pi = _pod(host, netns, "drift", ["10.20.13.1", "fd00:20:13::1"], mtu=1400)
-    args = (host.ipr, host.name, path, "eth0", pi.host_ifname, pi.ips)
+    args = (host.name, path, "eth0", pi.host_ifname, pi.ips)
     assert check_pod(*args, mtu=1400) == []
 
     ip(ns, "addr", "del", "10.20.13.1/32", "dev", "eth0")
@@ -386,38 +386,50 @@ def test_check_pod_reports_drift(host, netns):
     assert "MTU 1400, expected 1500" in text
     assert "fd00:20:13::1" not in text  # what is still right is not reported
 
-    teardown_pod(host.ipr, host.name, path, "eth0", pi.host_ifname)
+    teardown_pod(host.name, path, "eth0", pi.host_ifname)
     diffs = check_pod(*args)
     assert any("host veth" in d and "missing" in d for d in diffs)
     assert any("eth0 in" in d and "missing" in d for d in diffs)
-    assert any("No such file" in d for d in check_pod(host.ipr, host.name, path + "-x", "eth0", pi.host_ifname, pi.ips))
+    assert any("No such file" in d for d in check_pod(host.name, path + "-x", "eth0", pi.host_ifname, pi.ips))
 
 
 # --------------------------------------------------------------------------- routes
 
 
 def test_sync_blackholes_touches_only_its_own_routes(host, netns):
+    # The agent's blackhole sync is the bulk sync, limited to proto-201 blackholes.
     ip(host.name, "route", "add", "blackhole", "10.50.0.0/26", "proto", "static")
     ip(host.name, "-6", "route", "add", "blackhole", "fd00:50::/122", "proto", "static")
     _pod(host, netns, "bh", ["10.60.0.5"])  # a proto-201 route of another type
+    dataplane = HostDataplane(host.name)
 
-    added, removed = sync_blackholes(host.ipr, {"10.60.0.0/26", "10.60.0.64/26", "fd00:60::/122"})
+    added, removed = dataplane.sync_blackholes({"10.60.0.0/26", "10.60.0.64/26", "fd00:60::/122"})
     assert added == {"10.60.0.0/26", "10.60.0.64/26", "fd00:60::/122"} and removed == set()
-    ours = {r.dst for r in list_routes(host.ipr) if r.type == "blackhole"}
-    assert ours == added
-    assert all(r.proto == ROUTE_PROTO for r in list_routes(host.ipr))
+    ours = bulk.current(host.name, ROUTE_PROTO, kind="blackhole")
+    assert ours == {Route(c, kind="blackhole", proto=ROUTE_PROTO) for c in added}
     bh4 = {r["dst"]: r["protocol"] for r in routes(host.name, "type", "blackhole")}
     assert bh4 == {"10.50.0.0/26": "static", "10.60.0.0/26": str(ROUTE_PROTO), "10.60.0.64/26": str(ROUTE_PROTO)}
 
-    assert sync_blackholes(host.ipr, {"10.60.0.0/26", "10.60.0.64/26", "fd00:60::/122"}) == (set(), set())
-    assert sync_blackholes(host.ipr, {"10.60.0.0/26"}) == (set(), {"10.60.0.64/26", "fd00:60::/122"})
-    assert sync_blackholes(host.ipr, set()) == (set(), {"10.60.0.0/26"})
+    assert dataplane.sync_blackholes({"10.60.0.0/26", "10.60.0.64/26", "fd00:60::/122"}) == (set(), set())
+    assert dataplane.sync_blackholes({"10.60.0.0/26"}) == (set(), {"10.60.0.64/26", "fd00:60::/122"})
+    assert dataplane.sync_blackholes(set()) == (set(), {"10.60.0.0/26"})
 
     # Foreign blackholes and our pod route survive every sync.
     assert [r["dst"] for r in routes(host.name, "type", "blackhole")] == ["10.50.0.0/26"]
     assert [r["dst"] for r in ip_json(host.name, "-6", "route", "show", "type", "blackhole")] == ["fd00:50::/122"]
     assert [r["dst"] for r in _our_routes(host.name)] == ["10.60.0.5"]
-    assert [r.dst for r in list_routes(host.ipr)] == ["10.60.0.5/32"]
+    assert [r.dst for r in bulk.current(host.name, ROUTE_PROTO)] == ["10.60.0.5/32"]
+
+
+def test_a_blackhole_never_replaces_a_pod_route(host, netns):
+    # A /32 block whose one address is a pod's: the pod's route (same proto, another
+    # kind) belongs to the pod, not to the blackhole sync; replacing it would cut the
+    # pod off.
+    ns, _, pi = _pod(host, netns, "bh32", ["10.60.1.7"])
+    added, removed = HostDataplane(host.name).sync_blackholes({"10.60.1.7/32", "10.60.1.8/32"})
+    assert (added, removed) == ({"10.60.1.8/32"}, set())
+    assert [r["dst"] for r in _our_routes(host.name) if r.get("dev") == pi.host_ifname] == ["10.60.1.7"]
+    assert ping(ns, HOST_V4)
 
 
 # --------------------------------------------------------------------------- netns, sysctl
@@ -452,10 +464,10 @@ def test_sysctls_are_per_netns(netns):
         assert f.read() == real
 
 
-def test_open_host_never_creates_a_netns():
+def test_a_socket_in_a_missing_netns_never_creates_it():
     name = "rt-missing" + os.urandom(4).hex()
-    with pytest.raises(FileNotFoundError):
-        open_host(name)
+    with pytest.raises(NetnsNotFound):
+        Rtnl(name)
     assert not os.path.exists(f"/var/run/netns/{name}")
 
 
@@ -472,9 +484,9 @@ def test_measure_setup_and_teardown(host, netns):
     for i in range(100):
         ipaddr = f"10.30.{i // 250}.{i % 250 + 1}"
         t0 = time.perf_counter()
-        setup_pod(host.ipr, host.name, path, "eth0", hname, [ipaddr])
+        setup_pod(host.name, path, "eth0", hname, [ipaddr])
         t1 = time.perf_counter()
-        teardown_pod(host.ipr, host.name, path, "eth0", hname, [ipaddr])
+        teardown_pod(host.name, path, "eth0", hname, [ipaddr])
         t2 = time.perf_counter()
         setups.append((t1 - t0) * 1000)
         teardowns.append((t2 - t1) * 1000)

@@ -1,5 +1,6 @@
-"""routed.dataplane.rtnl: the requests' bytes (no root: decoded with pyroute2's own
-parsers, an independent reading of the wire format), the answers' parsing and the
+"""routed.dataplane.rtnl, routed's one netlink codec and socket: the requests' bytes
+(no root: decoded with pyroute2's own parsers, an independent reading of the wire
+format; pyroute2 is a test dependency only), the answers' parsing and the
 request/answer matching (a fake socket), then every primitive against the real kernel
 inside throw-away network namespaces (root), read back with iproute2."""
 
@@ -13,10 +14,26 @@ import struct
 import pytest
 
 from routed.dataplane import rtnl
-from routed.dataplane.bulk import IFINFOMSG, NLMSGHDR, RTM_DELROUTE, RTMSG, RTNH_F_ONLINK, Route, iter_messages, pack_attr, pack_message
 from routed.dataplane.errors import DataplaneError, NetnsNotFound
 from routed.dataplane.netns import in_netns, open_netns
-from routed.dataplane.rtnl import Address, Answer, Link, RouteEntry, Rtnl
+from routed.dataplane.rtnl import (
+    IFINFOMSG,
+    NLMSGHDR,
+    RTM_DELROUTE,
+    RTMSG,
+    RTNH_F_ONLINK,
+    Address,
+    Answer,
+    Link,
+    Neighbour,
+    Route,
+    Rtnl,
+    VxlanInfo,
+    iter_messages,
+    pack_attr,
+    pack_message,
+    parse_route,
+)
 from tests.netns.nsutil import ip, ip_json, links, netns, require_root  # noqa: F401  (fixture)
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
@@ -68,7 +85,7 @@ def test_new_veth_is_one_newlink_with_the_peer_in_another_netns():
 def test_link_requests():
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-    up = rtnl.set_link_up(5)
+    up = rtnl.set_link(5, up=True)
     assert header(up)[1:3] == (rtnl.RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
     assert IFINFOMSG.unpack_from(up, NLMSGHDR.size) == (0, 0, 5, rtnl.IFF_UP, rtnl.IFF_UP)
 
@@ -105,25 +122,25 @@ def test_add_address():
     assert v6.get_attr("IFA_LOCAL") == "fd00::5"
 
 
-def test_route_requests_reuse_bulks_packing():
+def test_route_requests():
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-    link_route = decode(rtmsg, rtnl.add_route(Route("169.254.1.1/32", dev="eth0", proto=201), 3))
+    link_route = decode(rtmsg, rtnl.route_add(Route("169.254.1.1/32", dev="eth0", proto=201), 3))
     assert link_route["header"]["type"] == rtnl.RTM_NEWROUTE
     # add, not replace: EEXIST is what tells another pod's route apart
     assert link_route["header"]["flags"] == NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
     assert (link_route["dst_len"], link_route["proto"], link_route["scope"], link_route["table"]) == (32, 201, 253, 254)
     assert (link_route.get_attr("RTA_DST"), link_route.get_attr("RTA_OIF")) == ("169.254.1.1", 3)
 
-    default = decode(rtmsg, rtnl.add_route(
+    default = decode(rtmsg, rtnl.route_add(
         Route("0.0.0.0/0", gateway="169.254.1.1", dev="eth0", onlink=True, proto=201), 3))
     assert (default["dst_len"], default["scope"], default["flags"]) == (0, 0, RTNH_F_ONLINK)
     assert default.get_attr("RTA_GATEWAY") == "169.254.1.1"
 
-    v6 = decode(rtmsg, rtnl.add_route(Route("::/0", gateway="fe80::1", dev="eth0", proto=201), 3))
+    v6 = decode(rtmsg, rtnl.route_add(Route("::/0", gateway="fe80::1", dev="eth0", proto=201), 3))
     assert (v6["family"], v6.get_attr("RTA_GATEWAY"), v6.get_attr("RTA_OIF")) == (socket.AF_INET6, "fe80::1", 3)
 
-    gone = decode(rtmsg, rtnl.del_route(Route("10.0.0.5/32", dev="cali1", proto=201), 8))
+    gone = decode(rtmsg, rtnl.route_delete(Route("10.0.0.5/32", dev="cali1", proto=201), 8))
     assert gone["header"]["type"] == RTM_DELROUTE
     assert (gone["proto"], gone["scope"], gone["type"]) == (201, 255, 0)  # any type, any scope
     assert (gone.get_attr("RTA_DST"), gone.get_attr("RTA_OIF")) == ("10.0.0.5", 8)
@@ -186,15 +203,92 @@ def test_address_parse_prefers_the_local_address():
     assert Address.parse(memoryview(rtnl.IFADDRMSG.pack(socket.AF_INET, 32, 0, 0, 4))) is None
 
 
-def test_route_entry_parse():
+def test_parse_route():
     payload = RTMSG.pack(socket.AF_INET, 0, 0, 0, 254, 201, 0, 1, RTNH_F_ONLINK) + pack_attr(
         rtnl.RTA_GATEWAY, socket.inet_aton("169.254.1.1")) + pack_attr(rtnl.RTA_OIF, struct.pack("=I", 3))
-    entry = RouteEntry.parse(memoryview(payload))
-    assert entry == RouteEntry(socket.AF_INET, None, 0, "169.254.1.1", 3, 201, 254, 0, 1, RTNH_F_ONLINK)
-    big_table = RTMSG.pack(socket.AF_INET6, 128, 0, 0, 0, 201, 0, 1, 0) + pack_attr(
-        rtnl.RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00::5")) + pack_attr(rtnl.RTA_TABLE, struct.pack("=I", 1000))
-    entry = RouteEntry.parse(memoryview(big_table))
-    assert (entry.dst, entry.dst_len, entry.table, entry.oif) == ("fd00::5", 128, 1000, None)
+    assert parse_route(memoryview(payload), {3: "eth0"}) == Route(
+        "0.0.0.0/0", gateway="169.254.1.1", dev="eth0", onlink=True, proto=201)
+    assert parse_route(memoryview(payload), {}).dev == "3"  # an unknown index: named by its number
+    big_table = RTMSG.pack(socket.AF_INET6, 128, 0, 0, 0, 201, 253, 1, 0) + pack_attr(
+        rtnl.RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00::5")) + pack_attr(
+        rtnl.RTA_TABLE, struct.pack("=I", 1000)) + pack_attr(rtnl.RTA_OIF, struct.pack("=I", 4))
+    assert parse_route(memoryview(big_table), {4: "cali1"}) == Route("fd00::5/128", dev="cali1", proto=201, table=1000)
+    blackhole = RTMSG.pack(socket.AF_INET6, 122, 0, 0, 254, 201, 0, rtnl.RTN_BLACKHOLE, 0) + pack_attr(
+        rtnl.RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:60::")) + pack_attr(rtnl.RTA_OIF, struct.pack("=I", 1))
+    assert parse_route(memoryview(blackhole), {1: "lo"}) == Route("fd00:60::/122", kind="blackhole", proto=201)
+    local = RTMSG.pack(socket.AF_INET, 32, 0, 0, 255, 2, 254, 2, 0) + pack_attr(
+        rtnl.RTA_DST, socket.inet_aton("10.0.0.1")) + pack_attr(rtnl.RTA_OIF, struct.pack("=I", 1))
+    assert parse_route(memoryview(local), {1: "lo"}) is None  # a type Route does not express
+
+
+def test_route_is_the_one_route_type():
+    route = Route("10.1.0.0/26", "192.0.2.9", "vxlan.routed", onlink=True)
+    assert (route.proto, route.table, route.encapsulation, route.address, route.prefixlen) == (
+        202, 254, "vxlan", "10.1.0.0", 26)
+    assert Route("10.1.0.0/26", "192.0.2.9", "tunl0").encapsulation == "ipip"
+    assert Route("10.1.0.0/26", "192.0.2.9", "eth0").encapsulation == "none"
+    assert Route("fd00:0:0::/64", dev="eth0").dst == "fd00::/64"  # one spelling
+    assert str(Route("10.1.0.0/26", kind="blackhole", proto=201)) == "blackhole 10.1.0.0/26"
+    for bad in (dict(dst="10.1.0.1/26", dev="x"), dict(dst="10.1.0.0/26"), dict(dst="10.1.0.0/26", gateway="fe80::1"),
+                dict(dst="10.1.0.0/26", kind="blackhole", dev="x"), dict(dst="10.1.0.0/26", kind="local", dev="x")):
+        with pytest.raises(ValueError):
+            Route(**bad)
+
+
+def test_vxlan_ipip_and_set_link_requests():
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    data = rtnl.new_vxlan("vxlan.routed", vni=4096, local="192.0.2.1", parent=3, port=4789,
+                          address="0e:52:c0:00:02:01", mtu=1450)
+    assert header(data)[1:3] == (rtnl.RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+    m = decode(ifinfmsg, data)
+    assert (m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_MTU"), m.get_attr("IFLA_ADDRESS")) == (
+        "vxlan.routed", 1450, "0e:52:c0:00:02:01")
+    info = m.get_attr("IFLA_LINKINFO")
+    assert info.get_attr("IFLA_INFO_KIND") == "vxlan"
+    vx = info.get_attr("IFLA_INFO_DATA")
+    assert (vx.get_attr("IFLA_VXLAN_ID"), vx.get_attr("IFLA_VXLAN_LOCAL"), vx.get_attr("IFLA_VXLAN_LINK"),
+            vx.get_attr("IFLA_VXLAN_PORT"), vx.get_attr("IFLA_VXLAN_LEARNING")) == (4096, "192.0.2.1", 3, 4789, 0)
+    # ... and our own parser reads back what the kernel would report.
+    assert Link.parse(memoryview(data)[NLMSGHDR.size:]).vxlan == VxlanInfo(4096, "192.0.2.1", 3, 4789, False)
+
+    ipip = decode(ifinfmsg, rtnl.new_ipip("tunl0"))
+    assert ipip.get_attr("IFLA_IFNAME") == "tunl0"
+    assert ipip.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "ipip"
+
+    changed = decode(ifinfmsg, rtnl.set_link(7, mtu=1400, address="02:00:00:00:00:01"))
+    assert (changed["index"], changed["flags"], changed["change"]) == (7, 0, 0)  # up/down untouched
+    assert (changed.get_attr("IFLA_MTU"), changed.get_attr("IFLA_ADDRESS")) == (1400, "02:00:00:00:00:01")
+
+
+def test_neighbour_and_fdb_requests():
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    flags_replace = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | 0x100
+    n = decode(ndmsg, rtnl.set_neighbour(4, "169.254.1.1", MAC))
+    assert n["header"]["type"] == rtnl.RTM_NEWNEIGH and n["header"]["flags"] == flags_replace
+    assert (n["family"], n["ifindex"], n["state"]) == (socket.AF_INET, 4, rtnl.NUD_PERMANENT)
+    assert (n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")) == ("169.254.1.1", MAC)
+    gone = decode(ndmsg, rtnl.del_neighbour(4, "10.0.0.2"))
+    assert gone["header"]["type"] == rtnl.RTM_DELNEIGH and gone.get_attr("NDA_DST") == "10.0.0.2"
+
+    fdb = decode(ndmsg, rtnl.set_fdb(9, "0e:52:0a:00:00:02", "10.0.0.2"))
+    assert (fdb["family"], fdb["ifindex"], fdb["flags"]) == (socket.AF_BRIDGE, 9, rtnl.NTF_SELF)
+    assert fdb["state"] == rtnl.NUD_PERMANENT | rtnl.NUD_NOARP
+    assert (fdb.get_attr("NDA_LLADDR"), fdb.get_attr("NDA_DST")) == ("0e:52:0a:00:00:02", "10.0.0.2")
+    assert decode(ndmsg, rtnl.del_fdb(9, "0e:52:0a:00:00:02", "10.0.0.2"))["header"]["type"] == rtnl.RTM_DELNEIGH
+
+    # Dumps: strict checking wants a neighbour dump's header zero (the index as an
+    # attribute), an FDB dump's index in the header.
+    dump = decode(ndmsg, rtnl.dump_neighbours(socket.AF_INET, 4))
+    assert (dump["ifindex"], dump.get_attr("NDA_IFINDEX"), dump["header"]["flags"]) == (0, 4, NLM_F_REQUEST | NLM_F_DUMP)
+    assert decode(ndmsg, rtnl.dump_fdb(9))["ifindex"] == 9
+
+    # The answer, parsed.
+    assert Neighbour.parse(memoryview(rtnl.set_neighbour(4, "169.254.1.1", MAC))[NLMSGHDR.size:]) == Neighbour(
+        socket.AF_INET, 4, rtnl.NUD_PERMANENT, "169.254.1.1", MAC)
+    entry = Neighbour.parse(memoryview(rtnl.set_fdb(9, "0e:52:0a:00:00:02", "10.0.0.2"))[NLMSGHDR.size:])
+    assert (entry.address, entry.mac, entry.permanent) == ("10.0.0.2", "0e:52:0a:00:00:02", True)
 
 
 def test_parse_nsid():
@@ -272,7 +366,7 @@ def test_exchange_numbers_requests_and_matches_answers():
         ]
 
     sock = fake_rtnl(script)
-    first, second, third = sock.exchange([rtnl.set_link_up(1), rtnl.get_link(name="cali1"), rtnl.set_link_up(2)])
+    first, second, third = sock.exchange([rtnl.set_link(1, up=True), rtnl.get_link(name="cali1"), rtnl.set_link(2, up=True)])
     assert len(sock.sock.sent) == 1  # one send for the three
     assert [seq for _, _, seq, _ in iter_messages(sock.sock.sent[0])] == [42, 43, 44]
     assert first.ok and first.messages == []
@@ -281,7 +375,7 @@ def test_exchange_numbers_requests_and_matches_answers():
     assert third.reason() == "Invalid argument (bad thing)"
     # the builders' seq 0 was replaced, the rest of the message kept
     sent = sock.sock.sent[0]
-    assert sent[:8] == rtnl.set_link_up(1)[:8] and sent[12:32] == rtnl.set_link_up(1)[12:]
+    assert sent[:8] == rtnl.set_link(1, up=True)[:8] and sent[12:32] == rtnl.set_link(1, up=True)[12:]
 
 
 def test_exchange_of_nothing_sends_nothing():
@@ -305,17 +399,17 @@ def test_dump_answers_collect_parts_until_done_and_retry_when_interrupted():
 
     sock = fake_rtnl(script)
     # proto 201 only: the parser filters too (kernels without strict checking do not)
-    routes = sock.list_routes(oif=3, proto=201)
+    routes = sock.routes(oif=3, proto=201, ifnames={3: "cali1"})
     assert len(rounds) == 2
-    assert [(r.dst, r.dst_len, r.oif, r.proto) for r in routes] == [("10.0.0.5", 32, 3, 201)]
+    assert routes == [Route("10.0.0.5/32", dev="cali1", proto=201)]
 
 
 def test_dump_errors():
     sock = fake_rtnl(lambda seqs: [_error(seqs[0], errno.ENODEV)])
-    assert sock.list_routes(oif=99) == []  # a missing interface has no routes
+    assert sock.routes(oif=99, ifnames={}) == []  # a missing interface has no routes
     sock = fake_rtnl(lambda seqs: [_done(seqs[0], errno.EINVAL)])
     with pytest.raises(DataplaneError, match="dump routes: Invalid argument") as info:
-        sock.list_routes()
+        sock.routes(ifnames={})
     assert info.value.errno == errno.EINVAL
 
 
@@ -401,28 +495,36 @@ def test_pod_side_requests_in_one_send(pair):
     with _pod_socket(fd) as sock:
         index = sock.link(name="eth0").index
         answers = sock.exchange([
-            rtnl.set_link_up(index),
-            rtnl.set_link_up(1),
+            rtnl.set_link(index, up=True),
+            rtnl.set_link(1, up=True),
             rtnl.add_address(index, "10.20.0.5", 32),
             rtnl.add_address(index, "fd00:20::5", 128, nodad=True),
-            rtnl.add_route(Route("169.254.1.1/32", dev="eth0", proto=201), index),
-            rtnl.add_route(Route("0.0.0.0/0", gateway="169.254.1.1", dev="eth0", onlink=True, proto=201), index),
-            rtnl.add_route(Route("::/0", gateway="fe80::ecee:eeff:feee:eeee", dev="eth0", proto=201), index),
+            rtnl.route_add(Route("169.254.1.1/32", dev="eth0", proto=201), index),
+            rtnl.route_add(Route("0.0.0.0/0", gateway="169.254.1.1", dev="eth0", onlink=True, proto=201), index),
+            rtnl.route_add(Route("::/0", gateway="fe80::ecee:eeff:feee:eeee", dev="eth0", proto=201), index),
             rtnl.add_address(index, "10.20.0.5", 32),  # again: EEXIST, alone
         ])
         assert [a.errno for a in answers] == [0] * 7 + [errno.EEXIST]
 
         assert sock.link(index=1).up and sock.link(index=index).up
-        got = {(a.address, a.prefixlen) for a in sock.list_addresses(index=index) if a.scope == 0}
+        got = {(a.address, a.prefixlen) for a in sock.addresses(index=index) if a.scope == 0}
         assert got == {("10.20.0.5", 32), ("fd00:20::5", 128)}
-        assert all(a.index == index for a in sock.list_addresses(index=index))
-        routes = sock.list_routes(oif=index, proto=201)
-        assert {(r.family, r.dst, r.dst_len, r.gateway) for r in routes} == {
-            (socket.AF_INET, "169.254.1.1", 32, None),
-            (socket.AF_INET, None, 0, "169.254.1.1"),
-            (socket.AF_INET6, None, 0, "fe80::ecee:eeff:feee:eeee"),
+        assert all(a.index == index for a in sock.addresses(index=index))
+        routes = sock.routes(oif=index, proto=201)
+        assert set(routes) == {
+            Route("169.254.1.1/32", dev="eth0", proto=201),
+            Route("0.0.0.0/0", gateway="169.254.1.1", dev="eth0", onlink=True, proto=201),
+            Route("::/0", gateway="fe80::ecee:eeff:feee:eeee", dev="eth0", proto=201),
         }
-        assert sock.list_routes(oif=index + 100) == []
+        assert sock.routes(oif=index + 100) == []
+
+        assert sock.request(rtnl.set_neighbour(index, "169.254.1.1", MAC)).ok
+        assert sock.request(rtnl.set_neighbour(index, "169.254.1.1", MAC)).ok  # replace: idempotent
+        [neigh] = sock.neighbours(socket.AF_INET, index)
+        assert (neigh.address, neigh.mac, neigh.permanent) == ("169.254.1.1", MAC, True)
+        assert sock.request(rtnl.del_neighbour(index, "169.254.1.1")).ok
+        assert sock.request(rtnl.del_neighbour(index, "169.254.1.1")).errno == errno.ENOENT
+        assert sock.neighbours(socket.AF_INET, index) == []
 
     v6 = ip_json(pod, "-6", "addr", "show", "dev", "eth0", "scope", "global")[0]["addr_info"]
     [addr] = [a for a in v6 if a]
@@ -443,15 +545,15 @@ def test_host_routes_add_exclusively_and_delete_by_interface(pair):
                                    peer_address=PEER_MAC)).check("create")
         index = sock.link(name="cali0").index
         other = sock.link(name="other0").index
-        assert sock.request(rtnl.add_route(route, index)).ok
+        assert sock.request(rtnl.route_add(route, index)).ok
         [r] = ip_json(host, "route", "show", "10.20.0.5")
         assert (r["dev"], r["scope"], r["protocol"]) == ("cali0", "link", "201")
-        assert sock.request(rtnl.add_route(route, other)).errno == errno.EEXIST  # never a takeover
-        assert [r.oif for r in sock.list_routes(socket.AF_INET, table=254) if r.dst == "10.20.0.5"] == [index]
+        assert sock.request(rtnl.route_add(route, other)).errno == errno.EEXIST  # never a takeover
+        assert [r.dev for r in sock.routes(socket.AF_INET, table=254) if r.dst == "10.20.0.5/32"] == ["cali0"]
 
-        assert sock.request(rtnl.del_route(route, other)).errno == errno.ESRCH  # not through other0
-        assert sock.request(rtnl.del_route(route, index)).ok
-        assert sock.request(rtnl.del_route(route, index)).errno == errno.ESRCH
+        assert sock.request(rtnl.route_delete(route, other)).errno == errno.ESRCH  # not through other0
+        assert sock.request(rtnl.route_delete(route, index)).ok
+        assert sock.request(rtnl.route_delete(route, index)).errno == errno.ESRCH
         assert ip_json(host, "route", "show", "10.20.0.5") == []
 
 
@@ -466,7 +568,7 @@ def test_errors_carry_the_kernels_explanation(pair):
         assert "cali0" not in links(host)
 
         ip(host, "link", "set", "lo", "up")
-        answer = sock.request(rtnl.add_route(Route("10.9.0.0/24", gateway="192.0.2.1", dev="lo"), 1))
+        answer = sock.request(rtnl.route_add(Route("10.9.0.0/24", gateway="192.0.2.1", dev="lo"), 1))
         assert answer.errno == errno.ENETUNREACH
         assert answer.extack  # "Nexthop has invalid gateway" here; the wording is the kernel's
         assert answer.reason() == f"Network is unreachable ({answer.extack})"
