@@ -106,6 +106,34 @@ def test_plan_sync_never_touches_other_protos():
         bulk.plan_sync([local], [], ROUTE_PROTO_BGP)
 
 
+def test_plan_sync_of_one_kind_leaves_the_other_kinds_of_its_proto():
+    # The block blackholes share proto 201 with the pods' /32 host routes: the
+    # blackhole sync deletes only blackholes, and never replaces a pod's route.
+    block = Route("10.7.0.0/26", kind="blackhole", proto=ROUTE_PROTO)
+    gone = Route("10.7.0.64/26", kind="blackhole", proto=ROUTE_PROTO)
+    pod = Route("10.7.0.5/32", dev="cali1", proto=ROUTE_PROTO)
+    pod_block = Route("10.7.1.1/32", dev="cali2", proto=ROUTE_PROTO)  # a /32 block held by a pod
+    want = [block, Route("10.7.0.128/26", kind="blackhole", proto=ROUTE_PROTO),
+            Route("10.7.1.1/32", kind="blackhole", proto=ROUTE_PROTO)]
+    replace, delete, refused = bulk.plan_sync(want, [block, gone, pod, pod_block], ROUTE_PROTO, "blackhole")
+    assert replace == [Route("10.7.0.128/26", kind="blackhole", proto=ROUTE_PROTO)]
+    assert delete == [gone]
+    assert [r.dst for r, _ in refused] == ["10.7.1.1/32"] and "cali2" in refused[0][1]
+    with pytest.raises(ValueError):  # a sync of blackholes takes only blackholes
+        bulk.plan_sync([pod], [], ROUTE_PROTO, "blackhole")
+
+
+def test_sync_of_blackholes_goes_through_the_bulk_path(ns):
+    ip_run(ns, "route", "add", "10.8.0.5/32", "dev", "veth0", "proto", str(ROUTE_PROTO))
+    want = {Route(dst, kind="blackhole", proto=ROUTE_PROTO) for dst in blocks(1500)}
+    result = bulk.sync(ns, want, proto=ROUTE_PROTO, kind="blackhole")
+    assert set(result.added) == want and result.removed == [] and result.failed == []
+    assert bulk.current(ns, ROUTE_PROTO, kind="blackhole") == want
+    result = bulk.sync(ns, [], proto=ROUTE_PROTO, kind="blackhole")
+    assert set(result.removed) == want
+    assert bulk.current(ns, ROUTE_PROTO) == {Route("10.8.0.5/32", dev="veth0", proto=ROUTE_PROTO)}
+
+
 # --------------------------------------------------------------------------- apply
 
 

@@ -375,6 +375,7 @@ def test_check_pod_reports_drift(host, netns):
     ip(ns, "addr", "add", "10.20.13.9/32", "dev", "eth0")
     ip(ns, "-6", "route", "del", "default")
     ip(host.name, "route", "del", "10.20.13.1/32")
+    ip(ns, "neigh", "flush", "dev", "eth0", "nud", "permanent")
     nsexec(host.name, "sysctl", "-qw", f"net.ipv4.conf.{pi.host_ifname}.proxy_arp=0")
     diffs = check_pod(*args, mtu=1500)
     text = "\n".join(diffs)
@@ -384,6 +385,7 @@ def test_check_pod_reports_drift(host, netns):
     assert "host route 10.20.13.1/32" in text
     assert "proxy_arp is 0" in text
     assert "MTU 1400, expected 1500" in text
+    assert f"permanent neighbour {POD_GATEWAY_V4}" in text
     assert "fd00:20:13::1" not in text  # what is still right is not reported
 
     teardown_pod(host.name, path, "eth0", pi.host_ifname)
