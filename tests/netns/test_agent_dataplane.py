@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from routed.agent.podnet import HostDataplane
+from routed.errors import RoutedError
 from tests.support.netns import Netns, sh
 
 pytestmark = pytest.mark.root
@@ -60,3 +61,19 @@ def test_operations_from_other_threads_stay_in_the_host_netns(host):
         for p in pods:
             p.delete()
     assert sh("ip", "-o", "link").stdout.count("cali") == real_host_links.count("cali")
+
+
+def test_node_addresses_from_the_kernel(host):
+    dataplane = HostDataplane(host.name)
+    host.run("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+    host.run("ip", "link", "set", "uplink0", "up")
+    host.run("ip", "addr", "add", "192.0.2.7/24", "dev", "uplink0")
+    with pytest.raises(RoutedError, match="no IPv4 default route"):
+        dataplane.default_route_address()
+    host.run("ip", "route", "add", "default", "via", "192.0.2.1", "dev", "uplink0")
+    assert dataplane.default_route_address() == "192.0.2.7/24"
+    assert dataplane.address_with_prefix("192.0.2.7") == "192.0.2.7/24"
+    assert dataplane.address_with_prefix("192.0.2.8") is None
+    assert dataplane.use_uplink("192.0.2.7/24") == "uplink0" and dataplane.local_ip == "192.0.2.7"
+    with pytest.raises(RoutedError, match="no interface holds the node address 192.0.2.8"):
+        dataplane.use_uplink("192.0.2.8/24")
