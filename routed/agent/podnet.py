@@ -43,7 +43,7 @@ class HostDataplane:
         """Routes go now; the veth, whose deletion takes the kernel 15-20 ms, goes in the
         background. Safe: nothing routes to it any more, and a new sandbox of the same pod
         gets a new veth (delete_link checks the index still names this one)."""
-        index = podnet.detach_pod(self.netns, netns, ifname, host_ifname, ips)
+        index = podnet.detach_pod(self.netns, netns, host_ifname, ips)
         if index is not None:
             self._doomed.put((index, host_ifname))
 

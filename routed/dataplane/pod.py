@@ -293,7 +293,6 @@ def _rollback(host: Rtnl, host_ifname: str, host_index: int | None) -> None:
 def teardown_pod(
     host_netns: str | None,
     pod_netns_path: str | None,
-    ifname: str,
     host_ifname: str,
     ips: Iterable | None = None,
 ) -> None:
@@ -308,7 +307,6 @@ def teardown_pod(
 def detach_pod(
     host_netns: str | None,
     pod_netns_path: str | None,
-    ifname: str,
     host_ifname: str,
     ips: Iterable | None = None,
 ) -> int | None:
@@ -324,7 +322,6 @@ def detach_pod(
     - otherwise: it carries our (proto ROUTE_PROTO) host route for one of ``ips``.
     With neither a netns nor ``ips`` nothing is touched: a sandbox whose netns is gone
     has lost its veth with it (the kernel destroys both ends with the netns).
-    ``ifname`` is accepted for symmetry with setup_pod; the host side is enough.
 
     Netlink round trips: the veth and the netns id (one send), its routes (a dump),
     deleting them (one send).

@@ -181,7 +181,7 @@ def test_pod_netns_given_as_proc_path(host, netns):
         setup_pod(host.name, path, "eth0", hname, ["10.20.2.1"])
         assert "eth0" in links(ns)
         assert check_pod(host.name, path, "eth0", hname, ["10.20.2.1"]) == []
-        teardown_pod(host.name, path, "eth0", hname)
+        teardown_pod(host.name, path, hname)
         assert hname not in links(host.name)
     finally:
         holder.kill()
@@ -262,13 +262,13 @@ def test_failure_after_host_routes_rolls_back_everything(host, netns, monkeypatc
 def test_teardown_removes_everything_and_is_idempotent(host, netns):
     ns, path, pi = _pod(host, netns, "td", ["10.20.8.1", "fd00:20:8::1"])
     for _ in range(2):
-        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, pi.host_ifname, pi.ips)
         assert _cali_links(host.name) == []
         assert "eth0" not in links(ns)
         assert _our_routes(host.name) == [] and _our_routes(host.name, "-6") == []
     # containerd's second DEL: no netns at all.
-    teardown_pod(host.name, "", "eth0", pi.host_ifname)
-    teardown_pod(host.name, None, "eth0", pi.host_ifname, pi.ips)
+    teardown_pod(host.name, "", pi.host_ifname)
+    teardown_pod(host.name, None, pi.host_ifname, pi.ips)
 
 
 def test_teardown_with_netns_path_gone(host, netns):
@@ -281,10 +281,10 @@ def test_teardown_with_netns_path_gone(host, netns):
                           and os.stat(f"/proc/{holder.pid}/ns/net").st_ino == os.stat(path).st_ino)
         subprocess.run(["ip", "netns", "del", ns], check=True)
         assert not os.path.exists(path)
-        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, pi.host_ifname, pi.ips)
         assert _cali_links(host.name) == []
         assert _our_routes(host.name) == []
-        teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
+        teardown_pod(host.name, path, pi.host_ifname, pi.ips)
     finally:
         holder.kill()
         holder.wait()
@@ -293,14 +293,14 @@ def test_teardown_with_netns_path_gone(host, netns):
 def test_teardown_after_netns_destroyed(host, netns):
     ns, path, pi = _pod(host, netns, "dead", ["10.20.10.1"])
     subprocess.run(["ip", "netns", "del", ns], check=True)  # the kernel destroys the veth
-    teardown_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
-    teardown_pod(host.name, path, "eth0", pi.host_ifname)
+    teardown_pod(host.name, path, pi.host_ifname, pi.ips)
+    teardown_pod(host.name, path, pi.host_ifname)
     assert wait_until(lambda: _cali_links(host.name) == [] and _our_routes(host.name) == [])
 
 
 def test_teardown_with_empty_path_uses_the_addresses(host, netns):
     ns, path, pi = _pod(host, netns, "empty", ["10.20.11.1"])
-    teardown_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.11.1/26"])
+    teardown_pod(host.name, "", pi.host_ifname, ["10.20.11.1/26"])
     assert _cali_links(host.name) == [] and _our_routes(host.name) == []
     assert "eth0" not in links(ns)
 
@@ -310,9 +310,9 @@ def test_teardown_never_deletes_another_sandboxs_veth(host, netns):
     # off the new sandbox.
     ns, path, pi = _pod(host, netns, "same-pod", ["10.20.12.2"])
     old = netns("old")
-    teardown_pod(host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.12.1"])
-    teardown_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.12.1"])
-    teardown_pod(host.name, None, "eth0", pi.host_ifname)
+    teardown_pod(host.name, netns.path(old), pi.host_ifname, ["10.20.12.1"])
+    teardown_pod(host.name, "", pi.host_ifname, ["10.20.12.1"])
+    teardown_pod(host.name, None, pi.host_ifname)
     assert pi.host_ifname in links(host.name)
     assert check_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == []
 
@@ -321,7 +321,7 @@ def test_detach_frees_the_addresses_at_once_and_delete_link_finishes(host, netns
     # The agent's split DEL: the host routes go
     # first, so the address can serve a new pod while the old veth still exists.
     ns, path, pi = _pod(host, netns, "split", ["10.20.14.1", "fd00:20:14::1"])
-    index = detach_pod(host.name, path, "eth0", pi.host_ifname, pi.ips)
+    index = detach_pod(host.name, path, pi.host_ifname, pi.ips)
     assert index == links(host.name)[pi.host_ifname]["ifindex"]
     assert _our_routes(host.name) == [] and _our_routes(host.name, "-6") == []
     assert "eth0" in links(ns)
@@ -333,8 +333,8 @@ def test_detach_frees_the_addresses_at_once_and_delete_link_finishes(host, netns
 
     # Nothing left to detach of the first sandbox but its veth; a second detach finds
     # it again (idempotent), and another sandbox's DEL finds nothing of its own.
-    assert detach_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == index
-    assert detach_pod(host.name, netns.path(ns2), "eth0", pi.host_ifname) is None
+    assert detach_pod(host.name, path, pi.host_ifname, pi.ips) == index
+    assert detach_pod(host.name, netns.path(ns2), pi.host_ifname) is None
 
     # delete_link acts in the netns it is given, whatever netns the calling thread is
     # in (here: the real host's, which it must not touch).
@@ -351,8 +351,8 @@ def test_detach_frees_the_addresses_at_once_and_delete_link_finishes(host, netns
 def test_detach_of_an_old_sandbox_leaves_the_new_one_alone(host, netns):
     ns, path, pi = _pod(host, netns, "keep", ["10.20.15.2"])
     old = netns("old")
-    assert detach_pod(host.name, netns.path(old), "eth0", pi.host_ifname, ["10.20.15.1"]) is None
-    assert detach_pod(host.name, "", "eth0", pi.host_ifname, ["10.20.15.1"]) is None
+    assert detach_pod(host.name, netns.path(old), pi.host_ifname, ["10.20.15.1"]) is None
+    assert detach_pod(host.name, "", pi.host_ifname, ["10.20.15.1"]) is None
     assert [r["dst"] for r in _our_routes(host.name)] == ["10.20.15.2"]
     assert check_pod(host.name, path, "eth0", pi.host_ifname, pi.ips) == []
 
@@ -388,7 +388,7 @@ def test_check_pod_reports_drift(host, netns):
     assert f"permanent neighbour {POD_GATEWAY_V4}" in text
     assert "fd00:20:13::1" not in text  # what is still right is not reported
 
-    teardown_pod(host.name, path, "eth0", pi.host_ifname)
+    teardown_pod(host.name, path, pi.host_ifname)
     diffs = check_pod(*args)
     assert any("host veth" in d and "missing" in d for d in diffs)
     assert any("eth0 in" in d and "missing" in d for d in diffs)
@@ -488,7 +488,7 @@ def test_measure_setup_and_teardown(host, netns):
         t0 = time.perf_counter()
         setup_pod(host.name, path, "eth0", hname, [ipaddr])
         t1 = time.perf_counter()
-        teardown_pod(host.name, path, "eth0", hname, [ipaddr])
+        teardown_pod(host.name, path, hname, [ipaddr])
         t2 = time.perf_counter()
         setups.append((t1 - t0) * 1000)
         teardowns.append((t2 - t1) * 1000)
