@@ -2,8 +2,8 @@
 
 CNI requests are served on many threads. Every operation opens its own netlink socket
 in the host netns (rtnl.Rtnl: the netns is fixed when the socket is created, with the
-opening thread switched into it for that moment) and closes it when done (~0.1 ms):
-no socket is shared between threads, and none can end up in a pod's netns.
+opening thread switched into it for that moment) and closes it when done: no socket is
+shared between threads, and none can end up in a pod's netns.
 """
 
 from __future__ import annotations
