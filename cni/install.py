@@ -1,19 +1,31 @@
-"""`routed install-cni`: put the shim in the CNI bin dir and write the conflist.
+"""`routed install-cni`: put the plugin in the CNI bin dir and write the conflist.
 
-Run by the DaemonSet's init container (and by the lab). Both files are written to a
-temporary name and renamed, so kubelet never execs half a plugin or reads half a config.
+Run by the DaemonSet's init container (and by the lab). The plugin is the static Go
+executable of cni/goplugin, built for each architecture by scripts/build-cni.sh into
+build/cni/routed-linux-<arch>; the image copies those to /opt/routed/cni and names that
+directory in ROUTED_CNI_PLUGIN_DIR. Both files are written to a temporary name in the
+target directory, synced and renamed, so kubelet never execs half a plugin or reads half
+a config.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import struct
+import tempfile
 from pathlib import Path
 
 from routed.errors import RoutedError
 
 CONFLIST_NAME = "10-routed.conflist"
-SHEBANG = "#!/usr/bin/python3 -IS\n"
+PLUGIN_NAME = "routed"  # the conflist's "type": runtimes look for this file in CNI_PATH
+PLUGIN_DIR_ENV = "ROUTED_CNI_PLUGIN_DIR"
+BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "cni"  # a source tree's scripts/build-cni.sh output
+GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+ELF_MACHINE = {62: "amd64", 183: "arm64"}  # e_machine: EM_X86_64, EM_AARCH64
+PT_INTERP = 3
 
 
 def render_conflist(*, mtu: int = 1450, socket: str = "/var/run/routed/cni.sock",
@@ -29,24 +41,73 @@ def render_conflist(*, mtu: int = 1450, socket: str = "/var/run/routed/cni.sock"
     return {"cniVersion": cni_version, "name": "k8s-pod-network", "plugins": plugins}
 
 
+def go_arch(machine: str) -> str:
+    """Go's name for a kernel's machine (`uname -m`)."""
+    try:
+        return GO_ARCH[machine]
+    except KeyError:
+        raise RoutedError(f"install-cni: no CNI plugin is built for {machine} "
+                          f"(there are: {', '.join(sorted(set(GO_ARCH.values())))})") from None
+
+
+def elf_kind(data: bytes) -> tuple[str | None, bool]:
+    """(Go architecture, static) of a 64-bit little-endian ELF executable; (None, False) for
+    anything else. Static means no program interpreter: it runs in an empty root filesystem."""
+    if len(data) < 64 or data[:6] != b"\x7fELF\x02\x01":
+        return None, False
+    (machine,) = struct.unpack_from("<H", data, 18)
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    if phentsize < 4 or phoff + phnum * phentsize > len(data):
+        return None, False
+    static = all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != PT_INTERP for i in range(phnum))
+    return ELF_MACHINE.get(machine), static
+
+
+def plugin_binary(plugin_dir: str | Path, arch: str) -> bytes:
+    """The built plugin for arch, checked to be a static executable for it."""
+    path = Path(plugin_dir) / f"routed-linux-{arch}"
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RoutedError(f"install-cni: no CNI plugin at {path} ({err.strerror}): "
+                          f"build it with scripts/build-cni.sh, or set {PLUGIN_DIR_ENV}") from None
+    kind, static = elf_kind(data)
+    if kind != arch or not static:
+        raise RoutedError(f"install-cni: {path} is not a static linux/{arch} executable")
+    return data
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    """A unique temp file beside path, synced, then renamed over it (and the rename synced)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
-def install(bin_dir: str, conf_dir: str, **conflist) -> tuple[Path, Path]:
-    source = Path(__file__).with_name("shim.py").read_text()
-    if not source.startswith("#!"):
-        raise RoutedError("cni/shim.py has no interpreter line")
-    body = SHEBANG + source.split("\n", 1)[1]
+def install(bin_dir: str, conf_dir: str, *, plugin_dir: str | Path | None = None, arch: str | None = None,
+            **conflist) -> tuple[Path, Path]:
+    arch = arch or go_arch(platform.machine())
+    binary = plugin_binary(plugin_dir or os.environ.get(PLUGIN_DIR_ENV) or BUILD_DIR, arch)
     bins, confs = Path(bin_dir), Path(conf_dir)
     try:
         bins.mkdir(parents=True, exist_ok=True)
         confs.mkdir(parents=True, exist_ok=True)
-        plugin = bins / "routed"
-        _write_atomically(plugin, body.encode(), 0o755)
+        plugin = bins / PLUGIN_NAME
+        _write_atomically(plugin, binary, 0o755)
         conf = confs / CONFLIST_NAME
         _write_atomically(conf, (json.dumps(render_conflist(**conflist), indent=2) + "\n").encode(), 0o644)
     except OSError as err:
@@ -55,9 +116,9 @@ def install(bin_dir: str, conf_dir: str, **conflist) -> tuple[Path, Path]:
 
 
 def run(args) -> int:
-    plugin, conf = install(args.bin_dir, args.conf_dir, mtu=args.mtu, socket=args.cni_socket,
-                           spool_dir=args.spool_dir, ipv4_pools=args.pools, cni_version=args.cni_version,
-                           chain=not args.no_chain)
+    plugin, conf = install(args.bin_dir, args.conf_dir, plugin_dir=args.plugin_dir, mtu=args.mtu,
+                           socket=args.cni_socket, spool_dir=args.spool_dir, ipv4_pools=args.pools,
+                           cni_version=args.cni_version, chain=not args.no_chain)
     print(f"installed {plugin} and {conf}")
     return 0
 
@@ -66,6 +127,8 @@ def register(sub) -> None:
     p = sub.add_parser("install-cni", help="install the CNI plugin and its network configuration")
     p.add_argument("--bin-dir", default="/opt/cni/bin")
     p.add_argument("--conf-dir", default="/etc/cni/net.d")
+    p.add_argument("--plugin-dir", help=f"where the built plugins are (default: ${PLUGIN_DIR_ENV}, "
+                                        "else the source tree's build/cni)")
     p.add_argument("--mtu", type=int, default=int(os.environ.get("ROUTED_MTU", "1450")))
     p.add_argument("--cni-socket", default="/var/run/routed/cni.sock")
     p.add_argument("--spool-dir", default="/var/lib/routed/cni-spool")

@@ -1,6 +1,6 @@
 """The CNI commands, run inside the node agent: cmd_add, cmd_del, cmd_check, cmd_status, cmd_gc.
 
-dispatch() takes the caller's environment and stdin (as forwarded by the shim) and
+dispatch() takes the caller's environment and stdin (as forwarded by the plugin) and
 returns (exit code, stdout): the agent's CNI server is a thin socket loop around it.
 """
 

@@ -1,4 +1,4 @@
-"""The agent's side of the shim's wire format (see cni/shim.py, which cannot import this).
+"""The agent's side of the CNI plugin's wire format (the plugin's side: cni/goplugin/main.go).
 
 Request: CNI_* variables as KEY=VALUE items separated by NUL, two NULs, then the
 network configuration. Answer: the exit code, a newline, the text to print.
@@ -35,7 +35,7 @@ def parse_request(data: bytes) -> tuple[dict[str, str], str]:
 
 
 def encode_request(env: dict[str, str], stdin: str) -> bytes:
-    """What the shim sends (for tests and for re-spooling)."""
+    """What the plugin sends (for tests and for re-spooling)."""
     items = "\0".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("CNI_"))
     return (items + "\0\0" + stdin).encode()
 

@@ -11,7 +11,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables iputils-ping tcpdump procps psmisc openssl
   bird2 frr gobgpd
   containernetworking-plugins podman runc containerd
-  golang-go golang-github-appc-cni-dev busybox-static
+  golang-go golang-github-appc-cni-dev busybox-static file
 )
 
 missing=()
@@ -31,7 +31,7 @@ for svc in etcd bird frr gobgpd containerd; do
   fi
 done
 
-# Debian's python3 is what the CNI shim runs under (/usr/bin/python3 -IS); the venv uses it too.
+# Debian 12's python3 (3.11, what pyproject.toml requires) for the venv.
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
@@ -43,3 +43,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q -e '.[test]' 2> >(grep -v "Location 'file:" >&2)
   echo "$want" > "$stamp"
 fi
+
+# The CNI plugin (static Go, both architectures) into build/cni: a no-op when unchanged.
+bash scripts/build-cni.sh

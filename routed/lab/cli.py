@@ -176,7 +176,7 @@ def up(args) -> int:
         have = {(p["node"], p["name"]) for p in state["pods"]}
         missing = [w for w in wanted if w not in have]
         if missing:
-            progress.line(f"pods: adding {len(missing)} ({args.pods} per node) through the CNI shim")
+            progress.line(f"pods: adding {len(missing)} ({args.pods} per node) through the CNI plugin")
             errors = []
 
             def add(item):

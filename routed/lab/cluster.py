@@ -13,7 +13,7 @@ Shape (defaults: 4 nodes, 2 racks, BIRD ToRs, VXLAN CrossSubnet)::
 
 Every node namespace runs what a real node runs: `routed agent` (outside the namespace,
 so it reaches etcd on loopback, driving the namespace) and `routed bgp-speaker`
-(ExaBGP inside it). Pods are namespaces plugged in by the real CNI shim.
+(ExaBGP inside it). Pods are namespaces plugged in by the real CNI plugin.
 
 BGP design, and why:
 - Nodes keep the node-to-node mesh (iBGP, AS 64512), also across racks: ExaBGP leaves
@@ -375,7 +375,7 @@ def _build(lab: Lab, state: dict, options: Options, report: Report) -> None:
         install(state["cni"]["bin_dir"], node["conf_dir"], socket=node["cni_socket"], spool_dir=node["spool_dir"],
                 chain=False)
     save()
-    report(f"CNI: shim in {state['cni']['bin_dir']}, one conflist per node (<node dir>/net.d)")
+    report(f"CNI: plugin in {state['cni']['bin_dir']}, one conflist per node (<node dir>/net.d)")
 
     report(f"nodes: starting {len(state['nodes'])} agent(s) and ExaBGP speaker(s)")
     for node in state["nodes"]:

@@ -1,4 +1,4 @@
-"""Pods in the lab: a network namespace per pod, plugged by the installed CNI shim called
+"""Pods in the lab: a network namespace per pod, plugged by the installed CNI plugin called
 exactly as kubelet (through containerd and libcni) calls it.
 
 What the runtime does, and so what this does:
@@ -10,7 +10,7 @@ What the runtime does, and so what this does:
   added (and `prevResult` for a chained plugin, or on DEL);
 - ADD runs the plugins in order, DEL in reverse order.
 
-Where the files are: the shim is installed by `routed install-cni` into the lab's state
+Where the files are: the plugin is installed by `routed install-cni` into the lab's state
 directory, `<state>/cni/bin/routed`, and each node has its own conflist,
 `<state>/nodes/<node>/net.d/10-routed.conflist`, naming that node's agent socket. A real
 node has one /opt/cni/bin and one /etc/cni/net.d; the lab has several nodes on one

@@ -1,5 +1,5 @@
 """routed under the reference CNI library: our own Go program built on libcni (as
-containerd, CRI-O and podman embed it) runs the installed conflist — the routed shim,
+containerd, CRI-O and podman embed it) runs the installed conflist — the routed plugin,
 then Debian's portmap and bandwidth — inside the node's host netns.
 
 The caller runs with an IPv4-only PATH (no ip6tables): Debian's portmap 1.1.1 cannot

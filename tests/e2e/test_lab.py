@@ -1,5 +1,5 @@
 """`routed lab` end to end: racks of node namespaces behind BIRD / FRR / GoBGP ToRs, pods
-plugged by the real CNI shim, every pod reaching every other, and `down` leaving nothing."""
+plugged by the real CNI plugin, every pod reaching every other, and `down` leaving nothing."""
 
 from __future__ import annotations
 

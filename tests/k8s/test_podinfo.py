@@ -1,5 +1,5 @@
 """Pod and namespace annotations choose pools and fixed addresses: the parsing (pure), the
-agent's pod cache against the fake API server, and CNI ADD through the shim and a real
+agent's pod cache against the fake API server, and CNI ADD through the plugin and a real
 agent that runs with --kube-server."""
 
 from __future__ import annotations
@@ -270,9 +270,9 @@ def test_pod_unknown_to_the_api_is_try_again_later(cluster, pods):
 
 
 def test_the_cni_path_never_imports_kubernetes():
-    """`import kubernetes` costs ~300 ms: the shim, the CNI commands and the CLI parsers
+    """`import kubernetes` costs ~300 ms: the CNI commands and the CLI parsers
     must not pay it; only a running agent or controller with Kubernetes does."""
-    code = ("import sys, cni.shim, cni.plugin, routed.k8s, routed.main; routed.main.build_parser(); "
+    code = ("import sys, cni.plugin, routed.k8s, routed.main; routed.main.build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])

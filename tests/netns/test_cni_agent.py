@@ -1,4 +1,4 @@
-"""The CNI plugin end to end: the shim as kubelet runs it, a real agent, real etcd,
+"""The CNI plugin end to end: the installed plugin as kubelet runs it, a real agent, real etcd,
 a namespace playing the node's host, namespaces playing pods."""
 
 from __future__ import annotations

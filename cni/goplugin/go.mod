@@ -1,0 +1,3 @@
+module routed/cni/goplugin
+
+go 1.22
