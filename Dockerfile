@@ -2,7 +2,12 @@
 # install-cni, the GC controller, the chart's configuration job (routedctl) and the
 # optional BIRD route reflector.
 #
-#   docker build -t routed/routed:0.1.0 .
+#   scripts/build-cni.sh && docker build -t routed/routed:0.1.0 .
+#
+# The CNI plugin is a static Go executable (cni/goplugin) that install-cni copies onto
+# the node. No Go base image can be pulled here, so scripts/build-cni.sh builds it
+# (pinned Go, reproducible, both architectures) into build/cni/ before the image build,
+# and the image copies those files: the same bytes the tests ran.
 #
 # Debian 12's own python3 (3.11, what pyproject.toml requires) in both stages, so the
 # virtualenv built in the first one runs unchanged in the second.
@@ -38,9 +43,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && rm -f /etc/bird/bird.conf
 COPY --from=build /opt/routed/venv /opt/routed/venv
+COPY build/cni/routed-linux-amd64 build/cni/routed-linux-arm64 /opt/routed/cni/
 ENV PATH=/opt/routed/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    ROUTED_CNI_PLUGIN_DIR=/opt/routed/cni
+# install-cni finds the plugin for this image's architecture.
+RUN routed install-cni --bin-dir /tmp/cni-check/bin --conf-dir /tmp/cni-check/net.d >/dev/null \
+ && rm -rf /tmp/cni-check
 LABEL org.opencontainers.image.title="routed" \
       org.opencontainers.image.description="A Calico-class routed pod network for Kubernetes" \
       org.opencontainers.image.licenses="Apache-2.0"

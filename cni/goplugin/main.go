@@ -14,8 +14,9 @@
 //   - ADD, CHECK and GC answer CNI error 11 (try again later), naming the socket;
 //   - STATUS answers error 50 (plugin not available);
 //   - DEL succeeds: the request is spooled, in the same format, to
-//     <spool_dir>/<containerid>-<ifname>-<unix time ns>.req (written to a dot-file, synced,
-//     renamed); the agent replays it, ordering it by that time against later ADDs.
+//     <spool_dir>/<containerid>-<ifname>-<unix time ns of the request>.req (written to a
+//     dot-file, synced, renamed); the agent replays it, ordering it by that time against
+//     later ADDs.
 //
 // VERSION is answered here, and a configuration that is not a JSON object is error 6.
 package main
@@ -248,7 +249,8 @@ func run(env []string, stdin []byte, stdout io.Writer, now func() time.Time) int
 		budget = delBudget
 	}
 	request := encodeRequest(env, stdin)
-	code, answer, err := askAgent(socket, request, now().Add(budget))
+	asked := now()
+	code, answer, err := askAgent(socket, request, asked.Add(budget))
 	if err == nil {
 		stdout.Write(answer)
 		return code
@@ -260,7 +262,9 @@ func run(env []string, stdin []byte, stdout io.Writer, now func() time.Time) int
 		if dir == "" {
 			dir = defaultSpool
 		}
-		name := spoolName(lookup(env, "CNI_CONTAINERID", "unknown"), lookup(env, "CNI_IFNAME", "if"), now().UnixNano())
+		// Named by when the runtime asked, not when the wait ended: any ADD of the same
+		// container that the agent sees after this DEL returned is later than the name.
+		name := spoolName(lookup(env, "CNI_CONTAINERID", "unknown"), lookup(env, "CNI_IFNAME", "if"), asked.UnixNano())
 		if serr := spool(dir, name, request); serr != nil {
 			stdout.Write(cniError(conf.version, errIO, fmt.Sprintf(
 				"routed agent unreachable at %s (%s) and the DEL could not be spooled: %v", socket, why, serr)))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,5 +85,48 @@ func TestDelWithoutAgentSpoolsWholeAndSucceeds(t *testing.T) {
 	data, _ := os.ReadFile(filepath.Join(dir, "spool", entries[0].Name()))
 	if !bytes.Equal(data, encodeRequest(env, []byte(conf))) {
 		t.Fatalf("spooled %q", data)
+	}
+}
+
+// A wedged agent: accepts, reads nothing, never answers. The clock is 1970, so every
+// deadline is long past and the test does not wait.
+func wedgedAgent(t *testing.T) string {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { conn.Close() })
+		}
+	}()
+	return path
+}
+
+func TestAWedgedAgentGetsDELSpooledUnderTheRequestsTime(t *testing.T) {
+	sock, spoolDir := wedgedAgent(t), t.TempDir()
+	conf := `{"cniVersion": "1.0.0", "agent_socket": "` + sock + `", "spool_dir": "` + spoolDir + `"}`
+	calls := int64(0)
+	clock := func() time.Time { calls++; return time.Unix(0, 42*calls) } // later on every call
+	var out bytes.Buffer
+	env := []string{"CNI_COMMAND=DEL", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0"}
+	if code := run(env, []byte(conf), &out, clock); code != 0 || out.Len() != 0 {
+		t.Fatalf("exit %d, printed %q", code, out.String())
+	}
+	entries, _ := os.ReadDir(spoolDir)
+	if len(entries) != 1 || entries[0].Name() != "c1-eth0-42.req" {
+		t.Fatalf("spool holds %v", entries)
+	}
+	out.Reset()
+	env[0] = "CNI_COMMAND=ADD"
+	if code := run(env, []byte(conf), &out, clock); code != 1 || !strings.Contains(out.String(), `"code":11`) ||
+		!strings.Contains(out.String(), "no answer in time") {
+		t.Fatalf("ADD: exit %d, printed %q", code, out.String())
 	}
 }

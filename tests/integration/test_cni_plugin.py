@@ -182,14 +182,20 @@ def test_a_second_build_builds_nothing():
 
 
 def test_install_cni_installs_the_hosts_binary_whole(tmp_path):
+    """From the directory ROUTED_CNI_PLUGIN_DIR names, as in the image (/opt/routed/cni)."""
+    built = install.BUILD_DIR / f"routed-linux-{install.go_arch(os.uname().machine)}"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / built.name).write_bytes(built.read_bytes())
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "routed").write_text("#!/usr/bin/python3 -IS\n")  # what an older version installed
     proc = subprocess.run([ROUTED, "install-cni", "--bin-dir", str(bin_dir), "--conf-dir", str(tmp_path / "net.d")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, install.PLUGIN_DIR_ENV: str(plugins)})
     assert proc.returncode == 0, proc.stderr
     plugin = bin_dir / "routed"
-    assert plugin.read_bytes() == (install.BUILD_DIR / f"routed-linux-{install.go_arch(os.uname().machine)}").read_bytes()
+    assert plugin.read_bytes() == built.read_bytes()
     assert plugin.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in bin_dir.iterdir()) == ["routed"]  # no temp file left
     assert sorted(p.name for p in (tmp_path / "net.d").iterdir()) == ["10-routed.conflist"]
