@@ -2,7 +2,7 @@
 // of the node agent, which holds etcd and netlink warm and does all the work.
 //
 // It is one static executable (no interpreter, no shared libraries) so that it runs on
-// any node, from kind to distroless hosts, and so that an exec costs about a millisecond.
+// any node, from kind to distroless hosts, and so that an exec costs a millisecond or two.
 // Nothing here decides anything about a pod: it frames the request, sends it over the
 // agent's unix socket and prints the answer.
 //
@@ -44,9 +44,10 @@ const (
 	versionAnswer   = `{"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}`
 
 	connectTimeout = 2 * time.Second
-	// An ADD may wait for etcd; the runtime's own timeout (kubelet: 4 min) is longer.
+	// An ADD may wait for etcd; kubelet gives a new sandbox 4 min.
 	answerBudget = 120 * time.Second
-	// A DEL must never be stuck behind a wedged agent: past this it is spooled instead.
+	// A DEL must never be stuck behind a wedged agent (kubelet gives it 2 min, and
+	// retries forever): past this it is spooled instead.
 	delBudget = 5 * time.Second
 )
 

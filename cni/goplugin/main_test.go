@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -128,5 +130,47 @@ func TestAWedgedAgentGetsDELSpooledUnderTheRequestsTime(t *testing.T) {
 	if code := run(env, []byte(conf), &out, clock); code != 1 || !strings.Contains(out.String(), `"code":11`) ||
 		!strings.Contains(out.String(), "no answer in time") {
 		t.Fatalf("ADD: exit %d, printed %q", code, out.String())
+	}
+}
+
+// A burst of pods fills the agent's accept queue; a unix socket then answers EAGAIN at
+// once, and the plugin must wait for room instead of calling the agent away.
+func TestDialWaitsForRoomInAFullAcceptQueue(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "busy.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // room for one pending connection
+		t.Fatal(err)
+	}
+	first, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := net.Dial("unix", path); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("the queue is not full (%v): this test would prove nothing", err)
+	}
+	done := make(chan error)
+	go func() {
+		conn, err := dial(path, time.Now().Add(time.Minute))
+		if err == nil {
+			conn.Close()
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let it meet the full queue first
+	nfd, _, err := syscall.Accept(fd) // room for the plugin's connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(nfd)
+	if err := <-done; err != nil {
+		t.Fatalf("dial gave up on a busy agent: %v", err)
 	}
 }
