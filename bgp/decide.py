@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
 
 from routed.dataplane.constants import IPIP_DEV, VXLAN_DEV
 from routed.dataplane.rtnl import Route
@@ -27,21 +29,79 @@ class PoolView:
     vxlan: str
 
 
-def rejection(route: Learned, my_as: int, pools: list[PoolView], allowed: tuple[str, ...],
-              own_prefixes: set[str]) -> str | None:
-    """Why a learned route must not be installed, or None to accept it."""
+class Originators(Protocol):
+    """IPAM's answer (ipam.origins.Origins): the node that may originate a prefix."""
+
+    def originator(self, prefix: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything a route is judged by, apart from the peer's own allowedPrefixes."""
+
+    my_as: int
+    pools: list[PoolView]
+    own_prefixes: set[str]
+    origins: Originators
+    node_addresses: dict[str, str]  # node name -> its BGP address
+
+    @cached_property
+    def _nodes_by_address(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for node, address in sorted(self.node_addresses.items()):
+            out.setdefault(address, []).append(node)
+        return out
+
+    def node_at(self, address: str) -> list[str]:
+        return self._nodes_by_address.get(address, [])
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str  # a short, fixed word: the metric's label
+    detail: str  # for the log and node status
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+# The reasons, as counted in routed_bgp_rejected_routes{reason=...}.
+REASONS = ("invalid", "own-as", "own-prefix", "next-hop-not-a-node", "not-in-ipam", "wrong-next-hop",
+           "outside-pools", "max-prefixes")
+
+
+def rejection(route: Learned, policy: Policy, allowed: tuple[str, ...] = ()) -> Rejection | None:
+    """Why a learned route must not be installed, or None to accept it.
+
+    Inside a pool (or anything IPAM gives to a node) only IPAM's word counts: the prefix
+    must be a block or borrowed address of a node, and the next hop that node's address
+    (reflectors and ToRs pass the originator's next hop on). Outside every pool, the
+    peer's allowedPrefixes decide.
+    """
     try:
         prefix = ipaddress.ip_network(route.prefix)
-        ipaddress.ip_address(route.next_hop)
+        next_hop = ipaddress.ip_address(route.next_hop)
     except ValueError:
-        return "not a valid prefix or next hop"
-    if my_as in route.as_path:
-        return f"AS path {list(route.as_path)} contains our own AS {my_as}"
-    if route.prefix in own_prefixes:
-        return "it is one of this node's own blocks"
-    in_pool = any(prefix.version == p.network.version and prefix.subnet_of(p.network) for p in pools)
-    if not in_pool and not any(_within(prefix, a) for a in allowed):
-        return "outside every IP pool and not allowed for this peer"
+        return Rejection("invalid", "not a valid prefix or next hop")
+    if policy.my_as in route.as_path:
+        return Rejection("own-as", f"AS path {list(route.as_path)} contains our own AS {policy.my_as}")
+    if str(prefix) in policy.own_prefixes:
+        return Rejection("own-prefix", "it is one of this node's own blocks")
+    owner = policy.origins.originator(str(prefix))
+    in_pool = any(prefix.version == p.network.version and prefix.subnet_of(p.network) for p in policy.pools)
+    if owner is None and not in_pool:
+        if any(_within(prefix, a) for a in allowed):
+            return None
+        return Rejection("outside-pools", "outside every IP pool and not allowed for this peer")
+    at_hop = policy.node_at(str(next_hop))
+    if not at_hop:
+        return Rejection("next-hop-not-a-node", f"next hop {next_hop} is no node's address")
+    if owner is None:
+        return Rejection("not-in-ipam", f"IPAM has no block or borrowed address {prefix}")
+    if owner not in at_hop:
+        return Rejection("wrong-next-hop", f"IPAM gives it to node {owner} "
+                         f"({policy.node_addresses.get(owner) or 'no address'}), "
+                         f"not to {', '.join(at_hop)} at next hop {next_hop}")
     return None
 
 

@@ -9,6 +9,7 @@ tcp.bind is set; started as root it drops to `nobody` unless told not to.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .peers import LocalSpeaker, Peer
 
@@ -34,39 +35,57 @@ def environment(speaker: LocalSpeaker) -> dict[str, str]:
 _SAFE_PASSWORD = re.compile(r'^[^"\n\\;{}]{1,80}$')
 
 
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    skipped: dict[str, str]  # peer address -> why it was left out
+
+
 def render(speaker: LocalSpeaker, peers: list[Peer], helper_command: str,
-           passwords: dict[str, str] | None = None) -> str:
-    """The configuration file. passwords: peer address -> TCP MD5 password (already resolved)."""
+           passwords: dict[str, str] | None = None) -> Rendered:
+    """The configuration file. passwords: peer address -> TCP MD5 password (already resolved).
+
+    A peer that cannot be rendered is left out (and said why), never the whole file:
+    one bad BGPPeer must not take every other session and announcement down with it.
+    """
     passwords = passwords or {}
     lines = [f"# routed: ExaBGP configuration of node {speaker.node}; written by the agent, do not edit",
              f"process {PROCESS} {{", f"  run {helper_command};", "  encoder json;", "}", ""]
+    skipped = {}
     for peer in peers:
-        lines += [f"neighbor {peer.address} {{",
-                  f"  description \"{peer.kind} {peer.name}\";",
-                  f"  router-id {speaker.address};",
-                  f"  local-address {speaker.address};",
-                  f"  local-as {speaker.as_number};",
-                  f"  peer-as {peer.as_number};",
-                  f"  hold-time {peer.hold_time};",
-                  "  passive false;",
-                  # We send End-of-RIB ourselves once our blocks are announced: a peer in
-                  # graceful restart would otherwise flush our routes before they arrive.
-                  "  manual-eor true;",
-                  "  group-updates true;"]
-        if peer.port != 179:
-            lines.append(f"  connect {peer.port};")
-        password = passwords.get(peer.address)
-        if password is not None:
-            if not _SAFE_PASSWORD.match(password):
-                raise ValueError(f"the MD5 password of peer {peer.address} has characters ExaBGP cannot take")
-            lines.append(f'  md5-password "{password}";')
-        if peer.graceful_restart:
-            lines.append(f"  capability {{ graceful-restart {peer.graceful_restart}; }}")
-        lines += ["  family { ipv4 unicast; }",
-                  "  api {",
-                  f"    processes [ {PROCESS} ];",
-                  "    neighbor-changes;",
-                  "    receive { parsed; update; notification; }",
-                  "  }",
-                  "}", ""]
-    return "\n".join(lines)
+        try:
+            lines += _neighbor(speaker, peer, passwords.get(peer.address))
+        except ValueError as err:
+            skipped[peer.address] = str(err)
+    return Rendered("\n".join(lines), skipped)
+
+
+def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[str]:
+    lines = [f"neighbor {peer.address} {{",
+             f"  description \"{peer.kind} {peer.name}\";",
+             f"  router-id {speaker.address};",
+             f"  local-address {speaker.address};",
+             f"  local-as {speaker.as_number};",
+             f"  peer-as {peer.as_number};",
+             f"  hold-time {peer.hold_time};",
+             "  passive false;",
+             # We send End-of-RIB ourselves once our blocks are announced: a peer in
+             # graceful restart would otherwise flush our routes before they arrive.
+             "  manual-eor true;",
+             "  group-updates true;"]
+    if peer.port != 179:
+        lines.append(f"  connect {peer.port};")
+    if password is not None:
+        if not _SAFE_PASSWORD.match(password):
+            raise ValueError(f"the MD5 password of peer {peer.address} is empty, longer than 80 characters "
+                             "or has a character ExaBGP cannot take: \" \\ ; { } newline")
+        lines.append(f'  md5-password "{password}";')
+    if peer.graceful_restart:
+        lines.append(f"  capability {{ graceful-restart {peer.graceful_restart}; }}")
+    return lines + ["  family { ipv4 unicast; }",
+                    "  api {",
+                    f"    processes [ {PROCESS} ];",
+                    "    neighbor-changes;",
+                    "    receive { parsed; update; notification; }",
+                    "  }",
+                    "}", ""]

@@ -8,7 +8,9 @@ delimited JSON both ways:
 - to the agent: {"type": "snapshot", "peers": {...}, "routes": {...}} on every
   (re)connect, then every ExaBGP message as it comes ({"type": "ack", "ok": bool}
   for acks);
-- from the agent: {"command": "<ExaBGP API command>"} lines, written to ExaBGP.
+- from the agent: {"command": "<ExaBGP API command>"} lines, written to ExaBGP, and
+  {"limits": {peer: max prefixes}}: what the view keeps of each peer (the agent's
+  maxPrefixes; a peer must not grow our memory without limit either).
 
 ExaBGP blocks when our stdin pipe fills and then drops its sessions, so stdin is
 read by its own thread that never waits for anything else. The snapshot (peer
@@ -33,6 +35,7 @@ class View:
         self.lock = threading.Lock()
         self.peers = {}   # peer address -> last state message
         self.routes = {}  # peer address -> {prefix: next hop + attributes}
+        self.limits = {}  # peer address -> most prefixes kept (none: no limit)
 
     def apply(self, msg):
         neighbor = msg.get("neighbor") or {}
@@ -46,13 +49,16 @@ class View:
                 update = (neighbor.get("message") or {}).get("update") or {}
                 table = self.routes.setdefault(peer, {})
                 attrs = update.get("attribute", {})
+                limit = self.limits.get(peer)
+                for family, entries in (update.get("withdraw") or {}).items():  # first, as in an UPDATE
+                    for entry in entries:
+                        table.pop(entry["nlri"], None)
                 for family, by_hop in (update.get("announce") or {}).items():
                     for next_hop, entries in by_hop.items():
                         for entry in entries:
+                            if limit and entry["nlri"] not in table and len(table) >= limit:
+                                continue
                             table[entry["nlri"]] = {"next-hop": next_hop, "family": family, "attribute": attrs}
-                for family, entries in (update.get("withdraw") or {}).items():
-                    for entry in entries:
-                        table.pop(entry["nlri"], None)
 
     def snapshot(self):
         with self.lock:
@@ -136,8 +142,13 @@ class Relay:
             while b"\n" in buf:
                 raw, buf = buf.split(b"\n", 1)
                 try:
-                    command = json.loads(raw)["command"]
-                except (ValueError, KeyError, TypeError):
+                    msg = json.loads(raw)
+                    if "limits" in msg:
+                        with self.view.lock:
+                            self.view.limits = {str(p): int(n) for p, n in msg["limits"].items()}
+                        continue
+                    command = msg["command"]
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue
                 with self.out_lock:
                     self.stdout.write(command + "\n")

@@ -44,7 +44,7 @@ class LocalSpeaker:
     log_severity: str = "Info"
 
 
-def _node_address(node: r.Node) -> str | None:
+def node_address(node: r.Node) -> str | None:
     if node.spec.bgp is None or not node.spec.bgp.ipv4_address:
         return None
     return str(ipaddress.ip_interface(node.spec.bgp.ipv4_address).ip)
@@ -59,7 +59,7 @@ def global_config(configs: list[r.BGPConfiguration], node_name: str):
 
 def local_speaker(me: r.Node, configs: list[r.BGPConfiguration]) -> LocalSpeaker:
     spec = global_config(configs, me.metadata.name)
-    address = _node_address(me)
+    address = node_address(me)
     if address is None:
         raise ValueError(f"node {me.metadata.name} has no spec.bgp.ipv4Address")
     asn = (me.spec.bgp.as_number if me.spec.bgp else None) or spec.as_number
@@ -69,11 +69,11 @@ def local_speaker(me: r.Node, configs: list[r.BGPConfiguration]) -> LocalSpeaker
 def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfiguration],
                   peers: list[r.BGPPeer]) -> list[Peer]:
     spec = global_config(configs, me.metadata.name)
-    my_address = _node_address(me)
+    my_address = node_address(me)
     i_am_reflector = bool(me.spec.bgp and me.spec.bgp.route_reflector_cluster_id)
     found: list[Peer] = []
     for other in nodes:
-        address = _node_address(other)
+        address = node_address(other)
         if other.metadata.name == me.metadata.name or address is None:
             continue
         asn = (other.spec.bgp.as_number if other.spec.bgp else None) or spec.as_number

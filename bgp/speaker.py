@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -140,11 +141,24 @@ def write_config(directory: str | Path, config: str, env: dict) -> bool:
     except OSError:
         pass
     for name, text in ((ENV, env_text), (CONFIG, config)):  # env first: the speaker reads on config change
-        tmp = d / f".{name}.tmp"
-        tmp.write_text(text)
-        os.chmod(tmp, 0o600)  # it may hold MD5 passwords
-        os.rename(tmp, d / name)
+        _write_private(d / name, text)
     return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace path with text, readable by its owner only from the first byte on (the
+    configuration holds MD5 passwords): mkstemp creates the file 0600 whatever the umask,
+    and rename swaps it in whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run(args) -> int:

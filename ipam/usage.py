@@ -17,8 +17,8 @@ from routed.datastore.resources import ResourceStore
 from routed.errors import RoutedError
 
 from .block import Block
-from .blockmath import ip_at
 from .errors import AddressNotInPool
+from .origins import borrowed as borrowed_in, node_of
 
 
 @dataclass
@@ -42,12 +42,6 @@ def snapshot(kv: KV) -> Snapshot:
     blocks = sorted((Block.from_json(i.value, key=i.key) for i in items),
                     key=lambda b: (b.cidr.version, b.cidr.network_address))
     return Snapshot(listing.revision, pools, blocks)
-
-
-def node_of(block: Block) -> str:
-    """The node a block is affine to; "" when it has none (its node was removed)."""
-    affinity = block.affinity or ""
-    return affinity[len("host:"):] if affinity.startswith("host:") else ""
 
 
 def percent(part: int, whole: int) -> float:
@@ -85,33 +79,20 @@ def block_usage(kv: KV, snap: Snapshot | None = None) -> list[dict]:
     return rows
 
 
-def _allocated(block: Block):
-    """(address, attributes) of every allocated address of a block, in address order."""
-    for o, index in enumerate(block.allocations):
-        if index is not None:
-            yield ip_at(block.cidr, o), block.attributes[index]
-
-
 def borrowed(kv: KV, snap: Snapshot | None = None) -> list[dict]:
-    """Addresses a node took from a block affine to another node.
+    """Addresses a node holds in a block that is not its own (ipam.origins.borrowed).
 
-    The borrowing node announces them as /32s; they are why a node's routes are more
-    than its blocks. Blocks with no affinity lend to nobody, so they are left out, as
-    are allocations that do not record a node.
+    The holding node announces them as /32s; they are why a node's routes are more
+    than its blocks. blockNode is "" for a block whose node is gone.
     """
     snap = snap or snapshot(kv)
     rows = []
     for block in snap.blocks:
-        owner = node_of(block)
-        if not owner:
-            continue
-        for ip, attrs in _allocated(block):
-            secondary = attrs.get("secondary", {})
-            node = secondary.get("node", "")
-            if node and node != owner:
-                rows.append({"ip": str(ip), "block": str(block.cidr), "blockNode": owner, "node": node,
-                             "handle": attrs["handle"], "pod": secondary.get("pod", ""),
-                             "namespace": secondary.get("namespace", "")})
+        for b in borrowed_in(block):
+            secondary = b.attributes.get("secondary", {})
+            rows.append({"ip": str(b.ip), "block": str(block.cidr), "blockNode": node_of(block), "node": b.node,
+                         "handle": b.attributes["handle"], "pod": secondary.get("pod", ""),
+                         "namespace": secondary.get("namespace", "")})
     return rows
 
 

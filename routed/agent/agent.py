@@ -89,6 +89,7 @@ class Agent:
             self.dataplane.use_uplink(self.address)
             self.bgp = BGPController(self.kv, self.store, self.dataplane, c.node_name, self.address, c.bgp_dir,
                                      c.bgp_socket, c.secrets_dir, c.resync)
+            self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
         self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents)
         self.health.start()

@@ -24,11 +24,13 @@ from pathlib import Path
 
 from bgp import decide, exabgp, peers as peering
 from bgp.speaker import write_config
-from ipam.allocator import affinity_of
-from ipam.block import Block
+from ipam.origins import Origins
 from routed import resources as r
 from routed.datastore import keys
 from routed.errors import RoutedError
+from routed.resources.bgp import secret_ref_ok
+
+from .metrics import Family
 
 log = logging.getLogger("routed.bgp")
 
@@ -45,6 +47,10 @@ class PeerStatus:
     info: str = ""
     accepted: int = 0
     rejected: int = 0
+    error: str = ""  # why the peer is left out of ExaBGP's configuration ("": it is not)
+    max_prefixes: int = 0
+    dropped: int = 0  # routes not kept since the session came up: over max_prefixes
+    rejected_by: dict = field(default_factory=dict)  # reason -> routes
 
 
 class HelperLink:
@@ -95,11 +101,18 @@ class HelperLink:
         self.events.put(("helper-gone", None))
 
     def send(self, commands: list[str]) -> bool:
+        return self._send([{"command": c} for c in commands])
+
+    def send_limits(self, limits: dict[str, int]) -> bool:
+        """What bgp.helper keeps of each peer for its snapshots: the peers' maxPrefixes."""
+        return self._send([{"limits": limits}])
+
+    def _send(self, messages: list[dict]) -> bool:
         with self._lock:
             if self._conn is None:
                 return False
             try:
-                self._conn.sendall(b"".join(json.dumps({"command": c}).encode() + b"\n" for c in commands))
+                self._conn.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
                 return True
             except OSError:
                 self._conn = None
@@ -133,8 +146,8 @@ class BGPController:
         self.link = HelperLink(socket_path, self.events)
         self.helper_command = f"{sys.executable} -m bgp.helper --socket {socket_path}"
         self.status: dict[str, PeerStatus] = {}
-        # Everything peers sent, unfiltered: the filters run when routes are programmed, so
-        # a policy change (allowedPrefixes, pools, max-prefixes) applies to what is here.
+        # What peers sent, unfiltered but bounded by each peer's maxPrefixes: the filters
+        # run when routes are programmed, so a policy or IPAM change applies to what is here.
         self.received: dict[str, dict[str, decide.Learned]] = {}  # peer -> prefix -> route
         self._rejected: set[tuple[str, str]] = set()  # logged once each
         self.stale_until: dict[str, float] = {}  # peer -> when its kept routes go (graceful restart)
@@ -142,8 +155,16 @@ class BGPController:
         self.peers: dict[str, peering.Peer] = {}
         self.my_as = peering.DEFAULT_AS
         self.pools: list[decide.PoolView] = []
+        self.node_addresses: dict[str, str] = {}  # node name -> BGP address
+        # IPAM's answer to "who originates this prefix", kept from the block watch one
+        # event at a time; None until the first listing arrived (nothing is announced or
+        # judged before: an empty IPAM would withdraw every route).
+        self.origins: Origins | None = None
+        self._bad_blocks: set[str] = set()  # unreadable block keys, logged once each
         self.own_prefixes: set[str] = set()
         self.programmed: list[decide.Route] = []
+        self.dropped_total: dict[str, int] = {}  # peer -> routes over maxPrefixes, ever (a counter)
+        self._limits_sent: dict[str, int] | None = None  # what bgp.helper was told last
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------
@@ -160,8 +181,15 @@ class BGPController:
             except queue.Empty:
                 kind, payload = "tick", None
             try:
-                if kind == "resync" or time.monotonic() >= next_resync:
-                    self._drain_resyncs()
+                if kind in ("resync", "etcd", "origins"):
+                    self.events.put((kind, payload))
+                    resync, ipam_changed = self._drain_etcd()
+                    if resync or time.monotonic() >= next_resync:
+                        self.sync()
+                        next_resync = time.monotonic() + self.resync
+                    elif ipam_changed:
+                        self.refresh()
+                elif time.monotonic() >= next_resync:
                     self.sync()
                     next_resync = time.monotonic() + self.resync
                 if kind == "helper":
@@ -176,31 +204,62 @@ class BGPController:
                 log.exception("bgp: unexpected error")
         self.link.stop()
 
-    def _drain_resyncs(self) -> None:
-        """Many etcd changes in a row are one resync; helper messages stay queued in order."""
+    def _drain_etcd(self) -> tuple[bool, bool]:
+        """Apply every queued etcd change: block changes go to IPAM's index one by one;
+        resource changes make one resync. Helper messages stay queued in order.
+        Returns (resources changed, IPAM changed)."""
+        resync = ipam_changed = False
         keep = []
         while True:
             try:
                 item = self.events.get_nowait()
             except queue.Empty:
                 break
-            if item[0] != "resync":
+            kind, payload = item
+            if kind == "resync":
+                resync = True
+            elif kind == "origins":  # IPAM read whole (start-up, or a new watch)
+                with self._lock:
+                    self.origins = payload
+                ipam_changed = True
+            elif kind == "etcd":
+                with self._lock:
+                    changed = self.origins is not None and self.origins.apply(payload)
+                ipam_changed |= changed
+                resync |= payload.type == "resync" or payload.kv.key.startswith(keys.RESOURCES)
+            else:
                 keep.append(item)
         for item in keep:
             self.events.put(item)
+        if ipam_changed:
+            self._report_unreadable()
+        return resync, ipam_changed
+
+    def _report_unreadable(self) -> None:
+        with self._lock:
+            unreadable = dict(self.origins.unreadable) if self.origins else {}
+        for key in unreadable.keys() - self._bad_blocks:
+            log.error("IPAM block %s is unreadable, no route inside it is accepted: %s", key, unreadable[key])
+        self._bad_blocks = set(unreadable)
 
     def _watch(self, stop: threading.Event) -> None:
-        """Any change under routed's keys may change peers, pools or announcements."""
+        """IPAM's blocks read once, then every change under routed's keys: block changes
+        update IPAM's index one by one, resource changes resync peers and pools."""
         while not stop.is_set():
             try:
-                watch = self.kv.watch(keys.ROOT, self.kv.revision() + 1)
+                origins, revision = Origins.read(self.kv)
+                watch = self.kv.watch(keys.ROOT, revision + 1)
             except RoutedError:
                 stop.wait(1)
                 continue
+            self.events.put(("origins", origins))
             try:
                 while not stop.is_set():
-                    if watch.get(timeout=1.0) is not None:
-                        self.events.put(("resync", None))
+                    event = watch.get(timeout=1.0)
+                    if event is not None:
+                        self.events.put(("etcd", event))
+            except RoutedError as err:
+                log.warning("bgp: watch: %s; reading IPAM again", err)
             finally:
                 watch.cancel()
 
@@ -216,48 +275,67 @@ class BGPController:
         pools = self.store.list(r.IPPool)
         speaker = peering.local_speaker(me, configs)
         wanted = peering.desired_peers(me, nodes, configs, bgp_peers)
-        passwords = {p.address: self._secret(p.password_ref) for p in wanted if p.password_ref}
-        config = exabgp.render(speaker, wanted, self.helper_command, passwords)
-        if write_config(self.bgp_dir, config, exabgp.environment(speaker)):
-            log.info("ExaBGP configuration written: %d peer(s)", len(wanted))
+        # A peer whose password cannot be had or written is left out, alone: the others
+        # and the announcements go on.
+        passwords, errors = {}, {}
+        for p in wanted:
+            if p.password_ref:
+                try:
+                    passwords[p.address] = read_secret(self.secrets_dir, *p.password_ref)
+                except RoutedError as err:
+                    errors[p.address] = str(err)
+        rendered = exabgp.render(speaker, [p for p in wanted if p.address not in errors], self.helper_command,
+                                 passwords)
+        errors.update(rendered.skipped)
+        usable = [p for p in wanted if p.address not in errors]
+        if write_config(self.bgp_dir, rendered.text, exabgp.environment(speaker)):
+            log.info("ExaBGP configuration written: %d peer(s)", len(usable))
         with self._lock:
             self.my_as = speaker.as_number
-            self.peers = {p.address: p for p in wanted}
+            self.peers = {p.address: p for p in usable}
             for p in wanted:
                 status = self.status.get(p.address)
                 if status is None or (status.kind, status.name) != (p.kind, p.name):
-                    self.status[p.address] = PeerStatus(p.address, p.kind, p.name)
-            for gone in set(self.status) - set(self.peers):
+                    status = self.status[p.address] = PeerStatus(p.address, p.kind, p.name)
+                error = errors.get(p.address, "")
+                if error and error != status.error:
+                    log.error("BGP peer %s (%s %s) left out: %s", p.address, p.kind, p.name, error)
+                elif status.error and not error:
+                    log.info("BGP peer %s (%s %s) configured again", p.address, p.kind, p.name)
+                status.error, status.max_prefixes = error, p.max_prefixes
+                if error:
+                    status.state, status.accepted, status.rejected, status.rejected_by = "skipped", 0, 0, {}
+                    self.received.pop(p.address, None)
+                elif status.state == "skipped":
+                    status.state, status.since = "idle", time.time()
+                self._trim(p.address, p.max_prefixes)
+            for gone in set(self.status) - {p.address for p in wanted}:
                 del self.status[gone]
                 self.received.pop(gone, None)
             # Disabled pools count too: their blocks still hold pods that must stay reachable.
             self.pools = [decide.PoolView(p.network, p.spec.ipip_mode, p.spec.vxlan_mode) for p in pools]
-        self._announce(self._own_prefixes())
+            self.node_addresses = {n.metadata.name: a for n in nodes if (a := peering.node_address(n))}
+        self._send_limits()
+        self.refresh()
+
+    def _send_limits(self) -> None:
+        with self._lock:
+            limits = {p.address: p.max_prefixes for p in self.peers.values() if p.max_prefixes}
+        if limits != self._limits_sent and self.link.send_limits(limits):
+            self._limits_sent = limits
+
+    def refresh(self) -> None:
+        """Announce what IPAM says is ours; judge every received route again."""
+        own = self._own_prefixes()
+        if own is None:
+            return  # IPAM not read yet
+        self._announce(own)
         self.program()
 
-    def _secret(self, ref) -> str:
-        name, key = ref
-        path = Path(self.secrets_dir) / name / key
-        try:
-            return path.read_text().strip()
-        except OSError:
-            raise RoutedError(f"BGP password secret {name}/{key} not found under {self.secrets_dir}") from None
-
-    def _own_prefixes(self) -> set[str]:
-        """This node's blocks, and /32s of addresses it borrowed from other nodes' blocks."""
-        mine = affinity_of(self.node)
-        prefixes = set()
-        for item in self.kv.list(keys.BLOCKS).items:
-            block = Block.from_json(item.value, key=item.key)
-            if block.affinity == mine:
-                prefixes.add(str(block.cidr))
-                continue
-            for handle in block.handles():
-                for ip in block.ips_for_handle(handle):
-                    attrs = block.attributes_for(ip)
-                    if attrs and attrs["secondary"].get("node") == self.node:
-                        prefixes.add(f"{ip}/{ip.max_prefixlen}")
-        return prefixes
+    def _own_prefixes(self) -> set[str] | None:
+        """This node's blocks, and /32s of addresses it holds in other nodes' blocks (IPAM's rule)."""
+        with self._lock:
+            return None if self.origins is None else self.origins.prefixes_of(self.node)
 
     # -- announcements ----------------------------------------------------------------------
 
@@ -282,7 +360,11 @@ class BGPController:
             # A new helper: ExaBGP (re)started or we did. It knows nothing we announced.
             with self._lock:
                 self.announced = set()
-            self._announce(self._own_prefixes(), full=True)
+            self._limits_sent = None
+            self._send_limits()
+            own = self._own_prefixes()
+            if own is not None:
+                self._announce(own, full=True)
             for state in msg.get("peers", {}).values():
                 self._on_state(state)
             with self._lock:
@@ -308,12 +390,12 @@ class BGPController:
         neighbor = msg.get("neighbor", {})
         peer, state = _peer_of(msg), neighbor.get("state", "")
         status = self.status.get(peer)
-        if status is None:
-            return
+        if status is None or status.error:
+            return  # not ours, or left out of the configuration (ExaBGP's last word on it)
         if state != status.state:
             status.state, status.since = state, time.time()
         if state == "up":
-            status.info = ""
+            status.info, status.dropped = "", 0
             with self._lock:
                 self.stale_until.pop(peer, None)
                 prefixes = sorted(self.own_prefixes)
@@ -359,33 +441,59 @@ class BGPController:
                         self._learn(peer, entry["nlri"], next_hop, attrs)
 
     def _learn(self, peer: str, prefix: str, next_hop: str, attrs: dict) -> None:
-        """Keep one received route (called with the lock held); program() filters."""
-        if peer in self.peers:
-            self.received.setdefault(peer, {})[prefix] = decide.Learned(prefix, next_hop, peer,
-                                                                         tuple(_as_path(attrs)))
+        """Keep one received route (called with the lock held); program() filters.
+
+        Like BIRD's `receive limit N action block`: past the peer's maxPrefixes a new
+        prefix is not kept at all (memory stays bounded whatever the peer sends), and
+        node status says so."""
+        config = self.peers.get(peer)
+        if config is None:
+            return
+        table = self.received.setdefault(peer, {})
+        if prefix not in table and config.max_prefixes and len(table) >= config.max_prefixes:
+            status = self.status.get(peer)
+            if status is not None:
+                if not status.dropped:
+                    log.warning("peer %s: max-prefixes %d reached; further routes are dropped",
+                                peer, config.max_prefixes)
+                status.dropped += 1
+            self.dropped_total[peer] = self.dropped_total.get(peer, 0) + 1
+            return
+        table[prefix] = decide.Learned(prefix, next_hop, peer, tuple(_as_path(attrs)))
+
+    def _trim(self, peer: str, limit: int) -> None:
+        """A lowered maxPrefixes applies to what is already kept (called with the lock held)."""
+        table = self.received.get(peer)
+        if not limit or table is None or len(table) <= limit:
+            return
+        extra = sorted(table)[limit:]
+        for prefix in extra:
+            del table[prefix]
+        self.status[peer].dropped += len(extra)
+        self.dropped_total[peer] = self.dropped_total.get(peer, 0) + len(extra)
 
     def _accepted(self) -> dict[str, list[decide.Learned]]:
         """The routes that pass every filter, by prefix (called with the lock held)."""
+        policy = decide.Policy(self.my_as, self.pools, self.own_prefixes, self.origins, self.node_addresses)
         by_prefix: dict[str, list[decide.Learned]] = {}
         rejected = set()
         for peer, table in self.received.items():
             config, status = self.peers.get(peer), self.status.get(peer)
             if config is None or status is None:
                 continue
-            accepted = 0
+            accepted, by_reason = 0, {}
             for prefix in sorted(table):
                 route = table[prefix]
-                why = decide.rejection(route, self.my_as, self.pools, config.allowed_prefixes, self.own_prefixes)
-                if why is None and config.max_prefixes and accepted >= config.max_prefixes:
-                    why = f"more than max-prefixes {config.max_prefixes}"
+                why = decide.rejection(route, policy, config.allowed_prefixes)
                 if why is not None:
+                    by_reason[why.reason] = by_reason.get(why.reason, 0) + 1
                     rejected.add((peer, prefix))
                     if (peer, prefix) not in self._rejected:
                         log.info("peer %s: rejected %s: %s", peer, prefix, why)
                     continue
                 accepted += 1
                 by_prefix.setdefault(prefix, []).append(route)
-            status.accepted, status.rejected = accepted, len(table) - accepted
+            status.accepted, status.rejected, status.rejected_by = accepted, len(table) - accepted, by_reason
         self._rejected = rejected
         return by_prefix
 
@@ -405,6 +513,8 @@ class BGPController:
 
     def program(self) -> None:
         with self._lock:
+            if self.origins is None:
+                return  # judged against an empty IPAM, every pool route would go
             by_prefix = self._accepted()
             pools = list(self.pools)
         routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
@@ -416,9 +526,50 @@ class BGPController:
     def peer_status(self) -> list[dict]:
         with self._lock:
             return [{"address": s.address, "type": s.kind, "name": s.name, "state": s.state,
-                     "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.since)), "info": s.info,
-                     "accepted": s.accepted, "rejected": s.rejected}
+                     "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.since)), "info": _info(s),
+                     "accepted": s.accepted, "rejected": s.rejected, "rejectedBy": dict(s.rejected_by),
+                     "maxPrefixes": s.max_prefixes, "dropped": s.dropped, "error": s.error}
                     for s in sorted(self.status.values(), key=lambda s: ipaddress.ip_address(s.address))]
+
+    def metrics(self) -> list[Family]:
+        with self._lock:
+            statuses = sorted(self.status.values(), key=lambda s: s.address)
+            rejected = [({"peer": s.address, "reason": reason}, n)
+                        for s in statuses for reason, n in sorted(s.rejected_by.items())]
+            dropped = [({"peer": peer}, n) for peer, n in sorted(self.dropped_total.items())]
+            skipped = sum(1 for s in statuses if s.error)
+        return [Family("routed_bgp_rejected_routes", "gauge",
+                       "Received routes not installed, by peer and reason.", rejected),
+                Family("routed_bgp_dropped_routes_total", "counter",
+                       "Routes not kept because the peer was at its maxPrefixes.", dropped),
+                Family("routed_bgp_peers_skipped", "gauge",
+                       "BGP peers left out of the configuration (missing secret, bad password, ...).",
+                       [({}, skipped)])]
+
+
+def _info(s: PeerStatus) -> str:
+    """What node status says beside the state: a configuration error first, then a full
+    receive table, then what ExaBGP last reported."""
+    if s.error:
+        return s.error
+    if s.dropped:
+        limit = f"max-prefixes {s.max_prefixes} reached: {s.dropped} route(s) dropped"
+        return f"{limit}; {s.info}" if s.info else limit
+    return s.info
+
+
+def read_secret(secrets_dir: str, name: str, key: str) -> str:
+    """The BGP password <secrets_dir>/<name>/<key>, never a file outside secrets_dir."""
+    if not secret_ref_ok(name, key):
+        raise RoutedError(f"BGP password secret {name!r}/{key!r} is not a Secret name and key")
+    base = Path(secrets_dir).resolve()
+    path = (base / name / key).resolve()  # Kubernetes mounts keys as symlinks into ..data/
+    if not path.is_relative_to(base):
+        raise RoutedError(f"BGP password secret {name}/{key} points outside {secrets_dir}")
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise RoutedError(f"BGP password secret {name}/{key} not found under {secrets_dir}") from None
 
 
 def _peer_of(msg: dict) -> str:

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One labelled metric, as a collector reports it."""
+
+    name: str
+    kind: str  # "gauge" | "counter"
+    help: str
+    samples: list[tuple[dict[str, str], float]]
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Metrics:
@@ -15,6 +37,7 @@ class Metrics:
         self._hist = defaultdict(lambda: [0] * (len(BUCKETS) + 1))  # command -> bucket counts (+Inf last)
         self._sum = defaultdict(float)
         self.gauges: dict[str, callable] = {}  # name -> function returning a number
+        self.collectors: list[Callable[[], list[Family]]] = []  # labelled metrics of a component
 
     def observe_cni(self, command: str, code: int, seconds: float) -> None:
         with self._lock:
@@ -45,4 +68,12 @@ class Metrics:
             except Exception:  # a gauge that cannot be read is left out, not fatal
                 continue
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+        for collect in self.collectors:
+            try:
+                families = collect()
+            except Exception:
+                continue
+            for family in families:
+                lines += [f"# HELP {family.name} {family.help}", f"# TYPE {family.name} {family.kind}"]
+                lines += [f"{family.name}{_labels(labels)} {value}" for labels, value in family.samples]
         return "\n".join(lines) + "\n"

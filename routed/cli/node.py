@@ -22,12 +22,27 @@ def status(ctx, args) -> Output:
         raise RoutedError(f"cannot ask the routed agent at {args.agent}: {reason} "
                           "(run this on a node, or pass --agent URL)") from None
     rows = [[p["address"], p["type"], p["state"], p["since"], p["info"]] for p in peers]
-    wide = [[p["name"], p["accepted"], p["rejected"]] for p in peers]
+    wide = [[p["name"], p["accepted"], p["rejected"], _reasons(p.get("rejectedBy") or {}),
+             _limit(p.get("maxPrefixes", 0), p.get("dropped", 0))] for p in peers]
     table = Table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows,
-                  ["NAME", "ACCEPTED", "REJECTED"], wide)
+                  ["NAME", "ACCEPTED", "REJECTED", "REJECTED BY", "MAX PREFIXES"], wide)
     up = sum(p["state"] == "up" for p in peers)
-    return Output(data={"peers": peers}, table=table,
-                  messages=[f"routed agent is running; {up} of {len(peers)} BGP session(s) up"])
+    messages = [f"routed agent is running; {up} of {len(peers)} BGP session(s) up"]
+    skipped = [p["address"] for p in peers if p.get("error")]
+    if skipped:
+        messages.append(f"{len(skipped)} peer(s) left out of the BGP configuration: {', '.join(skipped)} "
+                        "(see INFO)")
+    return Output(data={"peers": peers}, table=table, messages=messages)
+
+
+def _reasons(by: dict) -> str:
+    return ",".join(f"{reason}={n}" for reason, n in sorted(by.items())) or "-"
+
+
+def _limit(limit: int, dropped: int) -> str:
+    if not limit:
+        return "-"
+    return f"{limit} (reached, {dropped} dropped)" if dropped else str(limit)
 
 
 def register(sub) -> None:

@@ -16,6 +16,7 @@ from routed.resources.base import (
     Resource,
     SelectorText,
     check_dns_subdomain,
+    dns_subdomain_problem,
     field_error,
 )
 
@@ -102,6 +103,18 @@ def split_peer_ip(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addr
     return address, int(port)
 
 
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def secret_key_ok(key: str) -> bool:
+    return bool(_SECRET_KEY.fullmatch(key)) and key not in (".", "..")
+
+
+def secret_ref_ok(name: str, key: str) -> bool:
+    """A Secret name and key that name one file <name>/<key>, nothing else."""
+    return dns_subdomain_problem(name) is None and secret_key_ok(key)
+
+
 class SecretKeyRef(Model):
     name: str
     key: str
@@ -110,9 +123,11 @@ class SecretKeyRef(Model):
 
     @field_validator("key")
     @classmethod
-    def _non_empty(cls, key: str) -> str:
-        if not key:
-            raise field_error("must not be empty")
+    def _check_key(cls, key: str) -> str:
+        # A Kubernetes Secret key: one file name in the mounted secret, never a path.
+        if not secret_key_ok(key):
+            raise field_error(f'"{key}" is not a Secret key: 1-253 letters, digits, "-", "_" or ".", '
+                              'not "." or ".."')
         return key
 
 

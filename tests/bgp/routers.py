@@ -47,6 +47,7 @@ class Announce:
 
     prefix: str
     prepend: tuple[int, ...] = ()
+    next_hop: str | None = None  # GoBGP only: a third-party next hop instead of the router's own
 
 
 @dataclass
@@ -358,10 +359,19 @@ class GoBgp(Router):
 
     def after_start(self) -> None:
         for a in self.spec.announce:
-            args = ["global", "rib", "add", "-a", "ipv4", a.prefix]
-            if a.prepend:
-                args += ["aspath", ",".join(str(x) for x in a.prepend)]
-            self.gobgp(*args)
+            self.announce(a)
+
+    def announce(self, a: Announce) -> None:
+        """Originate a route now (the hostile peer of a test: any prefix, any next hop)."""
+        args = ["global", "rib", "add", "-a", "ipv4", a.prefix]
+        if a.prepend:
+            args += ["aspath", ",".join(str(x) for x in a.prepend)]
+        if a.next_hop:
+            args += ["nexthop", a.next_hop]
+        self.gobgp(*args)
+
+    def withdraw(self, prefix: str) -> None:
+        self.gobgp("global", "rib", "del", "-a", "ipv4", prefix)
 
     def established(self) -> set[str]:
         out = self.gobgp("neighbor", "-j", check=False).stdout

@@ -179,3 +179,53 @@ def test_wrong_peer_as_reason_is_spelled_out(setup):
                  what="a notification on n3's peer status")
     assert "bad peer as" in n3.peer(TOR)["info"].lower()
     assert "bad peer as" in status_row(n3, TOR).lower()
+
+
+def test_a_peer_whose_password_cannot_be_had_is_left_out_alone(setup):
+    """A BGPPeer whose secret is missing, and one whose password ExaBGP cannot take: each is
+    skipped, said once, counted and shown, and everything else goes on: n1's other
+    sessions, a peer added after them, and a block n1 claims after them."""
+    from routed import resources as r
+
+    cluster, tor, (n1, n2, n3), _ = setup
+    secrets = cluster.secrets_dir
+    os.makedirs(f"{secrets}/quote", exist_ok=True)
+    with open(f"{secrets}/quote/password", "w") as f:
+        f.write('bad"password\n')
+    since = n1.peer(TOR)["since"]
+    broken = {"192.0.2.240": ("locked", "nosuch", "not found"),
+              "192.0.2.241": ("quoted", "quote", "MD5 password of peer 192.0.2.241")}
+    for address, (name, secret, _) in broken.items():
+        cluster.apply({"kind": "BGPPeer", "metadata": {"name": name},
+                       "spec": {"peerIP": address, "asNumber": TOR_AS, "node": "n1",
+                                "password": {"secretKeyRef": {"name": secret, "key": "password"}}}})
+    # Later changes still take effect: a new peer, and a new block of n1's announced to the others.
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "later"},
+                   "spec": {"peerIP": "192.0.2.242", "asNumber": TOR_AS, "node": "n1"}})
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "zz-later"}, "spec": {"cidr": "10.247.0.0/24"}})
+    n1.add_pod("later", {"ipam": {"ipv4_pools": ["zz-later"]}})
+    cluster.wait(lambda: any(p["address"] == "192.0.2.242" for p in n1.peers()), what="n1 to add the later peer")
+    for address, (name, _, words) in broken.items():
+        cluster.wait(lambda: any(p["address"] == address and p["state"] == "skipped" for p in n1.peers()),
+                     what=f"n1 to leave {name} out")
+        assert words in n1.peer(address)["info"], n1.peer(address)
+    cluster.wait(lambda: any(b.startswith("10.247.") for b in n1.blocks()), what="n1's block in zz-later")
+    block = next(b for b in n1.blocks() if b.startswith("10.247."))
+    for node in (n2, n3):
+        cluster.wait(lambda: f"{block} via {n1.ip} dev eth0" in node.routes(), what=f"{node.name} to learn {block}")
+    config = (n1.workdir / "bgp" / "exabgp.conf").read_text()
+    assert "neighbor 192.0.2.242 {" in config and f"neighbor {TOR} {{" in config
+    assert "192.0.2.240" not in config and "192.0.2.241" not in config and "bad" not in config
+    assert n1.peer(TOR)["state"] == "up" and n1.peer(TOR)["since"] == since
+    # Said once each, counted, and in node status.
+    log = n1.agent.log.read_text()
+    for address in broken:
+        assert len(re.findall(rf"BGP peer {re.escape(address)} .* left out", log)) == 1, log[-3000:]
+    assert re.search(r"^routed_bgp_peers_skipped 2$", n1.agent.metrics(), re.M)
+    status = n1.status()
+    assert "2 peer(s) left out of the BGP configuration: 192.0.2.240, 192.0.2.241" in status.stdout, status.stdout
+    assert " skipped " in status_row(n1, "192.0.2.240")
+    for name in ("locked", "quoted", "later"):
+        cluster.store.delete(r.BGPPeer, name)
+    cluster.wait(lambda: not any(p["address"].startswith("192.0.2.24") for p in n1.peers()),
+                 what="the test's peers to go")

@@ -4,7 +4,7 @@ on the nodes' subnet; the nodes (AS 64512) keep their mesh.
 One set-up for the module: two nodes with a pod each and three ToRs, each with its
 own BGPPeer (global, or by nodeSelector) and its own prefixes (k = 0, 1, 2):
 
-    10.244.200.<64k>/26   inside the pool         -> installed via the ToR
+    10.244.200.<64k>/26   inside the pool, no node's block, next hop the ToR -> never installed
     10.244.201.<64k>/26   AS path 65001 64512     -> our own AS: never installed
     198.51.100.<64k>/26   outside every pool      -> never installed
     203.0.113.<64k>/26    outside, but in the peer's allowedPrefixes -> installed
@@ -43,7 +43,7 @@ SELECTION = {"bird": {}, "frr": {"nodeSelector": "rack == 'r1'"}, "gobgp": {"nod
 def prefixes(k: int) -> dict[str, str]:
     return {"pool": f"10.244.200.{64 * k}/26", "own_as": f"10.244.201.{64 * k}/26",
             "outside": f"198.51.100.{64 * k}/26", "allowed": f"203.0.113.{64 * k}/26",
-            "loopback": f"10.244.200.{64 * k + 1}"}
+            "loopback": f"203.0.113.{64 * k + 1}"}
 
 
 class Fabric:
@@ -114,10 +114,13 @@ def test_tor_peering(fabric, name):
     for node in fabric.nodes:
         assert node.peer(address)["type"] == ("global" if name == "bird" else "node")
         assert node.peer(address)["state"] == "up"
-        # (b) its route inside the pool is installed, via the router
-        cluster.wait(lambda: f"{p['pool']} via {address} dev eth0" in node.routes(),
-                     what=f"{node.name} to install {p['pool']} via the {name} ToR")
-        # (e) so is its route outside the pools that the BGPPeer's allowedPrefixes lets in
+        # (b) its route inside the pool is refused: IPAM gives that prefix to no node, and a
+        # ToR is no node (a ToR or any peer could otherwise take pod traffic)
+        cluster.wait(lambda: rejection(node, address, p["pool"]) is not None,
+                     what=f"{node.name} to reject {p['pool']} from the {name} ToR")
+        assert f"next hop {address} is no node's address" in rejection(node, address, p["pool"])
+        assert p["pool"] not in node.routes()
+        # (e) its route outside the pools that the BGPPeer's allowedPrefixes lets in is installed
         cluster.wait(lambda: f"{p['allowed']} via {address} dev eth0" in node.routes(),
                      what=f"{node.name} to install the allowed {p['allowed']}")
         # (c) the one outside every pool is received and refused
@@ -126,7 +129,7 @@ def test_tor_peering(fabric, name):
         assert "outside every IP pool" in rejection(node, address, p["outside"])
         assert p["outside"].split("/")[0] not in node.routes()
         assert p["outside"].split("/")[0] not in node.ns.run("ip", "route", "show", "table", "all").stdout
-    # Traffic really takes those routes: a pod reaches the router's in-pool address.
+    # Traffic really takes those routes: a pod reaches the router's address in the allowed prefix.
     if name != "bird":  # BIRD exports what it learned to its kernel itself
         kernel_routes_from_rib(router, fabric.nodes)
     for pod, ip in fabric.pods:
@@ -143,7 +146,7 @@ def test_tor_routes_with_our_as_are_not_installed(fabric, name):
     router, p = fabric.tors[name], prefixes(k)
     cluster = fabric.cluster
     for node in fabric.nodes:
-        cluster.wait(lambda: f"{p['pool']} via {address}" in node.routes(), what=f"{node.name}: {name} routes")
+        cluster.wait(lambda: f"{p['allowed']} via {address}" in node.routes(), what=f"{node.name}: {name} routes")
         # (d) the router announces a route whose AS path holds our AS: received, then refused
         cluster.wait(lambda: p["own_as"] in node.routes() or rejection(node, address, p["own_as"]),
                      what=f"{node.name} to process {p['own_as']}")
@@ -158,7 +161,7 @@ def test_tor_routes_with_our_as_are_not_installed(fabric, name):
             assert f"contains our own AS {NODE_AS}" in (rejection(b, address, block) or "")
         assert f"{block} via {a.ip} dev eth0" in b.routes()
     for node in fabric.nodes:
-        assert node.peer(address)["accepted"] == 2  # the in-pool and the allowed route, nothing else
+        assert node.peer(address)["accepted"] == 1  # the allowed route, nothing else
 
 
 def test_allowed_prefixes_change_takes_effect(fabric):

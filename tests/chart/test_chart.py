@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,10 @@ VALUE_SETS = {
     "peers": {"bgp": {"peers": TOR_PEERS}},
     "peers-with-passwords": {"bgp": {"asNumber": 65000, "nodeToNodeMesh": False,
                                      "peers": TOR_PEERS_WITH_PASSWORDS}},
+    "route-reflectors-md5": {"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES,
+                                                "passwordSecret": {"name": "rr-bgp", "key": "password"},
+                                                "pools": [{"cidr": "10.244.0.0/16", "blockSize": 26},
+                                                          {"cidr": "10.250.0.0/24", "blockSize": 32}]}},
     "everything": {"etcd": {"endpoints": ["https://192.0.2.10:2379"], "tls": {"enabled": True}},
                    "routeReflector": {"enabled": True, "addresses": RR_ADDRESSES},
                    "bgp": {"peers": TOR_PEERS_WITH_PASSWORDS},
@@ -195,7 +200,11 @@ def test_resources_parse_with_routeds_loader(name):
     assert config.spec.node_to_node_mesh_enabled is mesh
 
     peers = {p.name: p for p in by_kind.get("BGPPeer", [])}
-    assert set(peers) == {p["name"] for p in values["bgp"]["peers"]}
+    rr = values["routeReflector"]
+    # With MD5 on the reflector sessions, each reflector is a BGPPeer too (it carries the password).
+    rr_peers = {f"routed-route-reflector-{i}" for i in range(len(rr["addresses"]))} \
+        if rr["enabled"] and rr["passwordSecret"] else set()
+    assert set(peers) == {p["name"] for p in values["bgp"]["peers"]} | rr_peers
     for want in values["bgp"]["peers"]:
         got = peers[want["name"]].spec
         assert (got.peer_ip, got.as_number) == (want["peerIP"], want["asNumber"])
@@ -539,11 +548,20 @@ def test_route_reflectors_are_peers_of_every_node():
         assert "NET_ADMIN" in bird["securityContext"]["capabilities"]["add"]
 
 
+def bird_parses(text: str, tmp_path, name: str) -> None:
+    """BIRD's own parser (bird -p) takes the configuration; an included password file is
+    given a stand-in."""
+    bird = "/usr/sbin/bird"
+    if not os.access(bird, os.X_OK):
+        pytest.fail("missing test dependency: BIRD (Debian package bird2; run scripts/setup.sh)", pytrace=False)
+    (tmp_path / "password.conf").write_text('password "stand-in";\n')
+    path = tmp_path / name
+    path.write_text(text.replace('include "/run/bird/password.conf";', f'include "{tmp_path}/password.conf";'))
+    proc = subprocess.run([bird, "-p", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_route_reflector_bird_configs_parse(tmp_path):
-    """Each reflector's bird.conf passes BIRD's own parser (bird -p), when BIRD is here."""
-    bird = shutil.which("bird") or ("/usr/sbin/bird" if os.access("/usr/sbin/bird", os.X_OK) else None)
-    if bird is None:
-        pytest.skip("BIRD (Debian package bird2) is not installed")
     rendered = cu.render(VALUE_SETS["route-reflectors"])
     configs = rendered.get("ConfigMap", "routed-route-reflector")["data"]
     assert sorted(configs) == ["bird-0.conf", "bird-1.conf"]
@@ -551,10 +569,57 @@ def test_route_reflector_bird_configs_parse(tmp_path):
         address = RR_ADDRESSES[i].split("/")[0]
         assert f"router id {address};" in text and f"local {address} port 179 as 64512;" in text
         assert "rr client;" in text and "neighbor range 198.51.100.0/24 as 64512;" in text
-        path = tmp_path / name
-        path.write_text(text)
-        proc = subprocess.run([bird, "-p", "-c", str(path)], capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # Only block-shaped routes of the chart's pool, next hop the sending node, are taken.
+        client = text.split("template bgp routed_client")[1]
+        assert "import filter routed_blocks;" in client and "import all" not in client
+        assert "bgp_next_hop = from && net ~ [ 10.244.0.0/16{26,26}, 10.244.0.0/16{32,32} ]" in text
+        assert "password" not in text
+        bird_parses(text, tmp_path, name)
+
+
+def test_route_reflectors_are_not_open_to_the_world_by_default(tmp_path):
+    """No clientRanges: each reflector takes sessions from its own address's subnet only."""
+    assert cu.chart().values["routeReflector"]["clientRanges"] == []
+    rendered = cu.render({"routeReflector": {"enabled": True, "addresses": ["192.0.2.250/24", "10.1.2.200/21"]}})
+    configs = rendered.get("ConfigMap", "routed-route-reflector")["data"]
+    ranges = {name: re.findall(r"neighbor range (\S+) as", text) for name, text in configs.items()}
+    assert ranges == {"bird-0.conf": ["192.0.2.0/24"], "bird-1.conf": ["10.1.0.0/21"]}
+    for name, text in configs.items():
+        assert "0.0.0.0/0" not in text
+        bird_parses(text, tmp_path, name)
+
+
+def test_route_reflector_md5_from_a_secret(tmp_path):
+    rendered = cu.render(VALUE_SETS["route-reflectors-md5"])
+    configs = rendered.get("ConfigMap", "routed-route-reflector")["data"]
+    for name, text in configs.items():
+        assert 'include "/run/bird/password.conf";' in text
+        assert "10.244.0.0/16{26,26}, 10.244.0.0/16{32,32}, 10.250.0.0/24{32,32} ]" in text
+        bird_parses(text, tmp_path, name)
+    for deploy in (d for d in rendered.all("Deployment") if "route-reflector" in d["metadata"]["name"]):
+        bird = rendered.container(deploy, "bird")
+        assert cu.mounts(bird)["/etc/bird-password"]["readOnly"] is True
+        secret = cu.volumes(deploy)["bird-password"]["secret"]
+        assert secret["secretName"] == "rr-bgp" and secret["items"] == [{"key": "password", "path": "password"}]
+        assert "/run/bird/password.conf" in bird["args"][0] and "umask 077" in bird["args"][0]
+    # The nodes use the same password: a BGPPeer per reflector, mounted where the agent reads it.
+    from bgp.peers import desired_peers
+    from routed import resources as r
+
+    docs = [r.parse(d) for d in r.load_documents(rendered.resources_yaml())]
+    peers = [d for d in docs if d.kind == "BGPPeer"]
+    assert [(str(p.spec.address), p.spec.password.secret_key_ref.name) for p in peers] == \
+        [("192.0.2.250", "rr-bgp"), ("192.0.2.251", "rr-bgp")]
+    node = r.parse({"apiVersion": "routed.io/v1", "kind": "Node", "metadata": {"name": "node-0"},
+                    "spec": {"bgp": {"ipv4Address": "192.0.2.10/24"}}})
+    got = desired_peers(node, [node] + [d for d in docs if d.kind == "Node"],
+                        [d for d in docs if d.kind == "BGPConfiguration"], peers)
+    assert [(p.address, p.password_ref) for p in got] == [("192.0.2.250", ("rr-bgp", "password")),
+                                                          ("192.0.2.251", ("rr-bgp", "password"))]
+    ds = rendered.daemonset()
+    volume = cu.volumes(ds)[cu.mounts(rendered.container(ds, "agent"))["/etc/routed/secrets"]["name"]]
+    assert [(s["secret"]["name"], s["secret"]["items"]) for s in volume["projected"]["sources"]] == \
+        [("rr-bgp", [{"key": "password", "path": "rr-bgp/password"}])]
 
 
 def test_notes_say_what_to_check_next():

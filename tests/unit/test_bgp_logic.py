@@ -59,7 +59,10 @@ def test_rendered_exabgp_configuration():
     me = peers.local_speaker(NODES[0], [])
     got = peers.desired_peers(NODES[0], NODES, [], [peer("tor", "10.0.0.254", 65001, holdTime=9, keepaliveTime=3,
                                                          password={"secretKeyRef": {"name": "s", "key": "k"}})])
-    text = exabgp.render(me, got, "/usr/bin/python3 -m bgp.helper --socket /run/x.sock", {"10.0.0.254": "s3cret"})
+    rendered = exabgp.render(me, got, "/usr/bin/python3 -m bgp.helper --socket /run/x.sock",
+                             {"10.0.0.254": "s3cret"})
+    text = rendered.text
+    assert rendered.skipped == {}
     assert "run /usr/bin/python3 -m bgp.helper --socket /run/x.sock;" in text and "encoder json;" in text
     assert text.count("neighbor ") == 3 and "peer-as 65001;" in text and "hold-time 9;" in text
     assert 'md5-password "s3cret";' in text and text.count("md5-password") == 1
@@ -67,8 +70,19 @@ def test_rendered_exabgp_configuration():
     assert "manual-eor true;" in text and "graceful-restart 120;" in text
     env = exabgp.environment(me)
     assert env["exabgp_tcp_bind"] == "10.0.0.1" and env["exabgp_daemon_user"] == "root"
-    with pytest.raises(ValueError):
-        exabgp.render(me, got, "x", {"10.0.0.254": 'bad";password'})
+
+
+
+@pytest.mark.parametrize("password", ['bad";password', "new\nline", "", "x" * 81, "a{b}", "back\\slash"])
+def test_a_peer_with_a_bad_password_is_left_out_alone(password):
+    me = peers.local_speaker(NODES[0], [])
+    got = peers.desired_peers(NODES[0], NODES, [], [peer("tor", "10.0.0.254", 65001,
+                                                         password={"secretKeyRef": {"name": "s", "key": "k"}})])
+    rendered = exabgp.render(me, got, "x", {"10.0.0.254": password})
+    assert list(rendered.skipped) == ["10.0.0.254"] and "MD5 password" in rendered.skipped["10.0.0.254"]
+    assert "neighbor 10.0.0.254" not in rendered.text and "md5-password" not in rendered.text
+    # The mesh neighbours are all there.
+    assert "neighbor 10.0.0.2 {" in rendered.text and "neighbor 10.0.1.3 {" in rendered.text
 
 
 POOLS = [decide.PoolView(ipaddress.ip_network("10.244.0.0/16"), "Never", "CrossSubnet"),
@@ -91,20 +105,64 @@ def test_route_per_pool_mode(prefix, next_hop, expected):
         assert got.gateway == next_hop and got.proto == 202
 
 
-@pytest.mark.parametrize("route, allowed, reason", [
-    (decide.Learned("10.244.1.0/26", "10.0.0.2", "p", (65001, 64512)), (), "own AS"),
-    (decide.Learned("192.168.0.0/24", "10.0.0.2", "p"), (), "outside every IP pool"),
-    (decide.Learned("10.244.0.0/26", "10.0.0.2", "p"), (), "own blocks"),
-    (decide.Learned("nonsense", "10.0.0.2", "p"), (), "not a valid"),
+class Owners:
+    """IPAM's answer, as a table (ipam.origins.Origins in the agent)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def originator(self, prefix):
+        return self.table.get(prefix)
+
+
+# a owns 10.244.1.0/26 and holds 10.244.2.9 (borrowed from b's block 10.244.2.0/26);
+# this node is "me" at 10.0.0.9, owning 10.244.0.0/26.
+OWNERS = Owners({"10.244.1.0/26": "a", "10.244.2.0/26": "b", "10.244.2.9/32": "a", "10.244.0.0/26": "me"})
+NODE_ADDRESSES = {"a": "10.0.0.1", "b": "10.0.0.2", "me": "10.0.0.9", "c": "10.0.1.3"}
+POLICY = decide.Policy(64512, POOLS, {"10.244.0.0/26"}, OWNERS, NODE_ADDRESSES)
+
+
+@pytest.mark.parametrize("route, allowed, reason, words", [
+    (decide.Learned("10.244.1.0/26", "10.0.0.1", "p", (65001, 64512)), (), "own-as", "own AS"),
+    (decide.Learned("192.168.0.0/24", "10.0.0.2", "p"), (), "outside-pools", "outside every IP pool"),
+    (decide.Learned("10.244.0.0/26", "10.0.0.2", "p"), (), "own-prefix", "own blocks"),
+    (decide.Learned("nonsense", "10.0.0.2", "p"), (), "invalid", "not a valid"),
+    # The hijacks: a pod's /32 or a /27 inside a pool, next hop the peer itself.
+    (decide.Learned("10.244.1.5/32", "10.0.0.254", "10.0.0.254"), (), "next-hop-not-a-node", "no node's address"),
+    (decide.Learned("10.244.7.0/27", "10.0.0.254", "10.0.0.254"), (), "next-hop-not-a-node", "10.0.0.254"),
+    # allowedPrefixes never opens a pool to a peer.
+    (decide.Learned("10.244.1.5/32", "10.0.0.254", "p"), ("10.244.0.0/16",), "next-hop-not-a-node", ""),
+    # A node's address as next hop, but IPAM gives the prefix to nobody, or to another node.
+    (decide.Learned("10.244.7.0/27", "10.0.0.1", "p"), (), "not-in-ipam", "no block or borrowed"),
+    (decide.Learned("10.244.1.7/32", "10.0.0.1", "p"), (), "not-in-ipam", "10.244.1.7/32"),
+    (decide.Learned("10.244.1.0/26", "10.0.0.2", "p"), (), "wrong-next-hop", "gives it to node a (10.0.0.1)"),
+    (decide.Learned("10.244.2.9/32", "10.0.0.2", "p"), (), "wrong-next-hop", "not to b at next hop 10.0.0.2"),
 ])
-def test_rejections(route, allowed, reason):
-    why = decide.rejection(route, 64512, POOLS, allowed, {"10.244.0.0/26"})
-    assert why is not None and reason.split()[0] in why
+def test_rejections(route, allowed, reason, words):
+    why = decide.rejection(route, POLICY, allowed)
+    assert why is not None and why.reason == reason and words in str(why), why
+    assert why.reason in decide.REASONS
 
 
-def test_acceptance_and_best_path():
-    ok = decide.Learned("192.168.0.0/24", "10.0.0.2", "p")
-    assert decide.rejection(ok, 64512, POOLS, ("192.168.0.0/16",), set()) is None
+@pytest.mark.parametrize("route, allowed", [
+    (decide.Learned("192.168.0.0/24", "10.0.0.2", "p"), ("192.168.0.0/16",)),  # outside pools, allowed
+    (decide.Learned("10.244.1.0/26", "10.0.0.1", "10.0.0.1"), ()),          # a's block from a (mesh)
+    (decide.Learned("10.244.1.0/26", "10.0.0.1", "10.0.0.100"), ()),        # through a reflector or ToR
+    (decide.Learned("10.244.2.9/32", "10.0.0.1", "p"), ()),                 # borrowed, from its holder
+    (decide.Learned("10.244.2.0/26", "10.0.0.2", "p"), ()),                 # b's block beside it
+])
+def test_acceptance(route, allowed):
+    assert decide.rejection(route, POLICY, allowed) is None
+
+
+def test_a_block_outside_every_pool_still_goes_to_its_node():
+    """A pool deleted while its blocks hold pods: IPAM still knows who owns them."""
+    policy = decide.Policy(64512, [], set(), OWNERS, NODE_ADDRESSES)
+    assert decide.rejection(decide.Learned("10.244.1.0/26", "10.0.0.1", "p"), policy) is None
+    assert decide.rejection(decide.Learned("10.244.1.0/26", "10.0.0.2", "p"), policy).reason == "wrong-next-hop"
+
+
+def test_best_path():
     a = decide.Learned("10.244.1.0/26", "10.0.0.9", "x", (65001,))
     b = decide.Learned("10.244.1.0/26", "10.0.0.3", "y", ())
     assert decide.best([a, b]) is b
@@ -115,3 +173,32 @@ def test_announcements_are_batched():
     commands = announce_commands("announce", prefixes)
     assert len(commands) == 3 and commands[0].startswith("announce attributes next-hop self nlri 10.244.0.0/26 ")
     assert sum(len(c.split("nlri ")[1].split()) for c in commands) == 450
+
+
+def _update(peer, announce=(), withdraw=()):
+    update = {"announce": {"ipv4 unicast": {peer: [{"nlri": p} for p in announce]}},
+              "withdraw": {"ipv4 unicast": [{"nlri": p} for p in withdraw]}}
+    return {"type": "update", "neighbor": {"address": {"peer": peer}, "message": {"update": update}}}
+
+
+def test_the_helper_keeps_no_more_of_a_peer_than_the_agent_allows():
+    import io
+    import socket
+
+    from bgp.helper import Relay
+
+    relay = Relay("unused", io.StringIO(), io.StringIO())
+    ours, theirs = socket.socketpair()
+    ours.sendall(b'{"limits": {"10.0.0.254": 2}}\n{"command": "announce eor ipv4 unicast"}\n')
+    ours.close()
+    relay.read_commands(theirs)
+    assert relay.view.limits == {"10.0.0.254": 2}
+    assert relay.stdout.getvalue() == "announce eor ipv4 unicast\n"
+    view = relay.view
+    view.apply(_update("10.0.0.254", ["10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24"]))
+    view.apply(_update("10.0.0.9", ["10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24"]))  # no limit
+    assert sorted(view.routes["10.0.0.254"]) == ["10.1.0.0/24", "10.2.0.0/24"]
+    assert len(view.routes["10.0.0.9"]) == 3
+    # A withdrawal makes room; an update of a kept prefix is always taken.
+    view.apply(_update("10.0.0.254", ["10.4.0.0/24", "10.1.0.0/24"], withdraw=["10.2.0.0/24"]))
+    assert sorted(view.routes["10.0.0.254"]) == ["10.1.0.0/24", "10.4.0.0/24"]

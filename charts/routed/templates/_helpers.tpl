@@ -72,15 +72,40 @@ IPIP 20). CrossSubnet counts as encapsulated: some of the traffic is.
 {{/* Where the etcd client certificates are mounted in every container that talks to etcd. */}}
 {{- define "routed.etcdTLSDir" -}}/etc/routed/etcd-tls{{- end -}}
 
-{{/* The Secret names (sorted, unique) the BGP peers' passwords come from. */}}
-{{- define "routed.passwordSecrets" -}}
-{{- $names := list -}}
+{{/* Every BGP password the agents read: the peers' and the route reflectors'. */}}
+{{- define "routed.passwordRefs" -}}
+{{- $refs := list -}}
 {{- range .Values.bgp.peers -}}
 {{- if .passwordSecret -}}
-{{- $names = append $names .passwordSecret.name -}}
+{{- $refs = append $refs .passwordSecret -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.routeReflector.enabled .Values.routeReflector.passwordSecret.name -}}
+{{- $refs = append $refs .Values.routeReflector.passwordSecret -}}
+{{- end -}}
+{{- toJson $refs -}}
+{{- end -}}
+
+{{/* The Secret names (sorted, unique) the BGP passwords come from. */}}
+{{- define "routed.passwordSecrets" -}}
+{{- $names := list -}}
+{{- range (include "routed.passwordRefs" . | fromJsonArray) -}}
+{{- $names = append $names .name -}}
 {{- end -}}
 {{- $names | uniq | sortAlpha | join "," -}}
+{{- end -}}
+
+{{/* The network of an IPv4 address with prefix: 192.0.2.250/24 -> 192.0.2.0/24 (BIRD wants it exact). */}}
+{{- define "routed.networkOf" -}}
+{{- $parts := splitList "/" . -}}
+{{- $length := int (last $parts) -}}
+{{- $sizes := list 256 128 64 32 16 8 4 2 1 -}}
+{{- $octets := list -}}
+{{- range $i, $octet := splitList "." (first $parts) -}}
+{{- $size := index $sizes (max 0 (min 8 (sub $length (mul 8 $i)))) -}}
+{{- $octets = append $octets (mul (div (int $octet) $size) $size) -}}
+{{- end -}}
+{{- printf "%s/%d" (join "." $octets) $length -}}
 {{- end -}}
 
 {{/* Environment every container that talks to etcd gets: the ConfigMap plus nothing else. */}}
