@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routedctl", description="Manage a routed pod network.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--etcd-endpoints", help="comma-separated URLs (default: $ROUTED_ETCD_ENDPOINTS)")
-    parser.add_argument("-o", "--output", choices=FORMATS, default="table")
+    parser.add_argument("-o", "--output", choices=FORMATS, default=None,
+                        help="table (the default for most commands), wide, yaml or json")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     resources.register(sub)
     for module in _extensions():
@@ -90,7 +91,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
         args.debug = args.debug or extra.debug
     ctx = Context(args, stdin=stdin)
     try:
-        text, notes = render(args.func(ctx, args), args.output)
+        out = args.func(ctx, args)
+        text, notes = render(out, args.output or out.default_format)
         if text:
             print(text, file=stdout)
         if notes:

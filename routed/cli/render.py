@@ -26,6 +26,8 @@ class Output:
     data: object = None
     table: Table | None = None
     messages: list[str] = field(default_factory=list)
+    # The format when the user names none (-o): "table" unless the data is the point.
+    default_format: str = "table"
 
 
 def render(out: Output, fmt: str = "table") -> tuple[str, str]:

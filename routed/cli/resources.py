@@ -6,6 +6,7 @@ import json
 import sys
 
 from routed import resources as r
+from routed.resources import calico
 from routed.errors import InvalidResource, NotFound, RoutedError
 
 from .columns import resource_table
@@ -13,7 +14,8 @@ from .render import Output
 
 
 def read_resources(path: str, stdin=None) -> list[r.Resource]:
-    """Parse every document of a file (or '-') before anything is written."""
+    """Parse every document of a file (or '-') before anything is written; projectcalico.org/v3
+    documents are converted to routed.io/v1 on the way."""
     if path == "-":
         text = (stdin or sys.stdin).read()
     else:
@@ -31,7 +33,8 @@ def read_resources(path: str, stdin=None) -> list[r.Resource]:
     parsed, seen = [], set()
     for i, doc in enumerate(docs, 1):
         try:
-            res = r.parse(doc)
+            # A Calico document is converted first, then validated like any routed one.
+            res = r.parse(calico.to_routed(doc) if calico.is_calico(doc) else doc)
         except InvalidResource as err:
             raise InvalidResource(f"{path}: document {i}: {err}" if len(docs) > 1 else f"{path}: {err}") from None
         ident = (res.kind_name, res.metadata.name)
@@ -128,6 +131,17 @@ def patch(ctx, args) -> Output:
     return Output(data=saved.to_dict(), table=resource_table(cls, [saved]), messages=[f"{_ref(saved)} patched"])
 
 
+def convert(ctx, args) -> Output:
+    """The routed.io/v1 form of a file (Calico's or routed's own), validated, written nowhere."""
+    items = [res.to_dict() for res in read_resources(args.filename, ctx.stdin)]
+    for item in items:  # identity in a datastore is the datastore's to give
+        for field in ("uid", "resourceVersion", "creationTimestamp"):
+            item["metadata"].pop(field, None)
+    data = items[0] if len(items) == 1 else {"apiVersion": r.API_VERSION, "kind": "List", "items": items}
+    # The point of convert is the document: YAML unless -o says otherwise.
+    return Output(data=data, default_format="yaml")
+
+
 def register(sub) -> None:
     for mode, help_ in (("apply", "create or update resources from a file"),
                         ("create", "create resources from a file (error if one exists)"),
@@ -135,6 +149,10 @@ def register(sub) -> None:
         p = sub.add_parser(mode, help=help_)
         p.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
         p.set_defaults(func=lambda ctx, args, mode=mode: write(ctx, args, mode))
+
+    p = sub.add_parser("convert", help="print the routed.io form of a file (e.g. Calico's projectcalico.org/v3)")
+    p.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
+    p.set_defaults(func=convert)
 
     p = sub.add_parser("get", help="show resources")
     p.add_argument("kind")
