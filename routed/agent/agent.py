@@ -17,6 +17,7 @@ from routed import resources as r
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
 from routed.errors import RoutedError
+from routed.version import version
 
 from . import node as nodeinfo
 from .bgp import BGPController
@@ -91,6 +92,7 @@ class Agent:
                                      c.bgp_socket, c.secrets_dir, c.resync)
             self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
+        documents["/version"] = lambda: {"version": version(), "node": c.node_name}
         self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents)
         self.health.start()
         self.metrics.gauges["routed_ipam_transactions_total"] = lambda: self.ipam.stats["txn"]

@@ -1,4 +1,4 @@
-"""`routedctl node status`: this node's BGP peers, as the local agent sees them."""
+"""`routedctl node status | diags`: this node, as the local agent sees it."""
 
 from __future__ import annotations
 
@@ -12,15 +12,33 @@ from routed.errors import RoutedError
 from .render import Output, Table
 
 
-def status(ctx, args) -> Output:
-    url = args.agent.rstrip("/") + "/bgp/peers"
+def agent_get(agent: str, path: str, timeout: float = 5) -> bytes:
+    """One document from the agent's health port, or a RoutedError saying where it was asked."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            peers = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as err:
+        with urllib.request.urlopen(agent.rstrip("/") + path, timeout=timeout) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise RoutedError(f"cannot ask the routed agent at {args.agent}: {reason} "
+        raise RoutedError(f"cannot ask the routed agent at {agent}: {reason} "
                           "(run this on a node, or pass --agent URL)") from None
+
+
+def agent_json(agent: str, path: str):
+    body = agent_get(agent, path)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise RoutedError(f"the routed agent at {agent} answered {path} with something that is not JSON") from None
+
+
+def add_agent_argument(parser) -> None:
+    port = os.environ.get("ROUTED_HEALTH_PORT", "9099")
+    parser.add_argument("--agent", default=os.environ.get("ROUTED_AGENT_URL", f"http://127.0.0.1:{port}"),
+                        help="the agent's health endpoint (default: this node's, $ROUTED_AGENT_URL)")
+
+
+def status(ctx, args) -> Output:
+    peers = agent_json(args.agent, "/bgp/peers")
     rows = [[p["address"], p["type"], p["state"], p["since"], p["info"]] for p in peers]
     wide = [[p["name"], p["accepted"], p["rejected"], _reasons(p.get("rejectedBy") or {}),
              _limit(p.get("maxPrefixes", 0), p.get("dropped", 0))] for p in peers]
@@ -46,9 +64,11 @@ def _limit(limit: int, dropped: int) -> str:
 
 
 def register(sub) -> None:
+    from . import diags
+
     node = sub.add_parser("node", help="this node's state")
     verbs = node.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verbs.add_parser("status", help="BGP peers and their state, like calicoctl node status")
-    port = os.environ.get("ROUTED_HEALTH_PORT", "9099")
-    p.add_argument("--agent", default=os.environ.get("ROUTED_AGENT_URL", f"http://127.0.0.1:{port}"))
+    add_agent_argument(p)
     p.set_defaults(func=status)
+    diags.register(verbs)
