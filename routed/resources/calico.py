@@ -91,8 +91,7 @@ def _allowed_uses(value: Any) -> dict:
 def _restart_mode(value: Any) -> dict:
     if value == "GracefulRestart":
         return {"gracefulRestart": True}
-    raise _Refused(f"{_show(value)} is not supported by routed; only GracefulRestart is "
-                   "(set maxRestartTime: 0s to turn graceful restart off)")
+    raise _Refused(f"{_show(value)} is not supported by routed; only \"GracefulRestart\" is")
 
 
 _IPPOOL = {

@@ -163,7 +163,7 @@ spec:
     ("nextHopMode", "Self", "next hop is always the node"),
     ("localASNumber", "64999", "one local AS per node"),
     ("failureDetectionMode", "BFDIfDirectlyConnected", "no BFD"),
-    ("restartMode", "LongLivedGracefulRestart", "only GracefulRestart"),
+    ("restartMode", "LongLivedGracefulRestart", 'only "GracefulRestart"'),
     ("birdGatewayMode", "DirectIfDirectlyConnected", "no BIRD"),
     ("numAllowedLocalASNumbers", "1", "own AS"),
     ("ttlSecurity", "1", "no GTSM"),
