@@ -173,14 +173,15 @@ build routed "$ROUTED" "$routed_inputs" . \
 # pause: a static Go binary, in a context of its own.
 mkdir -p "$OUT/pause-context"
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$OUT/pause-context/pause" images/pause/pause.go
-build pause "$PAUSE" "$(hash_files images/pause/Containerfile "$OUT/pause-context/pause")" \
+build pause "$PAUSE" "$(hash_files "$0" images/pause/Containerfile "$OUT/pause-context/pause")" \
   "$OUT/pause-context" -f images/pause/Containerfile
 
 # testpod: Debian's static busybox with a link per applet.
 busybox=$(command -v busybox)
-testpod_inputs=$(hash_files images/testpod/Containerfile "$busybox")
+testpod_inputs=$(hash_files "$0" images/testpod/Containerfile "$busybox")
 if [ "$(cat "$OUT/testpod-context/inputs" 2>/dev/null)" != "$testpod_inputs" ]; then
-  rm -rf "$OUT/testpod-context" && mkdir -p "$OUT/testpod-context/rootfs/bin"
+  rm -rf "$OUT/testpod-context" && mkdir -p "$OUT/testpod-context/rootfs/"{bin,etc,tmp}
+  chmod 1777 "$OUT/testpod-context/rootfs/tmp"
   cp "$busybox" "$OUT/testpod-context/rootfs/bin/busybox"
   for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$OUT/testpod-context/rootfs/bin/$applet"
