@@ -18,13 +18,14 @@
 # Everything lives under $ROUTED_IMAGE_DIR (default build/image, git-ignored), podman's
 # storage too (podman/root): never the machine's default store, which tests share.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 
-OUT=${ROUTED_IMAGE_DIR:-$PWD/build/image}
+OUT=${ROUTED_IMAGE_DIR:-$REPO/build/image}
 MIRROR=${ROUTED_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${ROUTED_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SUITE=bookworm
-VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+VERSION=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+          "$REPO/pyproject.toml")
 BASE=localhost/routed-base:$SUITE
 ROUTED=localhost/routed/routed:$VERSION
 PAUSE=localhost/routed/pause:$VERSION
@@ -56,11 +57,12 @@ podman() {
     command podman "$@"
 }
 
-if [ "${1:-}" = podman ]; then
+if [ "${1:-}" = podman ]; then  # in the caller's directory
   shift
   podman "$@"
   exit
 fi
+cd "$REPO"
 
 [ "$(id -u)" -eq 0 ] || { echo "build-image: needs root (debootstrap, podman)" >&2; exit 1; }
 for tool in debootstrap podman runc go busybox; do
