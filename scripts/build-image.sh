@@ -142,6 +142,7 @@ build() {
     return
   fi
   log "building $image"
+  built=yes
   local start=$SECONDS old
   old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   # The host network: RUN steps reach the Debian mirror and PyPI, and no bridge or
@@ -160,6 +161,7 @@ build() {
   log "$image in $((SECONDS - start)) s: $archive ($(du -m "$archive" | cut -f1) MiB)"
 }
 
+built=""
 make_base
 base_key=$(printf %s "$BASE_KEY" | sha256sum | cut -c1-16)
 
@@ -171,6 +173,13 @@ secret=()
 [ -s /etc/ssl/certs/ca-certificates.crt ] && secret=(--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt)
 build routed "$ROUTED" "$routed_inputs" . \
   -f Dockerfile --build-arg "BASE_IMAGE=$BASE" "${secret[@]}"
+if [ "$(podman image inspect --format '{{index .Labels "io.routed.inputs"}}' "$ROUTED-build" 2>/dev/null)" \
+     != "$routed_inputs" ]; then
+  # Name the build stage (all cached by now): its layers are the next build's cache, so
+  # the unnamed images earlier builds left can go (at the end).
+  podman build --network host --label "io.routed.inputs=$routed_inputs" --target build -t "$ROUTED-build" \
+    -f Dockerfile --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" . >>"$OUT/routed.build.log"
+fi
 
 # pause: a static Go binary, in a context of its own.
 mkdir -p "$OUT/pause-context"
@@ -192,6 +201,8 @@ if [ "$(cat "$OUT/testpod-context/inputs" 2>/dev/null)" != "$testpod_inputs" ]; 
 fi
 build testpod "$TESTPOD" "$testpod_inputs" "$OUT/testpod-context" \
   -f images/testpod/Containerfile
+
+[ -z "$built" ] || podman image prune --force >/dev/null
 
 echo "routed $ROUTED $OUT/routed.tar"
 echo "pause $PAUSE $OUT/pause.tar"
