@@ -165,10 +165,13 @@ built=""
 make_base
 base_key=$(printf %s "$BASE_KEY" | sha256sum | cut -c1-16)
 
-# routed: the context is what .dockerignore lets in (its `!` lines), plus the Dockerfile.
+# routed: the CNI plugin it copies is built first (nothing when up to date). The inputs
+# are what .dockerignore lets in (its `!` lines, globs expanded), plus the Dockerfile.
+bash scripts/build-cni.sh
 mapfile -t context < <(sed -n 's/^!//p' .dockerignore)
+# shellcheck disable=SC2068  # unquoted: the globs expand (no spaces in these paths)
 routed_inputs=$(hash_files Dockerfile .dockerignore \
-  $(find "${context[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | sort))-$base_key
+  $(find ${context[@]} -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | sort))-$base_key
 secret=()
 [ -s /etc/ssl/certs/ca-certificates.crt ] && secret=(--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt)
 build routed "$ROUTED" "$routed_inputs" . \

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tarfile
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cni.install import elf_kind, go_arch
 from tests.chart.chartutil import render
 from tests.support.images import REPO, build, podman
 from tests.support.wait import eventually
@@ -133,6 +135,8 @@ def test_install_cni_puts_a_plugin_on_the_host_that_answers_version(images, tmp_
     assert conflist["plugins"][0]["type"] == "routed", conflist
     plugin = bin_dir / "routed"
     assert os.access(plugin, os.X_OK), sorted(os.listdir(bin_dir))
+    # Self-contained: the node needs nothing of the image (no interpreter, no libc).
+    assert elf_kind(plugin.read_bytes()) == (go_arch(platform.machine()), True)
     answer = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
                             input=json.dumps({"cniVersion": conflist["cniVersion"]}),
                             capture_output=True, text=True, timeout=30)
