@@ -127,7 +127,7 @@ EOF
   key=$(printf %s "$BASE_KEY" | sha256sum | cut -c1-16)
   if [ "$(podman image inspect --format '{{index .Labels "io.routed.base"}}' "$BASE" 2>/dev/null)" != "$key" ]; then
     log "importing $BASE"
-    podman import --change "LABEL io.routed.base=$key" --change 'CMD ["bash"]' "$dir/base.tar" "$BASE" >/dev/null
+    podman import --quiet --change "LABEL io.routed.base=$key" --change 'CMD ["bash"]' "$dir/base.tar" "$BASE" >/dev/null
   fi
 }
 
@@ -147,7 +147,7 @@ build() {
   old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   # The host network: RUN steps reach the Debian mirror and PyPI, and no bridge or
   # firewall rule is made on this host.
-  podman build --network host --label "io.routed.inputs=$inputs" -t "$image" "$@" "$context" >"$OUT/$name.build.log" \
+  podman build --network host --label "io.routed.inputs=$inputs" -t "$image" "$@" "$context" >"$OUT/$name.build.log" 2>&1 \
     || { tail -n 30 "$OUT/$name.build.log" >&2; exit 1; }
   rm -f "$archive.tmp"
   podman save --quiet --format docker-archive -o "$archive.tmp" "$image" >/dev/null
@@ -181,7 +181,7 @@ if [ "$(podman image inspect --format '{{index .Labels "io.routed.inputs"}}' "$R
   # Name the build stage (all cached by now): its layers are the next build's cache, so
   # the unnamed images earlier builds left can go (at the end).
   podman build --network host --label "io.routed.inputs=$routed_inputs" --target build -t "$ROUTED-build" \
-    -f Dockerfile --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" . >>"$OUT/routed.build.log"
+    -f Dockerfile --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" . >>"$OUT/routed.build.log" 2>&1
 fi
 
 # pause: a static Go binary, in a context of its own.
