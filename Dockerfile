@@ -10,15 +10,24 @@
 # and the image copies those files: the same bytes the tests ran.
 #
 # Debian 12's own python3 (3.11, what pyproject.toml requires) in both stages, so the
-# virtualenv built in the first one runs unchanged in the second.
+# virtualenv built in the first one runs unchanged in the second. Where no registry can
+# be reached, scripts/build-image.sh makes the same Debian base with debootstrap and
+# passes it as BASE_IMAGE.
 
-FROM debian:12-slim AS build
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BASE_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-pip \
+      python3 python3-venv python3-pip ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/routed/venv \
- && /opt/routed/venv/bin/pip install --no-cache-dir --upgrade pip setuptools wheel
+# Behind a TLS-intercepting proxy, pass its CA bundle as the secret `ca-bundle`
+# (`--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt`): Debian's pip trusts
+# the system bundle. Only this build stage sees it; the image does not.
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then cat /run/secrets/ca-bundle >> /etc/ssl/certs/ca-certificates.crt; fi
+# Debian's pip (pinned by the release; 23.0.1 in bookworm) builds the venv: no unpinned upgrade.
+RUN python3 -m venv /opt/routed/venv
 WORKDIR /src
 # Dependencies first (a layer that survives source edits), then the project itself.
 COPY pyproject.toml ./
@@ -32,9 +41,10 @@ COPY bgp ./bgp
 RUN /opt/routed/venv/bin/pip install --no-cache-dir --no-deps . \
  && /opt/routed/venv/bin/routed --help >/dev/null \
  && /opt/routed/venv/bin/routedctl --help >/dev/null \
- && /opt/routed/venv/bin/exabgp --version >/dev/null
+ && /opt/routed/venv/bin/exabgp version >/dev/null \
+ && /opt/routed/venv/bin/pip uninstall --quiet --yes pip setuptools
 
-FROM debian:12-slim
+FROM ${BASE_IMAGE}
 # iproute2: `ip` for netns and the route reflector's address; iptables (nft backend,
 # Debian's default) for natOutgoing; bird2 for the optional route reflector.
 RUN apt-get update \

@@ -11,7 +11,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables iputils-ping tcpdump procps psmisc openssl
   bird2 frr gobgpd
   containernetworking-plugins podman runc containerd
-  golang-go golang-github-appc-cni-dev busybox-static file
+  golang-go golang-github-appc-cni-dev busybox-static file debootstrap
 )
 
 missing=()
