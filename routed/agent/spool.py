@@ -66,7 +66,9 @@ def replay_shim_spool(directory: str | Path, replay: Replay, stats: Counter) -> 
             done += 1
             log.info("replayed spooled DEL for container %s", container)
         elif _cni_code(out) == TRY_AGAIN_LATER:
+            # etcd is away: the rest would wait for it too, and keep liveness waiting
             log.warning("spooled DEL for container %s failed, will retry: %s", container, out)
+            break
         else:
             _move_aside(entry, f"DEL for container {container} failed for good: {out}", stats)
     return done
@@ -161,9 +163,12 @@ class PendingReleases:
                     continue  # an ADD settled it meanwhile
                 try:
                     release(handle)
-                except (DatastoreUnavailable, Conflict) as err:  # etcd away or busy: next round
+                except Conflict as err:  # etcd busy: next round
                     log.debug("release of %s still pending: %s", handle, err)
                     continue
+                except DatastoreUnavailable as err:  # etcd away: the others would wait for it too
+                    log.debug("releases still pending: %s", err)
+                    break
                 except Exception as err:  # never going to work: keep it for an operator, not forever
                     self._move_aside(handle, err)
                     continue
