@@ -163,8 +163,9 @@ class Agent:
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
         """One CNI request; requests for one container never interleave (a DEL waits for
         the ADD it follows), different containers run in parallel."""
+        received = time.time_ns()  # before any wait: an ADD is as old as its request
         with self.containers.hold(env.get("CNI_CONTAINERID", "")):
-            return self._dispatch(env, stdin)
+            return self._dispatch(env, stdin, received)
 
     def replay_spooled_del(self, env: dict, stdin: str, spooled_ns: int) -> tuple[int, str] | None:
         """A DEL the plugin spooled at spooled_ns; None (dropped) if the container was added
@@ -173,10 +174,9 @@ class Agent:
         with self.containers.hold(container):
             if self.last_adds.since(container, ifname) > spooled_ns:
                 return None
-            return self._dispatch(env, stdin)
+            return self._dispatch(env, stdin, time.time_ns())
 
-    def _dispatch(self, env: dict, stdin: str) -> tuple[int, str]:
-        received = time.time_ns()
+    def _dispatch(self, env: dict, stdin: str, received: int) -> tuple[int, str]:
         code, out = dispatch(env, stdin, self.cni_context)
         command, container, ifname = (env.get(k, "") for k in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME"))
         if code == 0 and command in ("ADD", "DEL"):
