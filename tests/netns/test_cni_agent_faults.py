@@ -24,12 +24,11 @@ from cni import wire
 from ipam.allocator import IPAM
 from routed import resources as r
 from routed.agent.spool import PendingReleases
-from routed.datastore import keys
 from routed.datastore.resources import ResourceStore
 from routed.dataplane.names import host_veth_name
 from routed.errors import RoutedError
 from tests.support.agent import AgentProcess, cni
-from tests.support.netns import Netns, node_host
+from tests.support.netns import node_host
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.root
@@ -40,20 +39,6 @@ NET = "k8s-pod-network"
 def pool(name, cidr, **spec):
     return r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": name},
                     "spec": {"cidr": cidr, **spec}})
-
-
-@pytest.fixture
-def pods():
-    made = []
-
-    def make():
-        ns = Netns("pod")
-        made.append(ns)
-        return ns
-
-    yield make
-    for ns in made:
-        ns.delete()
 
 
 @pytest.fixture
