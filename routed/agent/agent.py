@@ -157,7 +157,7 @@ class Agent:
         m.counter("routed_cni_spool_superseded_total", "Spooled DELs dropped: the container was added again since.",
                   lambda: self.spool_stats["superseded"])
         m.counter("routed_controller_errors_total", "Controller passes that failed, by controller.",
-                  lambda: {f'controller="{name}"': n for name, n in self.controllers.errors.items()})
+                  lambda: {f'controller="{name}"': n for name, n in self.controllers.errors().items()})
         m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
 
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
@@ -206,7 +206,7 @@ class Agent:
         if stop.is_set():
             return
         self.registered.set()
-        c, errors = self.config, self.controllers.errors
+        c = self.config
         reaper = EmptyBlockReaper(self.ipam, c.node_name, c.block_grace)
         # natOutgoing runs iptables, which can hang on the xtables lock: in its own
         # thread, where a hang shows in /healthz instead of holding up the rest.
@@ -214,12 +214,12 @@ class Agent:
         if self.bgp is not None:
             self._spawn("bgp", self.bgp.run)
         for controller in (
-                Every("cni-spool", 10.0, self._replay_spool, errors=errors),
+                Every("cni-spool", 10.0, self._replay_spool),
                 Loop("releases", 5.0, lambda stop, beat: self.pending.run(self.ipam.release_handle, stop, beat)),
                 BlockRoutes(self.kv, self.dataplane, c.node_name, c.resync),
-                Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup, errors=errors),
-                Every("empty-blocks", min(60.0, max(1.0, c.block_grace / 4)), reaper.sweep, errors=errors),
-                Every("node-labels", c.resync, self._refresh_labels, errors=errors)):
+                Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup),
+                Every("empty-blocks", min(60.0, max(1.0, c.block_grace / 4)), reaper.sweep),
+                Every("node-labels", c.resync, self._refresh_labels)):
             self.controllers.start(controller)
 
     def _refresh_labels(self) -> None:

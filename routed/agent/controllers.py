@@ -1,9 +1,9 @@
 """The agent's controllers: desired state from etcd, applied to the node, resynced on a timer.
 
 A controller (the Controller protocol) has a name, an interval (the longest it goes
-between two passes of its loop while healthy), run(stop, beat) (reconcile on every
-relevant change and at least every interval, calling beat() once per pass) and
-cleanup() (undo what it installed, for node removal). Controllers runs them: a thread
+between two passes of its loop while healthy), a count of failed passes, run(stop, beat)
+(reconcile on every relevant change and at least every interval, calling beat() once
+per pass) and cleanup() (undo what it installed, for node removal). Controllers runs them: a thread
 each, a heartbeat each (liveness.Heartbeats, behind /healthz), and cleanup() on stop
 when the agent is asked to leave the node clean.
 """
@@ -29,6 +29,7 @@ log = logging.getLogger("routed.agent")
 class Controller(Protocol):
     name: str
     interval: float
+    failures: int  # passes that failed so far (errors are logged, the loop goes on)
 
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None: ...
 
@@ -36,12 +37,16 @@ class Controller(Protocol):
 
 
 class Controllers:
-    """Runs controllers until stop is set; counts their errors per name."""
+    """Runs controllers until stop is set."""
 
     def __init__(self, stop: threading.Event, heartbeats: Heartbeats):
         self.stop_event, self.heartbeats = stop, heartbeats
-        self.errors: Counter = Counter()  # controller name -> failed passes (Every) or crashes
+        self._crashes: Counter = Counter()  # controller name -> times its run() raised
         self._running: list[tuple[Controller, threading.Thread]] = []
+
+    def errors(self) -> dict[str, int]:
+        """Failed passes and crashes, per controller (a counter: it only grows)."""
+        return {c.name: c.failures + self._crashes[c.name] for c, _ in self._running}
 
     def start(self, controller: Controller) -> None:
         self.heartbeats.register(controller.name, controller.interval)
@@ -54,7 +59,7 @@ class Controllers:
             controller.run(self.stop_event, lambda: self.heartbeats.beat(controller.name))
         except Exception:
             # Its heartbeat stops with it: /healthz names it and the agent gets restarted.
-            self.errors[controller.name] += 1
+            self._crashes[controller.name] += 1
             log.exception("controller %s crashed", controller.name)
             return
         self.heartbeats.forget(controller.name)
@@ -90,6 +95,7 @@ class BlockRoutes:
 
     def __init__(self, kv: KV, routes: Blackholes, node: str, resync: float = 30.0):
         self.kv, self.routes, self.node, self.interval = kv, routes, node, resync
+        self.failures = 0
 
     def desired(self) -> tuple[set[str], int]:
         listing = self.kv.list(keys.affinity(self.node))
@@ -109,6 +115,7 @@ class BlockRoutes:
             try:
                 watch = self.kv.watch(keys.affinity(self.node), self.sync() + 1)
             except RoutedError as err:
+                self.failures += 1
                 log.warning("block routes: %s; retrying", err)
                 stop.wait(2)
                 continue
@@ -124,6 +131,7 @@ class BlockRoutes:
                         self.sync()
                         next_sync = time.monotonic() + self.interval
             except RoutedError as err:
+                self.failures += 1
                 log.warning("block routes: %s; resyncing", err)
             finally:
                 watch.cancel()
@@ -137,17 +145,17 @@ class Every:
     and counted, never fatal. cleanup: what undoes fn's work, if anything."""
 
     def __init__(self, name: str, interval: float, fn: Callable[[], object],
-                 cleanup: Callable[[], object] | None = None, errors: Counter | None = None):
+                 cleanup: Callable[[], object] | None = None):
         self.name, self.interval, self.fn = name, interval, fn
         self._cleanup = cleanup
-        self.errors = errors if errors is not None else Counter()
+        self.failures = 0
 
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         while not stop.is_set():
             try:
                 self.fn()
             except Exception as err:
-                self.errors[self.name] += 1
+                self.failures += 1
                 log.warning("%s: %s", self.name, err)
             beat()
             stop.wait(self.interval)
@@ -162,6 +170,7 @@ class Loop:
 
     def __init__(self, name: str, interval: float, run: Callable[[threading.Event, Callable[[], None]], None]):
         self.name, self.interval, self.run = name, interval, run
+        self.failures = 0  # run() handles its own errors
 
     def cleanup(self) -> None:
         pass

@@ -310,16 +310,26 @@ def test_metrics_counters_are_counters(node, pods):
                 assert float(now.rsplit(" ", 1)[1]) >= float(value), series
 
 
-def _hung_iptables(tmp_path: Path) -> tuple[dict, Path]:
-    """An iptables-restore that waits (as on a host whose xtables lock is held) until released."""
+def _broken_iptables(tmp_path: Path, meanwhile: str) -> tuple[dict, Path]:
+    """The agent's environment with an iptables-restore that runs `meanwhile` (shell) until
+    the returned path exists, then is the real one."""
     real = shutil.which("iptables-restore")
     assert real, "iptables-restore missing: run scripts/setup.sh"
     stub, release = tmp_path / "stub-bin", tmp_path / "iptables-released"
     stub.mkdir()
-    (stub / "iptables-restore").write_text(
-        f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.1; done\nexec {real} \"$@\"\n")
+    (stub / "iptables-restore").write_text(f"#!/bin/sh\n{meanwhile.replace('{release}', str(release))}\n"
+                                           f"exec {real} \"$@\"\n")
     (stub / "iptables-restore").chmod(0o755)
     return {**os.environ, "PATH": f"{stub}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"}, release
+
+
+def _hung_iptables(tmp_path: Path) -> tuple[dict, Path]:
+    """As on a host whose xtables lock another program holds."""
+    return _broken_iptables(tmp_path, "while [ ! -e {release} ]; do sleep 0.1; done")
+
+
+def nat_installed(agent) -> bool:
+    return agent.host.run("iptables", "-t", "nat", "-S", "ROUTED-NAT-OUTGOING", check=False).returncode == 0
 
 
 def test_a_hung_iptables_blocks_neither_start_up_nor_the_other_controllers(tmp_path, etcd, node, pods):
@@ -336,9 +346,21 @@ def test_a_hung_iptables_blocks_neither_start_up_nor_the_other_controllers(tmp_p
         assert "nat-outgoing" in body, body
     finally:
         release.touch()
-    eventually(lambda: agent.host.run("iptables", "-t", "nat", "-S", "ROUTED-NAT-OUTGOING", check=False)
-               .returncode == 0, "natOutgoing installed once iptables answers", timeout=60)
+    eventually(lambda: nat_installed(agent), "natOutgoing installed once iptables answers", timeout=60)
     eventually(lambda: agent.healthz()[0] == 200, "/healthz back to ok", timeout=30)
+
+
+def test_a_failing_iptables_is_counted_retried_and_blocks_nothing_else(tmp_path, etcd, node, pods):
+    env, release = _broken_iptables(tmp_path, "[ -e {release} ] || { echo 'xtables: simulated failure' >&2; exit 4; }")
+    agent = node("192.0.2.48/24", "10.61.0.0/16", env=env, natOutgoing=True)
+    errors = 'routed_controller_errors_total{controller="nat-outgoing"}'
+    eventually(lambda: (metric(agent.metrics(), errors) or 0) >= 1, "the failure counted", timeout=30)
+    assert "simulated failure" in agent.log.read_text()
+    code, _, raw = add(agent, "n2", pods())
+    assert code == 0, raw
+    assert agent.healthz()[0] == 200  # failing is not stuck: the loop goes on and retries
+    release.touch()
+    eventually(lambda: nat_installed(agent), "natOutgoing installed on a retry", timeout=30)
 
 
 # -- 11: controllers keep their contract ------------------------------------------------
@@ -352,8 +374,7 @@ def test_cleanup_on_stop_undoes_what_the_controllers_installed(node, pods):
     host = agent.host
     eventually(lambda: "blackhole 10.60." in host.run("ip", "route", "show", "proto", "201").stdout,
                "the block's blackhole route")
-    eventually(lambda: host.run("iptables", "-t", "nat", "-S", "ROUTED-NAT-OUTGOING", check=False).returncode == 0,
-               "natOutgoing installed")
+    eventually(lambda: nat_installed(agent), "natOutgoing installed")
     agent.stop()
     assert "blackhole" not in host.run("ip", "route", "show", "proto", "201").stdout
-    assert host.run("iptables", "-t", "nat", "-S", "ROUTED-NAT-OUTGOING", check=False).returncode != 0
+    assert not nat_installed(agent)
