@@ -27,7 +27,7 @@ from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .health import HealthServer
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
-from .metrics import Metrics
+from .metrics import Family, Metrics
 from .podnet import HostDataplane
 from .spool import LastAdds, PendingReleases, replay_shim_spool
 
@@ -156,8 +156,9 @@ class Agent:
                   lambda: self.spool_stats["failed"])
         m.counter("routed_cni_spool_superseded_total", "Spooled DELs dropped: the container was added again since.",
                   lambda: self.spool_stats["superseded"])
-        m.counter("routed_controller_errors_total", "Controller passes that failed, by controller.",
-                  lambda: {f'controller="{name}"': n for name, n in self.controllers.errors().items()})
+        m.collectors.append(lambda: [Family(
+            "routed_controller_errors_total", "counter", "Controller passes that failed, by controller.",
+            [({"controller": name}, n) for name, n in sorted(self.controllers.errors().items())])])
         m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
 
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:

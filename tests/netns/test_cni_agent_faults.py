@@ -223,13 +223,15 @@ def test_the_cni_server_bounds_its_workers_and_hangs_up_on_silent_clients(node):
     baseline = _threads(agent.proc.pid)
     silent = []
     try:
-        for _ in range(24):  # connect and never send a request
+        for _ in range(40):  # connect and never send a request
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(agent.socket)
             silent.append(sock)
         code, _, raw = cni("STATUS", agent.conf("1.1.0"))  # served once the silent ones are hung up on
         assert code == 0, raw
-        assert _threads(agent.proc.pid) <= baseline + 4, "a thread per connection"
+        # 4 workers, and some slack for threads the agent starts on its own (controllers
+        # after registration, watches): far from the thread per connection it once took.
+        assert _threads(agent.proc.pid) < baseline + 20, "a thread per connection"
         for sock in silent:
             sock.settimeout(30)
             assert sock.recv(100) == b""  # the agent hung up
