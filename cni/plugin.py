@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from ipam.allocator import Allocation
 from ipam.blockmath import handle_id
 from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
 from routed.dataplane import names
@@ -36,9 +37,36 @@ class PodNetwork(Protocol):
     def check(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> list[str]: ...
 
 
+class Addresses(Protocol):
+    """IPAM as the CNI commands use it (ipam.allocator.IPAM)."""
+
+    def allocate(self, handle: str, node: str, attrs: dict | None = None, num: int = 1,
+                 pools: list[str] | None = None, version: int = 4,
+                 node_labels: dict | None = None) -> Allocation: ...
+
+    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None) -> Allocation: ...
+
+    def release_handle(self, handle: str) -> list: ...
+
+    def held_by(self, handle: str) -> list: ...
+
+    def handles_on_node(self, node: str, prefix: str = "") -> set[str]: ...
+
+    def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4,
+                  fresh: bool = False) -> list: ...
+
+
+class PodAnnotations(Protocol):
+    """The agent's cache of this node's pods (routed.k8s.podinfo.PodInfo)."""
+
+    def addresses_for(self, namespace: str, pod: str) -> list[str] | None: ...
+
+    def pools_for(self, namespace: str, pod: str, version: int = 4) -> list[str] | None: ...
+
+
 @dataclass
 class Context:
-    ipam: object  # ipam.allocator.IPAM
+    ipam: Addresses
     node: str
     pods: PodNetwork
     node_labels: Callable[[], dict] = dict
@@ -46,9 +74,13 @@ class Context:
     # away). DEL hands every release to it; other releases fall back to it when etcd
     # cannot be reached. None: DEL releases before it answers, and a failed release is lost.
     release_later: Callable[[str], None] | None = None
-    # With Kubernetes: the agent's cache of this node's pods (routed.k8s.podinfo.PodInfo),
-    # whose annotations choose pools and fixed addresses. Read from the cache, never the API.
-    pod_info: object | None = None
+    # Finish a release queued for this handle now (raises while etcd is away). ADD calls
+    # it first: a queued release done after the ADD reused the handle would free the
+    # address under the new pod.
+    settle_release: Callable[[str], None] | None = None
+    # With Kubernetes: the agent's cache of this node's pods, whose annotations choose
+    # pools and fixed addresses. Read from the cache, never the API.
+    pod_info: PodAnnotations | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -68,6 +100,8 @@ def cmd_add(req: Request, ctx: Context) -> str:
     if not os.path.exists(req.netns):
         raise CNIError(spec.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist")
     handle, host_if, conf = handle_of(req), host_veth_name(req), req.conf
+    if ctx.settle_release is not None:
+        ctx.settle_release(handle)
     attrs = {k: v for k, v in (("pod", req.pod_name), ("namespace", req.pod_namespace),
                                ("container", req.container_id[:64])) if v}
     static = conf.runtime_config.get("ips") or []
@@ -116,10 +150,13 @@ def _release_quietly(ctx: Context, handle: str) -> None:
     try:
         ctx.ipam.release_handle(handle)
     except (DatastoreUnavailable, Conflict) as err:
-        if ctx.release_later is None:
-            log.error("release of %s lost: %s", handle, err)
-            return
-        ctx.release_later(handle)
+        if ctx.release_later is not None:
+            try:
+                ctx.release_later(handle)
+                return
+            except RoutedError as queue_err:
+                err = queue_err
+        log.error("release of %s lost: %s", handle, err)
 
 
 def cmd_del(req: Request, ctx: Context) -> str:
@@ -137,12 +174,19 @@ def cmd_del(req: Request, ctx: Context) -> str:
         except (DatastoreUnavailable, Conflict):
             pass
     ctx.pods.teardown(netns, req.ifname, host_veth_name(req), ips)
-    if ctx.release_later is not None:
-        ctx.release_later(handle)
-        log.info("DEL %s: release queued", handle)
-    else:
+    if ctx.release_later is None:
         _release_quietly(ctx, handle)
         log.info("DEL %s: released", handle)
+        return ""
+    try:
+        ctx.release_later(handle)
+    except RoutedError as err:
+        # The queue cannot be written (a full disk): release now, or fail and the runtime retries.
+        log.warning("DEL %s: %s; releasing at once", handle, err)
+        ctx.ipam.release_handle(handle)
+        log.info("DEL %s: released", handle)
+        return ""
+    log.info("DEL %s: release queued", handle)
     return ""
 
 

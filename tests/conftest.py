@@ -52,3 +52,19 @@ def kv(etcd):
 @pytest.fixture
 def root():
     _require(os.geteuid() == 0, "root (network namespaces)")
+
+
+@pytest.fixture
+def pods():
+    """make() -> a new namespace playing a pod; all removed at the end."""
+    from tests.support.netns import Netns
+
+    made = []
+
+    def make():
+        made.append(Netns("pod"))
+        return made[-1]
+
+    yield make
+    for ns in made:
+        ns.delete()

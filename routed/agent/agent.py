@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,13 @@ from routed.version import version
 from . import node as nodeinfo
 from .bgp import BGPController
 from .cniserver import CNIServer
-from .controllers import BlockRoutes, Every, NatOutgoing
+from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .health import HealthServer
-from .metrics import Metrics
+from .liveness import Heartbeats, verdict
+from .locks import KeyedLocks
+from .metrics import Family, Metrics
 from .podnet import HostDataplane
-from .spool import PendingReleases, replay_shim_spool
+from .spool import LastAdds, PendingReleases, replay_shim_spool
 
 log = logging.getLogger("routed.agent")
 
@@ -49,6 +53,14 @@ class AgentConfig:
     bgp_dir: str = "/var/run/routed/bgp"
     bgp_socket: str = "/var/run/routed/bgp.sock"
     secrets_dir: str = "/etc/routed/secrets"
+    cni_workers: int = 16
+    cni_read_timeout: float = 10.0  # seconds a client has to send its whole request
+    # A CNI request or a controller pass running this much longer than it should fails
+    # /healthz. The shim waits 120 s for an answer: past that nobody is waiting.
+    stuck_after: float = 150.0
+    # Undo what the controllers installed (block blackholes, natOutgoing) when stopping:
+    # for taking routed off a node. Off by default: a restart leaves the dataplane alone.
+    cleanup_on_stop: bool = False
     # Where the Kubernetes API is (routed.k8s.api_source); None: run without Kubernetes.
     kube: dict | None = None
 
@@ -63,6 +75,10 @@ class Agent:
         self.own_labels: dict = dict(config.node_labels)  # what we register: Kubernetes' + --node-labels
         self.kube = self.pod_info = None
         self._threads: list[threading.Thread] = []
+        self.heartbeats = Heartbeats(grace=config.stuck_after)
+        self.controllers = Controllers(self.stop_event, self.heartbeats)
+        self.containers = KeyedLocks()  # one CNI request per container at a time
+        self.spool_stats: Counter = Counter()
 
     def start(self) -> None:
         c = self.config
@@ -79,11 +95,13 @@ class Agent:
             self.address = self.dataplane.default_route_address()
         self.ipam = IPAM(self.kv)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
+        self.last_adds = LastAdds(Path(c.state_dir) / "last-add")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
                                    release_later=self.pending.add,
+                                   settle_release=lambda handle: self.pending.settle(handle, self.ipam.release_handle),
                                    pod_info=self.pod_info)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
-        self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics)
+        self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics, c.cni_workers, c.cni_read_timeout)
         self.cni.start()
         self.bgp = None
         if c.bgp:
@@ -93,11 +111,10 @@ class Agent:
             self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
         documents["/version"] = lambda: {"version": version(), "node": c.node_name}
-        self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents)
+        self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents,
+                                   live=self.alive)
         self.health.start()
-        self.metrics.gauges["routed_ipam_transactions_total"] = lambda: self.ipam.stats["txn"]
-        self.metrics.gauges["routed_ipam_conflicts_total"] = lambda: self.ipam.stats["conflict"]
-        self.metrics.gauges["routed_pending_releases"] = lambda: len(self.pending.handles())
+        self._define_metrics()
         self._spawn("register", self._register_until_done)
         log.info("agent for node %s (%s) started%s", c.node_name, self.address,
                  f" in netns {c.netns}" if c.netns else "")
@@ -128,8 +145,55 @@ class Agent:
         raise RoutedError(f"the Kubernetes Node's InternalIP {ip} is on no interface of this host; "
                           "pass --node-ip ADDR/PREFIX")
 
+    def _define_metrics(self) -> None:
+        m = self.metrics
+        m.counter("routed_ipam_transactions_total", "IPAM etcd transactions.", lambda: self.ipam.stats["txn"])
+        m.counter("routed_ipam_conflicts_total", "IPAM transactions that lost a race and were retried.",
+                  lambda: self.ipam.stats["conflict"])
+        m.gauge("routed_pending_releases", "Address releases queued, waiting for etcd.",
+                lambda: len(self.pending.handles()))
+        m.counter("routed_releases_failed_total", "Queued releases that failed for good (moved to failed/).",
+                  lambda: self.pending.stats["failed"])
+        m.counter("routed_cni_spool_failed_total", "Spooled DELs that can never succeed (moved to failed/).",
+                  lambda: self.spool_stats["failed"])
+        m.counter("routed_cni_spool_superseded_total", "Spooled DELs dropped: the container was added again since.",
+                  lambda: self.spool_stats["superseded"])
+        m.collectors.append(lambda: [Family(
+            "routed_controller_errors_total", "counter", "Controller passes that failed, by controller.",
+            [({"controller": name}, n) for name, n in sorted(self.controllers.errors().items())])])
+        m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
+
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
-        return dispatch(env, stdin, self.cni_context)
+        """One CNI request; requests for one container never interleave (a DEL waits for
+        the ADD it follows), different containers run in parallel."""
+        received = time.time_ns()  # before any wait: an ADD is as old as its request
+        with self.containers.hold(env.get("CNI_CONTAINERID", "")):
+            return self._dispatch(env, stdin, received)
+
+    def replay_spooled_del(self, env: dict, stdin: str, spooled_ns: int) -> tuple[int, str] | None:
+        """A DEL the plugin spooled at spooled_ns; None (dropped) if the container was added
+        again since: that DEL belongs to an earlier life of it."""
+        container, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
+        with self.containers.hold(container):
+            if self.last_adds.since(container, ifname) > spooled_ns:
+                return None
+            return self._dispatch(env, stdin, time.time_ns())
+
+    def _dispatch(self, env: dict, stdin: str, received: int) -> tuple[int, str]:
+        code, out = dispatch(env, stdin, self.cni_context)
+        command, container, ifname = (env.get(k, "") for k in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME"))
+        if code == 0 and command in ("ADD", "DEL"):
+            try:
+                if command == "ADD":
+                    self.last_adds.record(container, ifname, received)
+                else:
+                    self.last_adds.forget(container, ifname)
+            except (OSError, RoutedError) as err:  # the request itself is done: answer it
+                log.warning("CNI %s %s: cannot note it for the spool replay: %s", command, container, err)
+        return code, out
+
+    def _replay_spool(self) -> None:
+        replay_shim_spool(self.config.spool_dir, self.replay_spooled_del, self.spool_stats)
 
     def _register_until_done(self, stop: threading.Event) -> None:
         delay = 0.2
@@ -145,24 +209,21 @@ class Agent:
         if stop.is_set():
             return
         self.registered.set()
-        replay_shim_spool(self.config.spool_dir, self.handle_cni)
-        self.pending.retry(self.ipam.release_handle)
-        reaper = EmptyBlockReaper(self.ipam, self.config.node_name, self.config.block_grace)
-        nat = NatOutgoing(self.store, self.config.netns)
-        try:
-            nat.sync()
-        except RoutedError as err:
-            log.warning("natOutgoing: %s", err)
-        self._spawn("block-routes", BlockRoutes(self.kv, self.dataplane, self.config.node_name,
-                                                self.config.resync).run)
+        c = self.config
+        reaper = EmptyBlockReaper(self.ipam, c.node_name, c.block_grace)
+        # natOutgoing runs iptables, which can hang on the xtables lock: in its own
+        # thread, where a hang shows in /healthz instead of holding up the rest.
+        nat = NatOutgoing(self.store, c.netns)
         if self.bgp is not None:
             self._spawn("bgp", self.bgp.run)
-        self._spawn("releases", lambda stop: self.pending.run(self.ipam.release_handle, stop))
-        for task in (Every("empty-blocks", min(60.0, max(1.0, self.config.block_grace / 4)), reaper.sweep),
-                     Every("cni-spool", 10.0, lambda: replay_shim_spool(self.config.spool_dir, self.handle_cni)),
-                     Every("node-labels", self.config.resync, self._refresh_labels),
-                     Every("nat-outgoing", 10.0, nat.sync)):
-            self._spawn(task.name, task.run)
+        for controller in (
+                Every("cni-spool", 10.0, self._replay_spool),
+                Loop("releases", 5.0, lambda stop, beat: self.pending.run(self.ipam.release_handle, stop, beat)),
+                BlockRoutes(self.kv, self.dataplane, c.node_name, c.resync),
+                Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup),
+                Every("empty-blocks", min(60.0, max(1.0, c.block_grace / 4)), reaper.sweep),
+                Every("node-labels", c.resync, self._refresh_labels)):
+            self.controllers.start(controller)
 
     def _refresh_labels(self) -> None:
         if self.kube is not None:  # a label changed in Kubernetes: register it again
@@ -180,6 +241,10 @@ class Agent:
         thread.start()
         self._threads.append(thread)
 
+    def alive(self) -> tuple[bool, str]:
+        """/healthz: every controller beating, no CNI request stuck."""
+        return verdict(self.heartbeats.stale() + self.cni.in_flight.stuck(self.config.stuck_after))
+
     def ready(self) -> tuple[bool, str]:
         if not self.registered.is_set():
             return False, "node not registered yet (is etcd reachable?)"
@@ -196,6 +261,7 @@ class Agent:
         if self.pod_info is not None:
             self.pod_info.stop()
         self.health.stop()
+        self.controllers.stop(cleanup=self.config.cleanup_on_stop)
         for thread in self._threads:
             thread.join(timeout=5)
         self.dataplane.close()

@@ -53,6 +53,8 @@ def run(args) -> int:
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
         bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
+        cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
+        cleanup_on_stop=args.cleanup_on_stop,
         kube=api_source(args.kube_server, args.kubeconfig))
     agent = Agent(config)
     agent.start()
@@ -83,6 +85,15 @@ def register(sub) -> None:
     p.add_argument("--bgp-socket", default=env("ROUTED_BGP_SOCKET", "/var/run/routed/bgp.sock"))
     p.add_argument("--secrets-dir", default=env("ROUTED_SECRETS_DIR", "/etc/routed/secrets"),
                    help="mounted secrets, <name>/<key>, for BGP passwords")
+    p.add_argument("--cni-workers", type=int, default=16, help="CNI requests served at once")
+    p.add_argument("--cni-read-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a CNI client may take to send its request")
+    p.add_argument("--stuck-after", type=float, default=150.0, metavar="SECONDS",
+                   help="/healthz fails when a CNI request or a controller pass is this late")
+    p.add_argument("--cleanup-on-stop", action="store_true",
+                   default=env("ROUTED_CLEANUP_ON_STOP", "false").lower() == "true",
+                   help="remove block routes and natOutgoing rules when stopping (taking routed off the node); "
+                        "pods' own interfaces and routes always stay")
     p.add_argument("--etcd-endpoints", default=None)
     p.add_argument("--kube-server", default=None, metavar="URL",
                    help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster "

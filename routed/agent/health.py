@@ -10,15 +10,17 @@ from typing import Callable
 
 class HealthServer:
     def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]], metrics: Callable[[], str],
-                 documents: dict[str, Callable[[], object]] | None = None):
-        self.ready, self.metrics = ready, metrics
+                 documents: dict[str, Callable[[], object]] | None = None,
+                 live: Callable[[], tuple[bool, str]] = lambda: (True, "ok")):
+        self.ready, self.metrics, self.live = ready, metrics, live
         self.documents = documents or {}  # path -> function returning JSON-able data
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path == "/healthz":
-                    outer._answer(self, 200, "ok\n")
+                    ok, why = outer.live()
+                    outer._answer(self, 200 if ok else 503, why + "\n")
                 elif self.path == "/readyz":
                     ok, why = outer.ready()
                     outer._answer(self, 200 if ok else 503, why + "\n")

@@ -1,4 +1,9 @@
-"""The agent's Prometheus metrics, kept by hand: a few counters and one histogram."""
+"""The agent's Prometheus metrics, kept by hand: a few counters and one histogram.
+
+Counters are counters: TYPE counter, named *_total, read from a count that only grows
+(a gauge is anything else). counter() and gauge() take one number; labelled metrics
+come from collectors (a list of Family each).
+"""
 
 from __future__ import annotations
 
@@ -36,8 +41,18 @@ class Metrics:
         self._cni = defaultdict(int)  # (command, result) -> count
         self._hist = defaultdict(lambda: [0] * (len(BUCKETS) + 1))  # command -> bucket counts (+Inf last)
         self._sum = defaultdict(float)
-        self.gauges: dict[str, callable] = {}  # name -> function returning a number
+        self._values: dict[str, tuple[str, str, Callable[[], float]]] = {}  # name -> (kind, help, value)
         self.collectors: list[Callable[[], list[Family]]] = []  # labelled metrics of a component
+
+    def counter(self, name: str, help: str, value: Callable[[], float]) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name} must be named *_total")
+        self._values[name] = ("counter", help, value)
+
+    def gauge(self, name: str, help: str, value: Callable[[], float]) -> None:
+        if name.endswith("_total"):
+            raise ValueError(f"gauge {name} must not be named *_total (that is a counter)")
+        self._values[name] = ("gauge", help, value)
 
     def observe_cni(self, command: str, code: int, seconds: float) -> None:
         with self._lock:
@@ -62,12 +77,12 @@ class Metrics:
                     lines.append(f'routed_cni_request_seconds_bucket{{command="{command}",le="{bound}"}} {n}')
                 lines.append(f'routed_cni_request_seconds_sum{{command="{command}"}} {self._sum[command]:.6f}')
                 lines.append(f'routed_cni_request_seconds_count{{command="{command}"}} {counts[-1]}')
-        for name, fn in sorted(self.gauges.items()):
+        for name, (kind, help, fn) in sorted(self._values.items()):
             try:
                 value = fn()
-            except Exception:  # a gauge that cannot be read is left out, not fatal
+            except Exception:  # a value that cannot be read is left out, not fatal
                 continue
-            lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+            lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}", f"{name} {value}"]
         for collect in self.collectors:
             try:
                 families = collect()

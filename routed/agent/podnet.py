@@ -13,6 +13,7 @@ import logging
 import queue
 import socket
 import threading
+from collections import Counter
 
 from routed.dataplane import bulk, encap, sysctl
 from routed.dataplane import pod as podnet
@@ -31,11 +32,17 @@ class HostDataplane:
         self.local_ip = ""
         self._vxlan_peers: list[str] = []
         self._doomed: queue.Queue = queue.Queue()
+        self._dying: Counter = Counter()  # host veth name -> deletions queued
+        self._dying_changed = threading.Condition()
         threading.Thread(target=self._delete_links, name="veth-deleter", daemon=True).start()
 
     # -- PodNetwork (cni.plugin) ---------------------------------------------------
 
     def setup(self, netns: str, ifname: str, host_ifname: str, ips: list, mtu: int) -> dict:
+        # The pod's DEL may just have queued its old veth: an ADD into the same netns (a
+        # runtime retrying) would find that veth's pod end still there. A few ms at most.
+        with self._dying_changed:
+            self._dying_changed.wait_for(lambda: not self._dying[host_ifname], timeout=10)
         pod = podnet.setup_pod(self.netns, netns, ifname, host_ifname, ips, mtu=mtu)
         return {"mac": pod.mac, "host_mac": pod.host_mac}
 
@@ -45,6 +52,8 @@ class HostDataplane:
         gets a new veth (delete_link checks the index still names this one)."""
         index = podnet.detach_pod(self.netns, netns, host_ifname, ips)
         if index is not None:
+            with self._dying_changed:
+                self._dying[host_ifname] += 1
             self._doomed.put((index, host_ifname))
 
     def _delete_links(self) -> None:
@@ -55,6 +64,11 @@ class HostDataplane:
             except DataplaneError as err:
                 log.warning("cannot delete %s: %s", name, err)
             finally:
+                with self._dying_changed:
+                    self._dying[name] -= 1
+                    if self._dying[name] <= 0:
+                        del self._dying[name]
+                    self._dying_changed.notify_all()
                 self._doomed.task_done()
 
     def wait_idle(self) -> None:

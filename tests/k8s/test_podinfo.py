@@ -21,7 +21,7 @@ from tests.k8s.k8sutil import fake_kube, handles, kube_client, pool, pod_handle 
 from tests.support.agent import AgentProcess, cni
 from tests.support.etcd import EtcdServer
 from tests.support.fakekube import FakeKube
-from tests.support.netns import Netns, node_host
+from tests.support.netns import node_host
 from tests.support.wait import eventually
 
 POOLS = "routed.io/ipv4pools"
@@ -177,19 +177,6 @@ def cluster(tmp_path_factory):
         host.delete()
         kube.stop()
         etcd.stop()
-
-
-@pytest.fixture
-def pods():
-    made = []
-
-    def make():
-        made.append(Netns("pod"))
-        return made[-1]
-
-    yield make
-    for ns in made:
-        ns.delete()
 
 
 def add(cluster, netns, namespace, name, conf_extra=None, **annotations):

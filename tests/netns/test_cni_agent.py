@@ -17,7 +17,7 @@ from routed.datastore.resources import ResourceStore
 from routed.dataplane.names import host_veth_name
 from tests.support.agent import AgentProcess, cni
 from tests.support.etcd import EtcdServer
-from tests.support.netns import Netns, node_host
+from tests.support.netns import node_host
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.root
@@ -52,20 +52,6 @@ def cluster(tmp_path_factory, request):
             agent.stop()
         host.delete()
         etcd.stop()
-
-
-@pytest.fixture
-def pods():
-    made = []
-
-    def make():
-        ns = Netns("pod")
-        made.append(ns)
-        return ns
-
-    yield make
-    for ns in made:
-        ns.delete()
 
 
 def handles(kv) -> list[str]:

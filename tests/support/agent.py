@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -40,13 +41,14 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, etcd_url: str, host: Netns, node: str, node_ip: str, labels: str = "",
                  block_grace: float = 300, bgp: bool = False, secrets_dir: str | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, env: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.etcd_url, self.host, self.node, self.node_ip = etcd_url, host, node, node_ip
         self.labels, self.block_grace, self.bgp = labels, block_grace, bgp
         self.secrets_dir = secrets_dir  # <dir>/<secret name>/<key>: BGP passwords
         self.extra_args = list(extra_args or [])  # more `routed agent` flags, e.g. --kube-server URL
+        self.env = env  # the agent's environment (None: the test's own)
         self.socket = str(self.workdir / "cni.sock")
         self.spool = str(self.workdir / "spool")
         self.health_port = free_port()
@@ -65,7 +67,7 @@ class AgentProcess:
         if self.secrets_dir:
             args += ["--secrets-dir", str(self.secrets_dir)]
         args += self.extra_args
-        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -83,6 +85,14 @@ class AgentProcess:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"agent not ready within {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def healthz(self) -> tuple[int, str]:
+        """/healthz: (HTTP status, body)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=2) as r:
