@@ -95,6 +95,8 @@ class Agent:
         self.health.start()
         self.metrics.gauges["routed_ipam_transactions_total"] = lambda: self.ipam.stats["txn"]
         self.metrics.gauges["routed_ipam_conflicts_total"] = lambda: self.ipam.stats["conflict"]
+        # Records IPAM skips because they do not parse or validate (routedctl ipam check lists them).
+        self.metrics.gauges["routed_ipam_unreadable_records"] = lambda: len(self.ipam.unreadable)
         self.metrics.gauges["routed_pending_releases"] = lambda: len(self.pending.handles())
         self._spawn("register", self._register_until_done)
         log.info("agent for node %s (%s) started%s", c.node_name, self.address,

@@ -172,13 +172,13 @@ class EtcdKV:
             return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_b(op.key)))
         return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_b(op.key)))
 
-    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000, keys_only: bool = False) -> Listing:
         """Read in pages, every page at the revision of the first, so the result is one snapshot."""
         items: list[KeyValue] = []
         start, end = _b(prefix), _b(prefix_end(prefix))
         while True:
             resp = self._call("kv", "Range", rpc_pb2.RangeRequest(
-                key=start, range_end=end, limit=page_size, revision=revision,
+                key=start, range_end=end, limit=page_size, revision=revision, keys_only=keys_only,
                 sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.KEY))
             revision = revision or resp.header.revision
             items.extend(_kv(kv) for kv in resp.kvs)

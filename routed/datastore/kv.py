@@ -49,6 +49,12 @@ class Compare:
     def unchanged_since(prefix: str, revision: int) -> Compare:
         return Compare(prefix, "mod", "<", revision + 1, range_end=prefix_end(prefix))
 
+    @staticmethod
+    def none_created_since(prefix: str, revision: int) -> Compare:
+        """No key under prefix was created after revision (changes to existing keys and
+        deletions do not count): "the set of keys I listed at revision is still complete"."""
+        return Compare(prefix, "create", "<", revision + 1, range_end=prefix_end(prefix))
+
 
 @dataclass(frozen=True)
 class Op:
@@ -126,8 +132,8 @@ class KV(Protocol):
 
     def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult: ...
 
-    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
-        """Every key under prefix, at one revision, read in pages."""
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000, keys_only: bool = False) -> Listing:
+        """Every key under prefix, at one revision, read in pages; keys_only leaves values empty."""
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under prefix, without values."""

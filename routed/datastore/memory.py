@@ -66,12 +66,15 @@ class MemoryKV:
         with self._lock:
             return self._revision
 
-    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000, keys_only: bool = False) -> Listing:
         with self._lock:
             self._expire()
             if revision and revision < self._compacted:
                 raise ValueError(f"revision {revision} has been compacted")
-            return Listing(self._range(prefix, prefix_end(prefix), revision), revision or self._revision)
+            items = self._range(prefix, prefix_end(prefix), revision)
+            if keys_only:
+                items = [KeyValue(i.key, b"", i.mod_revision, i.create_revision, i.version, i.lease) for i in items]
+            return Listing(items, revision or self._revision)
 
     def keys(self, prefix: str) -> list[str]:
         return [item.key for item in self.list(prefix).items]
