@@ -90,12 +90,13 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
         args.debug = args.debug or extra.debug
     ctx = Context(args, stdin=stdin)
     try:
-        text, notes = render(args.func(ctx, args), args.output)
+        out = args.func(ctx, args)
+        text, notes = render(out, args.output)
         if text:
             print(text, file=stdout)
         if notes:
             print(notes, file=stderr)
-        return 0
+        return out.exit_code
     except RoutedError as err:
         if args.debug:
             traceback.print_exc(file=stderr)

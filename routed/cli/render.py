@@ -26,6 +26,8 @@ class Output:
     data: object = None
     table: Table | None = None
     messages: list[str] = field(default_factory=list)
+    # Non-zero when the command ran but found something wrong (ipam check); errors are 1.
+    exit_code: int = 0
 
 
 def render(out: Output, fmt: str = "table") -> tuple[str, str]:
