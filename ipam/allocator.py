@@ -135,24 +135,25 @@ class IPAM:
         return self._pools, self._ipam_config.spec
 
     def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4,
-                  fresh: bool = False):
+                  fresh: bool = False, node: str | None = None):
         """The pools a node may allocate from, in a stable order."""
         pools, _ = self._config(fresh)
-        memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version)
+        memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version, node)
         if self._candidates_memo[0] == memo_key:
             return self._candidates_memo[1]
         try:
-            chosen = self._choose_pools(pools, node_labels, names, version)
+            chosen = self._choose_pools(pools, node_labels, names, version, node)
         except NoMatchingPool:
             if fresh or not names:
                 raise
             # A pool named by the caller may be newer than our cached read: look again once.
-            return self.pools_for(node_labels, names, version, fresh=True)
+            return self.pools_for(node_labels, names, version, fresh=True, node=node)
         self._candidates_memo = (memo_key, chosen)
         return chosen
 
     @staticmethod
-    def _choose_pools(pools, node_labels: dict, names: list[str] | None, version: int) -> list[_Candidate]:
+    def _choose_pools(pools, node_labels: dict, names: list[str] | None, version: int,
+                      node: str | None = None) -> list[_Candidate]:
         if names:
             by_name = {p.metadata.name: (p, rev) for p, rev in pools}
             chosen = []
@@ -160,8 +161,7 @@ class IPAM:
                 if name not in by_name:
                     raise NoMatchingPool(f'IP pool "{name}" does not exist')
                 pool, rev = by_name[name]
-                if pool.spec.disabled:
-                    raise NoMatchingPool(f'IP pool "{name}" is disabled')
+                _check_usable(pool, node_labels, node)
                 chosen.append((pool, rev))
         else:
             chosen = [(p, rev) for p, rev in sorted(pools, key=lambda x: x[0].metadata.name)
@@ -184,7 +184,7 @@ class IPAM:
         """
         attrs = {"node": node, "time": _now(), **(attrs or {})}
         with self._lock:
-            candidates = self.pools_for(node_labels or {}, pools, version)
+            candidates = self.pools_for(node_labels or {}, pools, version, node=node)
             steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
             # Assume the handle is new, as it is for every first ADD; a failed transaction's
             # failure branch tells us otherwise, so the steady state reads nothing first.
@@ -199,13 +199,18 @@ class IPAM:
                     if outcome is _RETRY:
                         # A lost race may mean a pool changed (its revision is compared
                         # when claiming): read the configuration again, not from cache.
-                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True)
+                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True, node=node)
                         break
                     if outcome is not None:
                         return outcome
                 else:
                     raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
             raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _labels_of(self, node: str) -> dict:
+        item = self.kv.get(keys.resource(r.Node.plural, node))
+        found = self._parsed(item, lambda i: _decode_resource(r.Node, i)) if item else None
+        return dict(found.metadata.labels or {}) if found else {}
 
     def _handle(self, handle: str) -> _HandleState:
         item = self.kv.get(keys.handle(handle))
@@ -367,8 +372,10 @@ class IPAM:
 
     # -- a specific address -----------------------------------------------------------
 
-    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None) -> Allocation:
-        """Allocate one given address (a static pod IP) to handle."""
+    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None,
+                  node_labels: dict | None = None) -> Allocation:
+        """Allocate one given address (a static pod IP) to handle, from an enabled pool that
+        selects node. Without node_labels, the labels of the node's registered Node count."""
         addr = ipaddress.ip_address(ip)
         attrs = {"node": node, "time": _now(), **(attrs or {})}
         with self._lock:
@@ -378,6 +385,8 @@ class IPAM:
                 if not match:
                     raise AddressNotInPool(f"address {addr} is not in any IP pool")
                 pool, pool_rev = match[0]
+                _check_usable(pool, self._labels_of(node) if node_labels is None else node_labels, node,
+                              f"address {addr}: ")
                 cidr = block_for(addr, pool.spec.block_size)
                 bkey, hkey = keys.block(cidr), keys.handle(handle)
                 held = self._handle(handle)
@@ -605,6 +614,17 @@ class EmptyBlockReaper:
             current[bkey] = (rev, since)
         self._seen = current
         return released
+
+
+def _check_usable(pool: r.IPPool, node_labels: dict, node: str | None, what: str = "") -> None:
+    """A pool named by a pod (annotation, fixed address) obeys the same rules as any other."""
+    name = pool.metadata.name
+    if pool.spec.disabled:
+        raise NoMatchingPool(f'{what}IP pool "{name}" is disabled')
+    if not r.parse_selector(pool.spec.node_selector).matches(node_labels):
+        where = f'node "{node}"' if node else "this node"
+        raise NoMatchingPool(f'{what}IP pool "{name}" does not select {where} '
+                             f"(nodeSelector: {pool.spec.node_selector})")
 
 
 def _block_cidrs(items) -> list:

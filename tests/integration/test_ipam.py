@@ -98,7 +98,10 @@ def test_pool_choice_honours_disabled_selector_and_names(store, ipam):
     store.create(pool("any", "10.3.0.0/16"))
     ip = ipam.allocate("net.a.eth0", "node-1", node_labels={"rack": "1"}).ips[0]
     assert ip in ipaddress.ip_network("10.3.0.0/16")
-    ip = ipam.allocate("net.b.eth0", "node-1", pools=["rack2"]).ips[0]
+    # Naming a pool (a pod annotation) does not bypass its nodeSelector.
+    with pytest.raises(NoMatchingPool, match="does not select"):
+        ipam.allocate("net.b.eth0", "node-1", pools=["rack2"], node_labels={"rack": "1"})
+    ip = ipam.allocate("net.b.eth0", "node-2", pools=["rack2"], node_labels={"rack": "2"}).ips[0]
     assert ip in ipaddress.ip_network("10.2.0.0/16")
     with pytest.raises(NoMatchingPool, match="disabled"):
         ipam.allocate("net.c.eth0", "node-1", pools=["off"])

@@ -170,3 +170,40 @@ def test_ipam_check_reports_every_bad_record(store, kv):
     corrupt = {p.key for p in check(kv).problems if p.type == "corrupt-value"}
     assert corrupt == {bkey, keys.resource("ippools", "unparsable"), keys.resource("ippools", "invalid"),
                        keys.resource("ipamconfigs", "default")}
+
+
+# -- 10.11: annotations respect a pool's disabled and nodeSelector ---------------------------
+
+
+def test_a_named_pool_must_select_the_node(store, kv):
+    store.create(pool("gpu", "10.40.0.0/24", 28, nodeSelector="gpu == 'true'"))
+    ipam = IPAM(kv)
+    with pytest.raises(NoMatchingPool, match='IP pool "gpu" does not select node "node-1"'):
+        ipam.allocate("net.a.eth0", "node-1", pools=["gpu"], node_labels={"gpu": "false"})
+    assert ipam.allocate("net.b.eth0", "node-2", pools=["gpu"], node_labels={"gpu": "true"}).pool == "gpu"
+
+
+def test_a_fixed_address_in_a_disabled_pool_is_refused(store, kv):
+    store.create(pool("off", "10.40.0.0/24", 28, disabled=True))
+    with pytest.raises(NoMatchingPool, match='address 10.40.0.5: IP pool "off" is disabled'):
+        IPAM(kv).assign_ip("10.40.0.5", "net.a.eth0", "node-1")
+    assert kv.keys(keys.BLOCKS) == []
+
+
+def test_a_fixed_address_in_a_pool_not_selecting_the_node_is_refused(store, kv):
+    store.create(pool("gpu", "10.40.0.0/24", 28, nodeSelector="gpu == 'true'"))
+    ipam = IPAM(kv)
+    with pytest.raises(NoMatchingPool, match='IP pool "gpu" does not select node "node-1"'):
+        ipam.assign_ip("10.40.0.5", "net.a.eth0", "node-1", node_labels={})
+    assert ipam.assign_ip("10.40.0.5", "net.a.eth0", "node-2", node_labels={"gpu": "true"}).ips
+
+
+def test_without_labels_a_fixed_address_is_checked_against_the_registered_node(store, kv):
+    """The CNI path passes no labels to assign_ip: IPAM reads them from the Node the agent registered."""
+    store.create(pool("gpu", "10.40.0.0/24", 28, nodeSelector="gpu == 'true'"))
+    store.create(r.parse({"apiVersion": "routed.io/v1", "kind": "Node",
+                          "metadata": {"name": "node-2", "labels": {"gpu": "true"}}}))
+    ipam = IPAM(kv)
+    with pytest.raises(NoMatchingPool, match="does not select"):
+        ipam.assign_ip("10.40.0.5", "net.a.eth0", "node-1")
+    assert ipam.assign_ip("10.40.0.6", "net.b.eth0", "node-2").ips
