@@ -14,9 +14,10 @@ from pathlib import Path
 from cni.plugin import Context, dispatch
 from ipam.allocator import IPAM, EmptyBlockReaper
 from routed import resources as r
+from routed.datastore import schema
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
-from routed.errors import RoutedError
+from routed.errors import DatastoreUnavailable, RoutedError
 
 from . import node as nodeinfo
 from .bgp import BGPController
@@ -62,10 +63,15 @@ class Agent:
         self.own_labels: dict = dict(config.node_labels)  # what we register: Kubernetes' + --node-labels
         self.kube = self.pod_info = None
         self._threads: list[threading.Thread] = []
+        self.fatal: str | None = None  # why the agent stopped on its own
 
     def start(self) -> None:
         c = self.config
         self.kv = c.etcd.connect()
+        try:
+            schema.ensure(self.kv, write=True)  # a layout we do not know: refuse before touching anything
+        except DatastoreUnavailable:
+            pass  # checked again before the node registers
         self.store = ResourceStore(self.kv)
         self.dataplane = HostDataplane(c.netns)
         self.dataplane.set_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
@@ -135,9 +141,15 @@ class Agent:
         delay = 0.2
         while not stop.is_set():
             try:
+                schema.ensure(self.kv, write=True)
                 node = nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels)
                 self.labels = dict(node.metadata.labels or {})
                 break
+            except schema.SchemaMismatch as err:
+                self.fatal = str(err)  # the agent exits with it (agent/cli.py)
+                log.error("%s", err)
+                stop.set()
+                return
             except RoutedError as err:
                 log.warning("cannot register node yet: %s", err)
                 stop.wait(delay)

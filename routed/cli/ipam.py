@@ -251,7 +251,7 @@ def register(sub) -> None:
     what = rel.add_mutually_exclusive_group(required=True)
     what.add_argument("--ip", metavar="ADDR", action="append", help="an address to free (repeatable)")
     what.add_argument("--from-report", metavar="FILE", help="a report written by ipam check --report")
-    rel.set_defaults(func=release)
+    rel.set_defaults(func=release, writes=True)
 
     cfg = isub.add_parser("configure", help="set the cluster-wide IPAM configuration")
     # Strings, checked by the command: a bad value is then one line, not argparse's usage.
@@ -259,4 +259,4 @@ def register(sub) -> None:
     cfg.add_argument("--max-blocks-per-host", "--maxblocksperhost", dest="max_blocks_per_host", metavar="N")
     cfg.add_argument("--autoallocateblocks", "--auto-allocate-blocks", dest="auto_allocate_blocks",
                      metavar="true|false")
-    cfg.set_defaults(func=configure)
+    cfg.set_defaults(func=configure, writes=True)
