@@ -20,7 +20,7 @@ from pyetcd.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 from routed.errors import DatastoreUnavailable
 
-from .kv import Compare, KeyValue, Listing, Op, TxnResult, WatchEvent, prefix_end
+from .kv import Compare, KeyValue, Listing, Op, QueuedWatch, SingleKeyWrites, TxnResult, WatchEvent, prefix_end
 
 _TARGETS = {"version": rpc_pb2.Compare.VERSION, "create": rpc_pb2.Compare.CREATE,
             "mod": rpc_pb2.Compare.MOD, "value": rpc_pb2.Compare.VALUE}
@@ -63,7 +63,7 @@ def _reason(err: grpc.RpcError) -> str:
     return detail.splitlines()[0][:160]
 
 
-class EtcdKV:
+class EtcdKV(SingleKeyWrites):
     """A thread-safe client for one etcd cluster, failing over between endpoints."""
 
     def __init__(self, endpoints: list[str], *, ca: bytes | None = None, cert: bytes | None = None,
@@ -166,19 +166,6 @@ class EtcdKV:
         resp = self._call("kv", "Range", rpc_pb2.RangeRequest(key=b"\0", count_only=True))
         return resp.header.revision
 
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
-
-    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
-        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
-        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
-
-    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
-        compare = [Compare(key, "create", ">", 0)]
-        if mod_revision is not None:
-            compare.append(Compare.mod(key, mod_revision))
-        return self.txn(compare, [Op.delete(key)]).succeeded
-
     def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult:
         request = rpc_pb2.TxnRequest(compare=[self._compare(c) for c in compare],
                                      success=[self._op(o) for o in success],
@@ -273,7 +260,7 @@ class EtcdKV:
                 self._channel = None
 
 
-class EtcdWatch:
+class EtcdWatch(QueuedWatch):
     """Events under a prefix from a revision on, delivered through a queue.
 
     A thread keeps one gRPC watch stream open. When the stream breaks (etcd restarted,
@@ -300,19 +287,6 @@ class EtcdWatch:
         self._stream = None
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
         self._thread.start()
-
-    def __iter__(self):
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            yield event
-
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
     def cancel(self) -> None:
         self._stop.set()

@@ -7,6 +7,7 @@ so the etcd client behind it can change without touching them. Keys and values a
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -106,6 +107,22 @@ class WatchEvent:
     items: list[KeyValue] | None = None
 
 
+class QueuedWatch:
+    """A watch whose events arrive on self._events (None once it is cancelled)."""
+
+    _events: queue.Queue[WatchEvent | None]
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        while (event := self._events.get()) is not None:
+            yield event
+
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 class Watch(Protocol):
     def __iter__(self) -> Iterator[WatchEvent]: ...
 
@@ -149,6 +166,23 @@ class KV(Protocol):
     def lease_revoke(self, lease_id: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SingleKeyWrites:
+    """create, put and delete of one key, as transactions: one definition for every KV."""
+
+    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
+
+    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
+        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
+        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
+
+    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        compare = [Compare(key, "create", ">", 0)]
+        if mod_revision is not None:
+            compare.append(Compare.mod(key, mod_revision))
+        return self.txn(compare, [Op.delete(key)]).succeeded
 
 
 def prefix_end(prefix: str) -> str:

@@ -19,10 +19,10 @@ import queue
 import threading
 import time
 
-from .kv import Compare, KeyValue, Listing, Op, TxnResult, WatchEvent, prefix_end
+from .kv import Compare, KeyValue, Listing, Op, QueuedWatch, SingleKeyWrites, TxnResult, WatchEvent, prefix_end
 
 
-class MemoryKV:
+class MemoryKV(SingleKeyWrites):
     endpoints = ["memory://"]
 
     def __init__(self, clock=time.monotonic):
@@ -80,19 +80,6 @@ class MemoryKV:
         return [item.key for item in self.list(prefix).items]
 
     # -- writes ---------------------------------------------------------------------
-
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
-
-    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
-        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
-        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
-
-    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
-        compare = [Compare(key, "create", ">", 0)]
-        if mod_revision is not None:
-            compare.append(Compare.mod(key, mod_revision))
-        return self.txn(compare, [Op.delete(key)]).succeeded
 
     def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult:
         with self._lock:
@@ -212,7 +199,7 @@ class MemoryKV:
             self._watches.clear()
 
 
-class MemoryWatch:
+class MemoryWatch(QueuedWatch):
     def __init__(self, kv: MemoryKV, prefix: str):
         self._kv, self._prefix, self._end = kv, prefix, prefix_end(prefix)
         self._events: queue.Queue[WatchEvent | None] = queue.Queue()
@@ -220,16 +207,6 @@ class MemoryWatch:
     def _offer(self, event: WatchEvent) -> None:
         if self._prefix <= event.kv.key < self._end:
             self._events.put(event)
-
-    def __iter__(self):
-        while (event := self._events.get()) is not None:
-            yield event
-
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
     def cancel(self) -> None:
         with self._kv._lock:
