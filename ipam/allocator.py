@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import random
 import threading
 import time
@@ -25,16 +26,18 @@ from datetime import datetime, timezone
 from routed import resources as r
 from routed.datastore import Compare, Op, keys
 from routed.datastore.kv import KV, KeyValue
-from routed.errors import Conflict, NotFound
+from routed.errors import Conflict, CorruptData, NotFound
 
 from .block import Block
-from .blockmath import block_for, blocks_in_pool
+from .blockmath import block_for, blocks_in_pool, overlap_test
 from .errors import AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
 from .handle import Handle
 
 RETRIES = 64
 _RETRY = object()  # an allocation step lost a race: start the attempt over
 _CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
+
+log = logging.getLogger("routed.ipam")
 
 
 def affinity_of(node: str) -> str:
@@ -89,6 +92,27 @@ class IPAM:
         self._candidates_memo: tuple = (None, [])
         # Transactions written and lost (a compare failed), for metrics and benchmarks.
         self.stats: Counter = Counter()
+        # Records that do not parse or validate, key -> why: skipped so that one bad record
+        # stops nothing else, logged once, counted in a metric; `routedctl ipam check` lists them.
+        self.unreadable: dict[str, str] = {}
+        self._logged: set[tuple[str, str]] = set()
+
+    def _parsed(self, item: KeyValue, parse):
+        """parse(item), or None when the record is bad (then it is skipped, and said so once)."""
+        try:
+            parsed = parse(item)
+        except CorruptData as err:
+            reason = str(err)
+            self.unreadable[item.key] = reason
+            if (item.key, reason) not in self._logged:
+                self._logged.add((item.key, reason))
+                log.warning("IPAM skips %s until it is repaired (routedctl ipam check): %s", item.key, reason)
+            return None
+        self.unreadable.pop(item.key, None)
+        return parsed
+
+    def _block(self, item: KeyValue) -> Block | None:
+        return self._parsed(item, lambda i: Block.from_json(i.value, key=i.key))
 
     # -- configuration --------------------------------------------------------------
 
@@ -96,32 +120,40 @@ class IPAM:
         now = self._clock()
         if fresh or now - self._config_at > _CONFIG_TTL:
             listing = self.kv.list(keys.resource(r.IPPool.plural))
-            self._pools = [(_decode_resource(r.IPPool, i), i.mod_revision) for i in listing.items]
+            for key in [k for k in self.unreadable if k.startswith(keys.RESOURCES)]:
+                del self.unreadable[key]  # read again below; gone if deleted or repaired
+            pools = [(self._parsed(i, lambda i: _decode_resource(r.IPPool, i)), i.mod_revision)
+                     for i in listing.items]
+            self._pools = [(p, rev) for p, rev in pools if p is not None]
             item = self.kv.get(keys.resource(r.IPAMConfig.plural, "default"))
-            self._ipam_config = (_decode_resource(r.IPAMConfig, item) if item
-                                 else r.IPAMConfig.model_validate({"metadata": {"name": "default"}}))
+            if item is None:
+                self._ipam_config = r.IPAMConfig.model_validate({"metadata": {"name": "default"}})
+            else:
+                # A bad IPAMConfig leaves the last good one (or the defaults) in force.
+                self._ipam_config = self._parsed(item, lambda i: _decode_resource(r.IPAMConfig, i)) or self._ipam_config
             self._config_at = now
         return self._pools, self._ipam_config.spec
 
     def pools_for(self, node_labels: dict, names: list[str] | None = None, version: int = 4,
-                  fresh: bool = False):
+                  fresh: bool = False, node: str | None = None):
         """The pools a node may allocate from, in a stable order."""
         pools, _ = self._config(fresh)
-        memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version)
+        memo_key = (self._config_at, tuple(sorted(node_labels.items())), tuple(names or ()), version, node)
         if self._candidates_memo[0] == memo_key:
             return self._candidates_memo[1]
         try:
-            chosen = self._choose_pools(pools, node_labels, names, version)
+            chosen = self._choose_pools(pools, node_labels, names, version, node)
         except NoMatchingPool:
             if fresh or not names:
                 raise
             # A pool named by the caller may be newer than our cached read: look again once.
-            return self.pools_for(node_labels, names, version, fresh=True)
+            return self.pools_for(node_labels, names, version, fresh=True, node=node)
         self._candidates_memo = (memo_key, chosen)
         return chosen
 
     @staticmethod
-    def _choose_pools(pools, node_labels: dict, names: list[str] | None, version: int) -> list[_Candidate]:
+    def _choose_pools(pools, node_labels: dict, names: list[str] | None, version: int,
+                      node: str | None = None) -> list[_Candidate]:
         if names:
             by_name = {p.metadata.name: (p, rev) for p, rev in pools}
             chosen = []
@@ -129,8 +161,7 @@ class IPAM:
                 if name not in by_name:
                     raise NoMatchingPool(f'IP pool "{name}" does not exist')
                 pool, rev = by_name[name]
-                if pool.spec.disabled:
-                    raise NoMatchingPool(f'IP pool "{name}" is disabled')
+                _check_usable(pool, node_labels, node)
                 chosen.append((pool, rev))
         else:
             chosen = [(p, rev) for p, rev in sorted(pools, key=lambda x: x[0].metadata.name)
@@ -153,7 +184,7 @@ class IPAM:
         """
         attrs = {"node": node, "time": _now(), **(attrs or {})}
         with self._lock:
-            candidates = self.pools_for(node_labels or {}, pools, version)
+            candidates = self.pools_for(node_labels or {}, pools, version, node=node)
             steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
             # Assume the handle is new, as it is for every first ADD; a failed transaction's
             # failure branch tells us otherwise, so the steady state reads nothing first.
@@ -168,13 +199,18 @@ class IPAM:
                     if outcome is _RETRY:
                         # A lost race may mean a pool changed (its revision is compared
                         # when claiming): read the configuration again, not from cache.
-                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True)
+                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True, node=node)
                         break
                     if outcome is not None:
                         return outcome
                 else:
                     raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
             raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _labels_of(self, node: str) -> dict:
+        item = self.kv.get(keys.resource(r.Node.plural, node))
+        found = self._parsed(item, lambda i: _decode_resource(r.Node, i)) if item else None
+        return dict(found.metadata.labels or {}) if found else {}
 
     def _handle(self, handle: str) -> _HandleState:
         item = self.kv.get(keys.handle(handle))
@@ -208,10 +244,11 @@ class IPAM:
             held.record = Handle.from_json(current.value, key=hkey) if current else Handle(held.id)
             held.revision = current.mod_revision if current else 0
         fresh = result.results[0]
-        if fresh is None:
+        block = self._block(fresh) if fresh is not None else None
+        if block is None:
             self._blocks.pop(bkey, None)
         else:
-            self._blocks[bkey] = _Cached(Block.from_json(fresh.value, key=bkey), fresh.mod_revision)
+            self._blocks[bkey] = _Cached(block, fresh.mod_revision)
         return None
 
     def _from_affine(self, held, node, attrs, num, candidates):
@@ -238,7 +275,7 @@ class IPAM:
     def _affine_blocks(self, node: str) -> list[str]:
         if node not in self._affine:
             listing = self.kv.list(keys.affinity(node))
-            bkeys = [keys.block(keys.cidr_from_segment(keys.last_segment(i.key))) for i in listing.items]
+            bkeys = [keys.block(cidr) for cidr in _block_cidrs(listing.items)]
             self._load_blocks(bkeys)
             self._affine[node] = [b for b in bkeys if b in self._blocks]
         return self._affine[node]
@@ -249,10 +286,13 @@ class IPAM:
             chunk = bkeys[start:start + 100]
             for bkey, item in zip(chunk, self.kv.txn([], [Op.get(b) for b in chunk]).results):
                 cached = self._blocks.get(bkey)
-                if item is None:
+                if cached is not None and item is not None and cached.revision == item.mod_revision:
+                    continue
+                block = self._block(item) if item is not None else None
+                if block is None:
                     self._blocks.pop(bkey, None)
-                elif cached is None or cached.revision != item.mod_revision:
-                    self._blocks[bkey] = _Cached(Block.from_json(item.value, key=bkey), item.mod_revision)
+                else:
+                    self._blocks[bkey] = _Cached(block, item.mod_revision)
 
     def _claim(self, held, node, attrs, num, candidates):
         """A new block for the node, its affinity and the allocation: one transaction."""
@@ -264,27 +304,35 @@ class IPAM:
                 raise TooManyBlocks(f"node {node!r} holds its maximum of {config.max_blocks_per_host} "
                                     "blocks and strictAffinity forbids borrowing")
             return None
-        taken = {keys.last_segment(k) for k in self.kv.keys(keys.BLOCKS)}
+        listing = self.kv.list(keys.BLOCKS, keys_only=True)
+        existing = _block_cidrs(listing.items)
+        # The claim holds only if no block was created since this listing: then the overlap
+        # test below saw every block there is. One range compare instead of one per block
+        # key that could overlap (a /26 has 126 smaller blocks inside it, and a leftover
+        # of any size may exist); it compares create revisions, so allocations in existing
+        # blocks do not disturb it, only a concurrent claim (then the claim is retried).
+        complete = Compare.none_created_since(keys.BLOCKS, listing.revision)
         for pool, pool_rev, network in candidates:
             size = pool.spec.block_size
             if num > 1 << (network.max_prefixlen - size):
                 continue
+            overlaps = overlap_test(existing, network, size)
             for cidr in blocks_in_pool(network, size, node):
-                if keys.cidr_segment(cidr) in taken:
+                if overlaps(cidr):
                     continue
                 akey = keys.affinity(node, cidr)
                 affinity = json.dumps({"node": node, "cidr": str(cidr), "pool": pool.metadata.name})
                 ips = self._write_allocation(
                     held, _Cached(Block.new(cidr, affinity_of(node)), 0), num, attrs,
-                    extra_compare=[Compare.absent(akey),
+                    extra_compare=[Compare.absent(akey), complete,
                                    Compare.mod(keys.resource(r.IPPool.plural, pool.metadata.name), pool_rev)],
                     extra_ops=[Op.put(akey, affinity)])
                 if ips:
                     self._affine.setdefault(node, []).append(keys.block(cidr))
                     return Allocation(held.id, ips, pool.metadata.name)
-                if keys.block(cidr) not in self._blocks:
-                    return _RETRY  # not a lost race for the block: the pool or the handle changed
-                taken.add(keys.cidr_segment(cidr))  # another node claimed it first: try the next
+                # Lost to a claim (of this block or any other), a pool or a handle change:
+                # start over from a fresh listing.
+                return _RETRY
         return None
 
     def _borrow(self, held, node, attrs, num, candidates):
@@ -295,8 +343,8 @@ class IPAM:
         items = self.kv.list(keys.BLOCKS).items
         random.shuffle(items)  # borrowers that all pick the first free block only collide
         for item in items:
-            block = Block.from_json(item.value, key=item.key)
-            pool = _pool_of(block.cidr, candidates)
+            block = self._block(item)
+            pool = _pool_of(block.cidr, candidates) if block else None
             if pool is None or block.free < num or block.affinity == affinity_of(node):
                 continue
             ips = self._write_allocation(held, _Cached(block, item.mod_revision), num, attrs)
@@ -310,9 +358,9 @@ class IPAM:
             if ipaddress.ip_network(cidr).version != version:
                 continue
             item = self.kv.get(keys.block(cidr))
-            if item is None:
+            block = self._block(item) if item is not None else None
+            if block is None:
                 continue
-            block = Block.from_json(item.value, key=item.key)
             held = block.ips_for_handle(handle)
             ips += held
             attrs = block.attributes_for(held[0]) if held else None
@@ -324,8 +372,10 @@ class IPAM:
 
     # -- a specific address -----------------------------------------------------------
 
-    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None) -> Allocation:
-        """Allocate one given address (a static pod IP) to handle."""
+    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None,
+                  node_labels: dict | None = None) -> Allocation:
+        """Allocate one given address (a static pod IP) to handle, from an enabled pool that
+        selects node. Without node_labels, the labels of the node's registered Node count."""
         addr = ipaddress.ip_address(ip)
         attrs = {"node": node, "time": _now(), **(attrs or {})}
         with self._lock:
@@ -335,6 +385,8 @@ class IPAM:
                 if not match:
                     raise AddressNotInPool(f"address {addr} is not in any IP pool")
                 pool, pool_rev = match[0]
+                _check_usable(pool, self._labels_of(node) if node_labels is None else node_labels, node,
+                              f"address {addr}: ")
                 cidr = block_for(addr, pool.spec.block_size)
                 bkey, hkey = keys.block(cidr), keys.handle(handle)
                 held = self._handle(handle)
@@ -379,9 +431,11 @@ class IPAM:
                 bkey = keys.block(cidr)
                 bitem = self.kv.get(bkey)
                 compare.append(Compare.mod(bkey, bitem.mod_revision if bitem else 0))
-                if bitem is None:
+                # An unreadable block keeps what it holds until repaired (ipam check then
+                # finds an address without a handle); the DEL still frees everything else.
+                block = self._block(bitem) if bitem is not None else None
+                if block is None:
                     continue
-                block = Block.from_json(bitem.value, key=bkey)
                 freed = block.release_handle(handle)
                 if freed:
                     released += freed
@@ -457,16 +511,17 @@ class IPAM:
         ips = []
         for cidr in held.record.blocks:
             item = self.kv.get(keys.block(cidr))
-            if item is not None:
-                ips += Block.from_json(item.value, key=item.key).ips_for_handle(handle)
+            block = self._block(item) if item is not None else None
+            if block is not None:
+                ips += block.ips_for_handle(handle)
         return ips
 
     def handles_on_node(self, node: str, prefix: str = "") -> set[str]:
         """Handles (starting with prefix) holding addresses allocated for node, borrowed ones included."""
         found = set()
         for item in self.kv.list(keys.BLOCKS).items:
-            block = Block.from_json(item.value, key=item.key)
-            for handle in block.handles():
+            block = self._block(item)
+            for handle in block.handles() if block else ():
                 if handle.startswith(prefix):
                     attrs = block.attributes_for(block.ips_for_handle(handle)[0])
                     if attrs["secondary"].get("node") == node:
@@ -480,14 +535,16 @@ class IPAM:
         stay until their last address is released (then release_empty_blocks takes them)."""
         done = []
         for aitem in self.kv.list(keys.affinity(node)).items:
-            cidr = keys.cidr_from_segment(keys.last_segment(aitem.key))
-            for _ in range(RETRIES):
+            (cidr,) = _block_cidrs([aitem]) or (None,)
+            for _ in range(RETRIES if cidr else 0):
                 bitem = self.kv.get(keys.block(cidr))
                 compare = [Compare.mod(aitem.key, aitem.mod_revision),
                            Compare.mod(keys.block(cidr), bitem.mod_revision if bitem else 0)]
                 ops = [Op.delete(aitem.key)]
-                if bitem is not None:
-                    block = Block.from_json(bitem.value, key=bitem.key)
+                block = self._block(bitem) if bitem is not None else None
+                if bitem is not None and block is None:
+                    break  # unreadable: it and its affinity stay until repaired
+                if block is not None:
                     if block.is_empty:
                         ops.append(Op.delete(bitem.key))
                     else:
@@ -508,8 +565,8 @@ class IPAM:
         of every empty block that has no affinity left."""
         found = []
         for item in self.kv.list(keys.BLOCKS).items:
-            block = Block.from_json(item.value, key=item.key)
-            if block.is_empty and block.affinity == (affinity_of(node) if node else None):
+            block = self._block(item)
+            if block is not None and block.is_empty and block.affinity == (affinity_of(node) if node else None):
                 found.append((item.key, item.mod_revision))
         return found
 
@@ -518,8 +575,8 @@ class IPAM:
         item = self.kv.get(bkey)
         if item is None or item.mod_revision != revision:
             return False
-        block = Block.from_json(item.value, key=bkey)
-        if not block.is_empty:
+        block = self._block(item)
+        if block is None or not block.is_empty:
             return False
         compare, ops = [Compare.mod(bkey, revision)], [Op.delete(bkey)]
         if block.affinity and block.affinity.startswith("host:"):
@@ -557,6 +614,28 @@ class EmptyBlockReaper:
             current[bkey] = (rev, since)
         self._seen = current
         return released
+
+
+def _check_usable(pool: r.IPPool, node_labels: dict, node: str | None, what: str = "") -> None:
+    """A pool named by a pod (annotation, fixed address) obeys the same rules as any other."""
+    name = pool.metadata.name
+    if pool.spec.disabled:
+        raise NoMatchingPool(f'{what}IP pool "{name}" is disabled')
+    if not r.parse_selector(pool.spec.node_selector).matches(node_labels):
+        where = f'node "{node}"' if node else "this node"
+        raise NoMatchingPool(f'{what}IP pool "{name}" does not select {where} '
+                             f"(nodeSelector: {pool.spec.node_selector})")
+
+
+def _block_cidrs(items) -> list:
+    """The CIDRs of block keys; a key that names none is skipped (ipam check reports it)."""
+    found = []
+    for item in items:
+        try:
+            found.append(keys.cidr_from_segment(keys.last_segment(item.key)))
+        except ValueError:
+            continue
+    return found
 
 
 def _pool_of(cidr, candidates) -> r.IPPool | None:

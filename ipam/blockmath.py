@@ -2,7 +2,7 @@
 
 import hashlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ipam.errors import AddressNotInBlock
 
@@ -71,3 +71,22 @@ def handle_id(network: str, container_id: str, ifname: str) -> str:
         if "/" in part:
             raise ValueError(f"handle {name} {part!r} must not contain '/'")
     return f"{network}.{container_id}.{ifname}"
+
+
+
+def overlap_test(existing: Iterable[IPNetwork], pool: IPNetwork, block_size: int) -> Callable[[IPNetwork], bool]:
+    """Whether a block of pool (of block_size) would overlap one of the existing blocks.
+
+    Existing blocks of another size are what an earlier pool over the same addresses left
+    behind; a block carved over them would hand their addresses out a second time.
+    """
+    narrower: set[IPNetwork] = set()  # the pool-sized blocks that contain an existing one
+    wider: list[IPNetwork] = []  # existing blocks larger than this pool's blocks (rare)
+    for block in existing:
+        if block.version != pool.version or not block.overlaps(pool):
+            continue
+        if block.prefixlen >= block_size:
+            narrower.add(block.supernet(new_prefix=block_size) if block.prefixlen > block_size else block)
+        else:
+            wider.append(block)
+    return lambda cidr: cidr in narrower or any(cidr.subnet_of(w) for w in wider)

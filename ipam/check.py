@@ -89,6 +89,12 @@ def check(kv: KV, live_handles: set[str] | None = None) -> Report:
             pools.append(r.parse(json.loads(item.value)).network)
         except (ValueError, RoutedError) as err:
             problems.append(Problem("corrupt-value", f"{item.key}: {err}", key=item.key))
+    for item in kv.list(keys.resource(r.IPAMConfig.plural), revision=rev).items:
+        try:
+            r.parse(json.loads(item.value))
+        except (ValueError, RoutedError) as err:
+            problems.append(Problem("corrupt-value", f"{item.key}: {err} (the allocator uses the defaults "
+                                    "or the last valid one)", key=item.key))
 
     blocks: dict[str, tuple[Block, int]] = {}
     unreadable: set[str] = set()

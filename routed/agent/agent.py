@@ -16,9 +16,10 @@ from pathlib import Path
 from cni.plugin import Context, dispatch
 from ipam.allocator import IPAM, EmptyBlockReaper
 from routed import resources as r
+from routed.datastore import schema
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
-from routed.errors import RoutedError
+from routed.errors import DatastoreUnavailable, RoutedError
 from routed.version import version
 
 from . import node as nodeinfo
@@ -79,10 +80,15 @@ class Agent:
         self.controllers = Controllers(self.stop_event, self.heartbeats)
         self.containers = KeyedLocks()  # one CNI request per container at a time
         self.spool_stats: Counter = Counter()
+        self.fatal: str | None = None  # why the agent stopped on its own
 
     def start(self) -> None:
         c = self.config
         self.kv = c.etcd.connect()
+        try:
+            schema.ensure(self.kv, write=True)  # a layout we do not know: refuse before touching anything
+        except DatastoreUnavailable:
+            pass  # checked again before the node registers
         self.store = ResourceStore(self.kv)
         self.dataplane = HostDataplane(c.netns)
         self.dataplane.set_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
@@ -152,6 +158,8 @@ class Agent:
                   lambda: self.ipam.stats["conflict"])
         m.gauge("routed_pending_releases", "Address releases queued, waiting for etcd.",
                 lambda: len(self.pending.handles()))
+        m.gauge("routed_ipam_unreadable_records", "Records IPAM skips because they do not parse or validate "
+                "(routedctl ipam check lists them).", lambda: len(self.ipam.unreadable))
         m.counter("routed_releases_failed_total", "Queued releases that failed for good (moved to failed/).",
                   lambda: self.pending.stats["failed"])
         m.counter("routed_cni_spool_failed_total", "Spooled DELs that can never succeed (moved to failed/).",
@@ -199,9 +207,15 @@ class Agent:
         delay = 0.2
         while not stop.is_set():
             try:
+                schema.ensure(self.kv, write=True)
                 node = nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels)
                 self.labels = dict(node.metadata.labels or {})
                 break
+            except schema.SchemaMismatch as err:
+                self.fatal = str(err)  # the agent exits with it (agent/cli.py)
+                log.error("%s", err)
+                stop.set()
+                return
             except RoutedError as err:
                 log.warning("cannot register node yet: %s", err)
                 stop.wait(delay)

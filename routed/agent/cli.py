@@ -62,6 +62,8 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     agent.stop_event.wait()
     agent.stop()
+    if agent.fatal:
+        raise RoutedError(agent.fatal)
     return 0
 
 

@@ -13,6 +13,9 @@ from .render import Output, Table
 
 _CONFIGURE_RETRIES = 5
 
+# `ipam check` exits with this when it finds a problem; 1 stays "the check itself failed".
+PROBLEMS_FOUND = 3
+
 # For results whose table output is just their messages: with no table at all the
 # renderer prints the JSON document under them, and an empty Table renders as nothing.
 MESSAGES_ONLY = Table([], [])
@@ -103,7 +106,7 @@ def check(ctx, args) -> Output:
         messages.append(f"report written to {args.report}")
     rows = [[p.type, FIXABLE.get(p.type, "needs an operator"), p.detail] for p in report.problems]
     table = Table(["PROBLEM", "FIX", "DETAIL"], rows) if rows else MESSAGES_ONLY
-    return Output(data=doc, table=table, messages=messages)
+    return Output(data=doc, table=table, messages=messages, exit_code=0 if report.clean else PROBLEMS_FOUND)
 
 
 def _write_json(path: str, doc) -> None:
@@ -239,7 +242,8 @@ def register(sub) -> None:
     view.add_argument("--ip", metavar="ADDR", help="which pool, block and pod hold ADDR")
     s.set_defaults(func=show)
 
-    c = isub.add_parser("check", help="find inconsistencies (leaked addresses, stray handles, ...)")
+    c = isub.add_parser("check", help="find inconsistencies (leaked addresses, stray handles, ...)",
+                        description=f"Exits {PROBLEMS_FOUND} when it finds a problem, 1 when it cannot check.")
     c.add_argument("--report", metavar="FILE", help="write the report as JSON, for release --from-report")
     c.set_defaults(func=check)
 
@@ -247,7 +251,7 @@ def register(sub) -> None:
     what = rel.add_mutually_exclusive_group(required=True)
     what.add_argument("--ip", metavar="ADDR", action="append", help="an address to free (repeatable)")
     what.add_argument("--from-report", metavar="FILE", help="a report written by ipam check --report")
-    rel.set_defaults(func=release)
+    rel.set_defaults(func=release, writes=True)
 
     cfg = isub.add_parser("configure", help="set the cluster-wide IPAM configuration")
     # Strings, checked by the command: a bad value is then one line, not argparse's usage.
@@ -255,4 +259,4 @@ def register(sub) -> None:
     cfg.add_argument("--max-blocks-per-host", "--maxblocksperhost", dest="max_blocks_per_host", metavar="N")
     cfg.add_argument("--autoallocateblocks", "--auto-allocate-blocks", dest="auto_allocate_blocks",
                      metavar="true|false")
-    cfg.set_defaults(func=configure)
+    cfg.set_defaults(func=configure, writes=True)

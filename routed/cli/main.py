@@ -33,8 +33,17 @@ class Context:
     @property
     def kv(self):
         if self._kv is None:
+            from routed.datastore import schema
+
             config = EtcdConfig.from_env(endpoints=self.args.etcd_endpoints)
-            self._kv = config.connect()
+            kv = config.connect()
+            try:
+                # Commands that write (set_defaults(writes=True)) record the layout in an empty datastore.
+                schema.ensure(kv, write=getattr(self.args, "writes", False))
+            except BaseException:
+                kv.close()
+                raise
+            self._kv = kv
         return self._kv
 
     @property
@@ -97,7 +106,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
             print(text, file=stdout)
         if notes:
             print(notes, file=stderr)
-        return 0
+        return out.exit_code
     except RoutedError as err:
         if args.debug:
             traceback.print_exc(file=stderr)

@@ -28,6 +28,8 @@ class Output:
     messages: list[str] = field(default_factory=list)
     # The format when the user names none (-o): "table" unless the data is the point.
     default_format: str = "table"
+    # Non-zero when the command ran but found something wrong (ipam check); errors are 1.
+    exit_code: int = 0
 
 
 def render(out: Output, fmt: str = "table") -> tuple[str, str]:

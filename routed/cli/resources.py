@@ -148,7 +148,7 @@ def register(sub) -> None:
                         ("replace", "replace existing resources from a file")):
         p = sub.add_parser(mode, help=help_)
         p.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
-        p.set_defaults(func=lambda ctx, args, mode=mode: write(ctx, args, mode))
+        p.set_defaults(func=lambda ctx, args, mode=mode: write(ctx, args, mode), writes=True)
 
     p = sub.add_parser("convert", help="print the routed.io form of a file (e.g. Calico's projectcalico.org/v3)")
     p.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
@@ -164,10 +164,10 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-f", "--filename")
     p.add_argument("--skip-not-found", action="store_true")
-    p.set_defaults(func=delete)
+    p.set_defaults(func=delete, writes=True)
 
     p = sub.add_parser("patch", help="merge-patch one resource")
     p.add_argument("kind")
     p.add_argument("name")
     p.add_argument("-p", "--patch", required=True, help="JSON merge patch")
-    p.set_defaults(func=patch)
+    p.set_defaults(func=patch, writes=True)

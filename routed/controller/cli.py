@@ -30,10 +30,11 @@ def run(args) -> int:
                           "or pass --kube-server URL or --kubeconfig FILE")
     if args.grace < 0 or args.interval <= 0:
         raise RoutedError("--grace must be >= 0 and --interval > 0 seconds")
-    kube = KubeClient.connect(**source)
     kv = EtcdConfig.from_env(endpoints=args.etcd_endpoints).connect()
-    gc = GarbageCollector(kv, kube, grace=args.grace)
     stop = threading.Event()
+    _check_schema(kv, stop)
+    kube = KubeClient.connect(**source)
+    gc = GarbageCollector(kv, kube, grace=args.grace)
 
     def shutdown(*_):
         stop.set()
@@ -75,6 +76,26 @@ def run(args) -> int:
             election.join(timeout=10)  # it revokes the lease as it stops: a standby takes over now
         kv.close()
     return 0
+
+
+def _check_schema(kv, stop: threading.Event) -> None:
+    """Refuse a datastore layout we do not know (SchemaMismatch); wait while etcd is away."""
+    from routed.datastore import schema
+    from routed.errors import DatastoreUnavailable
+
+    delay = 0.5
+    while True:
+        try:
+            schema.ensure(kv, write=True)
+            return
+        except DatastoreUnavailable as err:
+            logging.getLogger("routed.controller").warning("waiting for etcd: %s", err)
+            if stop.wait(delay):
+                raise
+            delay = min(delay * 2, 10.0)
+        except BaseException:
+            kv.close()
+            raise
 
 
 def register(sub) -> None:

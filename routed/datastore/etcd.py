@@ -10,6 +10,7 @@ makes them itself and uses etcd-sdk-python only for its generated gRPC stubs.
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from urllib.parse import urlparse
@@ -19,7 +20,7 @@ from pyetcd.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 from routed.errors import DatastoreUnavailable
 
-from .kv import Compare, KeyValue, Listing, Op, TxnResult, WatchEvent, prefix_end
+from .kv import Compare, KeyValue, Listing, Op, QueuedWatch, SingleKeyWrites, TxnResult, WatchEvent, prefix_end
 
 _TARGETS = {"version": rpc_pb2.Compare.VERSION, "create": rpc_pb2.Compare.CREATE,
             "mod": rpc_pb2.Compare.MOD, "value": rpc_pb2.Compare.VALUE}
@@ -27,9 +28,19 @@ _RESULTS = {"==": rpc_pb2.Compare.EQUAL, "!=": rpc_pb2.Compare.NOT_EQUAL,
             "<": rpc_pb2.Compare.LESS, ">": rpc_pb2.Compare.GREATER}
 _TARGET_FIELD = {"version": "version", "create": "create_revision", "mod": "mod_revision", "value": "value"}
 
-# gRPC codes after which the request never reached etcd's state machine, so it is
-# safe to send it again to the next endpoint.
-_FAILOVER = {grpc.StatusCode.UNAVAILABLE}
+# gRPC codes after which a request goes to the next endpoint: the member is unreachable
+# or has no leader ("etcdserver: no leader" is UNAVAILABLE), did not answer in time, or
+# our own failover closed the channel under the call (CANCELLED).
+_FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+# Keepalive pings on busy channels (watch streams) find a member that went silent. etcd
+# refuses pings closer than its --grpc-keepalive-min-time (5s) and pings without a call.
+_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 3_000),
+                    ("grpc.keepalive_permit_without_calls", 0), ("grpc.http2.max_pings_without_data", 0)]
+
+# A watch is created with this metadata so that a member that loses its leader cancels it
+# (etcd's WithRequireLeader) instead of keeping a stream that will never see a change.
+_REQUIRE_LEADER = (("hasleader", "true"),)
 
 
 def _b(text: str) -> bytes:
@@ -52,7 +63,7 @@ def _reason(err: grpc.RpcError) -> str:
     return detail.splitlines()[0][:160]
 
 
-class EtcdKV:
+class EtcdKV(SingleKeyWrites):
     """A thread-safe client for one etcd cluster, failing over between endpoints."""
 
     def __init__(self, endpoints: list[str], *, ca: bytes | None = None, cert: bytes | None = None,
@@ -63,10 +74,16 @@ class EtcdKV:
         self.timeout = timeout
         self._tls = (ca, cert, key)
         self._lock = threading.Lock()
-        self._current = 0
+        # Clients start on a random member, so that a cluster's agents do not all load the first.
+        self._current = random.randrange(len(self.endpoints))
         self._channel: grpc.Channel | None = None
         self._stubs: dict[str, object] = {}
         self._closed = False
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to now."""
+        return self.endpoints[self._current]
 
     # -- connection -------------------------------------------------------------
 
@@ -76,9 +93,9 @@ class EtcdKV:
         if url.scheme == "https":
             ca, cert, key = self._tls
             creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-            channel = grpc.secure_channel(target, creds)
+            channel = grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
         else:
-            channel = grpc.insecure_channel(target)
+            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         if self._channel is not None:
             self._channel.close()
         self._channel = channel
@@ -100,22 +117,43 @@ class EtcdKV:
             if self.endpoints[self._current] == endpoint and len(self.endpoints) > 1:
                 self._open((self._current + 1) % len(self.endpoints))
 
+    _ROUNDS = 3  # times every endpoint is tried, within the call's budget
+
     def _call(self, stub: str, method: str, request):
-        """One unary call, tried once on every endpoint while they are unreachable."""
-        failures = []
-        for _ in range(len(self.endpoints)):
+        return self._attempts(stub, lambda service, timeout: getattr(service, method)(request, timeout=timeout))
+
+    def _attempts(self, stub: str, call):
+        """call(service, timeout) within self.timeout, failing over to the next endpoint when a
+        member is unreachable, has no leader, or does not answer within its share.
+
+        With several endpoints one attempt gets half the budget, so a member that went
+        silent (a black-holed host, a stopped process) costs at most that before the next
+        one answers. Sending a request again after a deadline is safe for routed: every
+        transaction compares each key it writes, so a first copy that was applied after
+        all makes the second fail its compare, and the caller re-reads as after any lost
+        race; unconditional puts and deletes leave the same state twice.
+        """
+        deadline = time.monotonic() + self.timeout
+        share = self.timeout if len(self.endpoints) == 1 else max(self.timeout / 2, 1.0)
+        failures: dict[str, str] = {}
+        for attempt in range(self._ROUNDS * len(self.endpoints)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if attempt and attempt % len(self.endpoints) == 0:
+                # Every member failed once (an election, a restart): a short pause, then again.
+                time.sleep(min(0.25 * attempt / len(self.endpoints), left / 2))
             service, endpoint = self._stub(stub)
             try:
-                return getattr(service, method)(request, timeout=self.timeout)
+                return call(service, min(share, left))
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise DatastoreUnavailable(
-                        f"etcd at {endpoint} did not answer within {self.timeout:g}s") from None
-                if err.code() not in _FAILOVER:
+                code = err.code()
+                if code not in _FAILOVER or (code == grpc.StatusCode.CANCELLED and self._closed):
                     raise DatastoreUnavailable(f"etcd at {endpoint} refused the request: {_reason(err)}") from None
-                failures.append(f"{endpoint} ({_reason(err)})")
+                failures[endpoint] = (f"no answer within {min(share, left):.1f}s"
+                                      if code == grpc.StatusCode.DEADLINE_EXCEEDED else _reason(err))
                 self._failover(endpoint)
-        raise DatastoreUnavailable("cannot reach etcd at " + ", ".join(failures))
+        raise DatastoreUnavailable("cannot reach etcd at " + ", ".join(f"{e} ({why})" for e, why in failures.items()))
 
     # -- KV ---------------------------------------------------------------------
 
@@ -127,19 +165,6 @@ class EtcdKV:
         """The cluster's current revision."""
         resp = self._call("kv", "Range", rpc_pb2.RangeRequest(key=b"\0", count_only=True))
         return resp.header.revision
-
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
-
-    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
-        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
-        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
-
-    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
-        compare = [Compare(key, "create", ">", 0)]
-        if mod_revision is not None:
-            compare.append(Compare.mod(key, mod_revision))
-        return self.txn(compare, [Op.delete(key)]).succeeded
 
     def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult:
         request = rpc_pb2.TxnRequest(compare=[self._compare(c) for c in compare],
@@ -172,13 +197,13 @@ class EtcdKV:
             return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_b(op.key)))
         return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_b(op.key)))
 
-    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000, keys_only: bool = False) -> Listing:
         """Read in pages, every page at the revision of the first, so the result is one snapshot."""
         items: list[KeyValue] = []
         start, end = _b(prefix), _b(prefix_end(prefix))
         while True:
             resp = self._call("kv", "Range", rpc_pb2.RangeRequest(
-                key=start, range_end=end, limit=page_size, revision=revision,
+                key=start, range_end=end, limit=page_size, revision=revision, keys_only=keys_only,
                 sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.KEY))
             revision = revision or resp.header.revision
             items.extend(_kv(kv) for kv in resp.kvs)
@@ -208,15 +233,12 @@ class EtcdKV:
         return self._call("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl)).ID
 
     def lease_keepalive(self, lease_id: int) -> int:
-        service, endpoint = self._stub("lease")
-        try:
-            for resp in service.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]),
-                                               timeout=self.timeout):
+        def once(service, timeout):
+            for resp in service.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout):
                 return max(resp.TTL, 0)
-        except grpc.RpcError as err:
-            self._failover(endpoint)
-            raise DatastoreUnavailable(f"cannot refresh lease at etcd {endpoint}: {_reason(err)}") from None
-        return 0
+            return 0
+
+        return self._attempts("lease", once)
 
     def lease_revoke(self, lease_id: int) -> None:
         try:
@@ -238,16 +260,23 @@ class EtcdKV:
                 self._channel = None
 
 
-class EtcdWatch:
+class EtcdWatch(QueuedWatch):
     """Events under a prefix from a revision on, delivered through a queue.
 
     A thread keeps one gRPC watch stream open. When the stream breaks (etcd restarted,
-    endpoint lost) it opens a new one from the revision after the last event it saw,
-    so nothing is missed or repeated. When etcd has compacted that revision away, it
-    re-lists the prefix and sends one "resync" event instead.
+    endpoint lost, the member lost its leader) it opens a new one, on the next member,
+    from the revision after the last event it saw, so nothing is missed or repeated.
+    When etcd has compacted that revision away, it re-lists the prefix and sends one
+    "resync" event instead.
+
+    A member that stops answering breaks nothing: the stream would just stay quiet. So
+    a quiet stream asks for a progress report every _PROBE seconds, which etcd answers
+    at once; a stream that heard nothing for _SILENT seconds is given up for the next member.
     """
 
     _RETRY_MAX = 2.0
+    _PROBE = 1.0
+    _SILENT = 3.0
 
     def __init__(self, kv: EtcdKV, prefix: str, start_revision: int):
         self._kv = kv
@@ -258,19 +287,6 @@ class EtcdWatch:
         self._stream = None
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
         self._thread.start()
-
-    def __iter__(self):
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            yield event
-
-    def get(self, timeout: float | None = None) -> WatchEvent | None:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
     def cancel(self) -> None:
         self._stop.set()
@@ -292,27 +308,38 @@ class EtcdWatch:
                 return
             delay = min(delay * 2, self._RETRY_MAX)
 
-    def _requests(self, ended: threading.Event):
+    def _requests(self, ended: threading.Event, heard: list[float], silent: threading.Event):
         yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
             key=_b(self._prefix), range_end=_b(prefix_end(self._prefix)),
             start_revision=self.next_revision))
         # The stream stays open as long as this generator does not end; it ends with
         # the stream so that gRPC's request thread does not outlive it.
-        while not (ended.is_set() or self._stop.is_set()):
-            ended.wait(1.0)
+        while not (ended.wait(self._PROBE) or self._stop.is_set()):
+            quiet = time.monotonic() - heard[0]
+            if quiet > self._SILENT:
+                silent.set()
+                stream = self._stream
+                if stream is not None:
+                    stream.cancel()
+                return
+            if quiet > self._PROBE:
+                yield rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
 
     def _stream_once(self) -> bool:
         """Follow one stream until it ends; True if it delivered anything."""
         service, endpoint = self._kv._stub("watch")
-        ended = threading.Event()
-        self._stream = service.Watch(self._requests(ended))
+        ended, silent, heard = threading.Event(), threading.Event(), [time.monotonic()]
+        self._stream = service.Watch(self._requests(ended, heard, silent), metadata=_REQUIRE_LEADER)
         delivered = False
         try:
             for resp in self._stream:
+                heard[0] = time.monotonic()
                 if resp.compact_revision:
                     self._resync()
                     return True
                 if resp.canceled:
+                    if "leader" in resp.cancel_reason:
+                        self._kv._failover(endpoint)
                     return delivered
                 for ev in resp.events:
                     kind = "delete" if ev.type == kv_pb2.Event.DELETE else "put"
@@ -320,7 +347,7 @@ class EtcdWatch:
                     self.next_revision = ev.kv.mod_revision + 1
                     delivered = True
         except grpc.RpcError as err:
-            if err.code() in _FAILOVER:
+            if silent.is_set() or err.code() in _FAILOVER - {grpc.StatusCode.CANCELLED}:
                 self._kv._failover(endpoint)
             raise
         finally:

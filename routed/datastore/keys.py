@@ -7,6 +7,10 @@ Layout (all under one root so a cluster can share an etcd with other users):
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
 
+One key sits outside the layout, so that every version of routed finds it:
+
+    /routed/schema                              the layout version (routed.datastore.schema)
+
 A block CIDR is written with "-" for "/" (10.0.0.0-26, fd00::-122) since "/" separates
 key levels.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+SCHEMA = "/routed/schema"
 ROOT = "/routed/v1/"
 RESOURCES = ROOT + "resources/"
 IPAM = ROOT + "ipam/"

@@ -7,6 +7,7 @@ so the etcd client behind it can change without touching them. Keys and values a
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -48,6 +49,12 @@ class Compare:
     @staticmethod
     def unchanged_since(prefix: str, revision: int) -> Compare:
         return Compare(prefix, "mod", "<", revision + 1, range_end=prefix_end(prefix))
+
+    @staticmethod
+    def none_created_since(prefix: str, revision: int) -> Compare:
+        """No key under prefix was created after revision (changes to existing keys and
+        deletions do not count): "the set of keys I listed at revision is still complete"."""
+        return Compare(prefix, "create", "<", revision + 1, range_end=prefix_end(prefix))
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,22 @@ class WatchEvent:
     items: list[KeyValue] | None = None
 
 
+class QueuedWatch:
+    """A watch whose events arrive on self._events (None once it is cancelled)."""
+
+    _events: queue.Queue[WatchEvent | None]
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        while (event := self._events.get()) is not None:
+            yield event
+
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 class Watch(Protocol):
     def __iter__(self) -> Iterator[WatchEvent]: ...
 
@@ -126,8 +149,8 @@ class KV(Protocol):
 
     def txn(self, compare: list[Compare], success: list[Op], failure: list[Op] = ()) -> TxnResult: ...
 
-    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000) -> Listing:
-        """Every key under prefix, at one revision, read in pages."""
+    def list(self, prefix: str, *, revision: int = 0, page_size: int = 1000, keys_only: bool = False) -> Listing:
+        """Every key under prefix, at one revision, read in pages; keys_only leaves values empty."""
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under prefix, without values."""
@@ -143,6 +166,23 @@ class KV(Protocol):
     def lease_revoke(self, lease_id: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SingleKeyWrites:
+    """create, put and delete of one key, as transactions: one definition for every KV."""
+
+    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return self.txn([Compare.absent(key)], [Op.put(key, value, lease)]).succeeded
+
+    def put(self, key: str, value: bytes, *, mod_revision: int | None = None, lease: int = 0) -> bool:
+        compare = [] if mod_revision is None else [Compare.mod(key, mod_revision)]
+        return self.txn(compare, [Op.put(key, value, lease)]).succeeded
+
+    def delete(self, key: str, *, mod_revision: int | None = None) -> bool:
+        compare = [Compare(key, "create", ">", 0)]
+        if mod_revision is not None:
+            compare.append(Compare.mod(key, mod_revision))
+        return self.txn(compare, [Op.delete(key)]).succeeded
 
 
 def prefix_end(prefix: str) -> str:

@@ -33,6 +33,19 @@ def _check_ippool(new, old, others) -> None:
 
 COLLECTION_CHECKS: dict[type, CollectionCheck] = {r.IPPool: _check_ippool}
 
+# What else a delete must do or compare: (kv, the stored resource) -> (compares, ops);
+# raises to refuse the delete.
+DeleteGuard = Callable[[KV, r.Resource], "tuple[list[Compare], list[Op]]"]
+
+
+def _retire_ippool(kv: KV, pool) -> tuple[list[Compare], list[Op]]:
+    from ipam.pools import retirement  # IPAM owns what a pool's blocks mean
+
+    return retirement(kv, pool)
+
+
+DELETE_GUARDS: dict[type, DeleteGuard] = {r.IPPool: _retire_ippool}
+
 
 class ResourceStore:
     def __init__(self, kv: KV):
@@ -90,15 +103,19 @@ class ResourceStore:
 
     def delete(self, cls: type[r.Resource], name: str, resource_version: str | None = None) -> r.Resource:
         key = keys.resource(cls.plural, name)
-        item = self.kv.get(key)
-        if item is None:
-            raise NotFound(f'{cls.kind_name} "{name}" not found')
-        old = self._decode(cls, item)
-        if resource_version and resource_version != str(item.mod_revision):
-            raise Conflict(f'{cls.kind_name} "{name}" changed since resourceVersion {resource_version}')
-        if not self.kv.delete(key, mod_revision=item.mod_revision):
-            raise Conflict(f'{cls.kind_name} "{name}" changed while deleting it; try again')
-        return old
+        guard = DELETE_GUARDS.get(cls)
+        for _ in range(_RETRIES):
+            item = self.kv.get(key)
+            if item is None:
+                raise NotFound(f'{cls.kind_name} "{name}" not found')
+            old = self._decode(cls, item)
+            if resource_version and resource_version != str(item.mod_revision):
+                raise Conflict(f'{cls.kind_name} "{name}" changed since resourceVersion {resource_version}')
+            compare, ops = guard(self.kv, old) if guard else ([], [])
+            if self.kv.txn([Compare.mod(key, item.mod_revision), *compare], [Op.delete(key), *ops]).succeeded:
+                return old
+        raise Conflict(f'{cls.kind_name} "{name}" keeps changing while deleting it; try again'
+                       + (" (disable it first)" if cls is r.IPPool else ""))
 
     def patch(self, cls: type[r.Resource], name: str, patch: dict) -> r.Resource:
         """JSON merge patch (RFC 7396) over the stored resource."""
@@ -177,4 +194,4 @@ def _merge_patch(target, patch):
     return out
 
 
-__all__ = ["ResourceStore", "COLLECTION_CHECKS"]
+__all__ = ["ResourceStore", "COLLECTION_CHECKS", "DELETE_GUARDS"]

@@ -1,4 +1,8 @@
-"""The KV contract, against a real etcd (Debian's etcd-server)."""
+"""The KV contract, against a real etcd (Debian's etcd-server) and the in-memory KV.
+
+Tests taking `kv` run against both: that is what lets the pure allocator tests use
+the in-memory one. Tests of failures, restarts and TLS take `etcd` and run only there.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,25 @@ import pytest
 
 from routed.datastore import Compare, Op
 from routed.datastore.etcd import EtcdKV
+from routed.datastore.memory import MemoryKV
 from routed.errors import DatastoreUnavailable
 from tests.support.etcd import free_port
 
 pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture(params=["etcd", "memory"])
+def kv(request):
+    client = request.getfixturevalue("etcd").client() if request.param == "etcd" else MemoryKV()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_memory_value_compare_on_a_missing_key_fails_as_in_etcd(kv):
+    assert not kv.txn([Compare("/t/none", "value", "==", b"")], [Op.put("/t/x", b"1")]).succeeded
+    assert kv.txn([Compare("/t/none", "version", "==", 0)], [Op.put("/t/x", b"1")]).succeeded
 
 
 def test_create_is_create_only(kv):

@@ -1,4 +1,6 @@
-"""The block IPAM against a real etcd."""
+"""The block IPAM's logic, on the in-memory KV (etcd's semantics, checked against a
+real etcd in test_datastore.py); what depends on etcd itself (concurrent writers over
+the network) runs against a real etcd here and in test_ipam_concurrency.py."""
 
 from __future__ import annotations
 
@@ -11,9 +13,22 @@ from ipam.block import Block
 from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
 from routed import resources as r
 from routed.datastore import keys
+from routed.datastore.memory import MemoryKV
 from routed.datastore.resources import ResourceStore
 
-pytestmark = pytest.mark.etcd
+
+@pytest.fixture
+def kv():
+    return MemoryKV()
+
+
+@pytest.fixture
+def etcd_kv(etcd):
+    client = etcd.client()
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def pool(name, cidr, block_size=None, **spec):
@@ -83,7 +98,10 @@ def test_pool_choice_honours_disabled_selector_and_names(store, ipam):
     store.create(pool("any", "10.3.0.0/16"))
     ip = ipam.allocate("net.a.eth0", "node-1", node_labels={"rack": "1"}).ips[0]
     assert ip in ipaddress.ip_network("10.3.0.0/16")
-    ip = ipam.allocate("net.b.eth0", "node-1", pools=["rack2"]).ips[0]
+    # Naming a pool (a pod annotation) does not bypass its nodeSelector.
+    with pytest.raises(NoMatchingPool, match="does not select"):
+        ipam.allocate("net.b.eth0", "node-1", pools=["rack2"], node_labels={"rack": "1"})
+    ip = ipam.allocate("net.b.eth0", "node-2", pools=["rack2"], node_labels={"rack": "2"}).ips[0]
     assert ip in ipaddress.ip_network("10.2.0.0/16")
     with pytest.raises(NoMatchingPool, match="disabled"):
         ipam.allocate("net.c.eth0", "node-1", pools=["off"])
@@ -215,8 +233,10 @@ def test_empty_blocks_are_released_after_the_grace_period(store, ipam, kv):
     assert ipam.allocate("net.c3.eth0", "node-1").ips
 
 
-def test_two_allocators_for_one_node_never_collide(store, kv):
-    store.create(pool("p", "10.10.0.0/16"))
+@pytest.mark.etcd
+def test_two_allocators_for_one_node_never_collide(etcd_kv):
+    kv = etcd_kv
+    ResourceStore(kv).create(pool("p", "10.10.0.0/16"))
     one, two = IPAM(kv), IPAM(kv)
     got = []
     for i in range(40):

@@ -208,8 +208,7 @@ def test_agent_takes_labels_and_address_from_the_kubernetes_node(cluster):
     ("team", {}, None, "10.61.0.0/16"),  # the namespace's annotation
     ("team", {POOLS: '["pool-a"]'}, None, "10.60.0.0/16"),  # the pod's wins over its namespace's
     ("plain", {POOLS: '["pool-b"]'}, {"ipam": {"ipv4_pools": ["pool-a"]}}, "10.61.0.0/16"),  # and over the conflist's
-    ("plain", {POOLS: '["pool-rack2"]'}, None, "10.62.0.0/16"),  # a named pool needs no nodeSelector match
-], ids=["default", "pod", "namespace", "pod-over-namespace", "pod-over-conflist", "named-pool"])
+], ids=["default", "pod", "namespace", "pod-over-namespace", "pod-over-conflist"])
 def test_pool_annotation_chooses_the_pool(cluster, pods, namespace, annotations, conf_extra, expected, request):
     name = request.node.callspec.id
     netns = pods()
@@ -219,6 +218,22 @@ def test_pool_annotation_chooses_the_pool(cluster, pods, namespace, annotations,
         assert address(result) in ipaddress.ip_network(expected)
     finally:
         delete(cluster, netns, namespace, name)
+
+
+def test_a_named_pool_must_select_the_node(cluster, pods):
+    """An annotation names a pool; it does not bypass the pool's nodeSelector (issue 10.11)."""
+    netns = pods()
+    code, body, raw = add(cluster, netns, "plain", "rack2", **{POOLS: '["pool-rack2"]'})
+    try:
+        assert code == 1 and 'IP pool "pool-rack2" does not select node "node-1"' in body["msg"], raw
+    finally:
+        delete(cluster, netns, "plain", "rack2")
+    # Nor does a fixed address inside it (checked against the labels the agent registered).
+    code, body, raw = add(cluster, netns, "plain", "rack2-fixed", **{ADDRS: '["10.62.0.9"]'})
+    try:
+        assert code == 1 and 'address 10.62.0.9: IP pool "pool-rack2" does not select node "node-1"' in body["msg"], raw
+    finally:
+        delete(cluster, netns, "plain", "rack2-fixed")
 
 
 def test_ip_addrs_annotation_gives_the_pod_that_address(cluster, pods):

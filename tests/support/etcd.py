@@ -18,11 +18,18 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 class EtcdServer:
     """One etcd member. ``kill()``/``start()`` keep the data dir, so a restart resumes."""
 
-    def __init__(self, data_dir: Path, tls: dict | None = None):
+    # A lone member elects itself at once; members of a cluster on a busy machine need
+    # more slack, or they keep electing (a test would then measure elections).
+    TIMING = {"--heartbeat-interval": "10", "--election-timeout": "100"}
+
+    def __init__(self, data_dir: Path, tls: dict | None = None, name: str = "t"):
         if not os.access(ETCD, os.X_OK):
             raise RuntimeError(f"etcd not found at {ETCD}: run scripts/setup.sh (Debian package etcd-server)")
         self.data_dir = Path(data_dir)
         self.tls = tls
+        self.name = name
+        self.initial_cluster: str | None = None  # "name=peer-url,..." for a member of a cluster
+        self.timing = dict(self.TIMING)
         self.client_port = free_port()
         self.peer_port = free_port()
         scheme = "https" if tls else "http"
@@ -42,18 +49,31 @@ class EtcdServer:
                 self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
         raise AssertionError("unreachable")
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def _start(self, timeout: float) -> EtcdServer:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        args = [ETCD, "--name", "t", "--data-dir", str(self.data_dir),
+        self.launch()
+        return self.wait_serving(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting: a cluster's members only serve once a quorum runs."""
+        peer = self.peer_url
+        args = [ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"t={peer}", "--heartbeat-interval", "10",
-                "--election-timeout", "100", "--logger", "zap", "--log-level", "warn"]
+                "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
+                "--logger", "zap", "--log-level", "warn"]
+        for flag, value in self.timing.items():
+            args += [flag, value]
         if self.tls:
             args += ["--cert-file", self.tls["server_cert"], "--key-file", self.tls["server_key"],
                      "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
+
+    def wait_serving(self, timeout: float) -> EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -100,6 +120,15 @@ class EtcdServer:
                        ROUTED_ETCD_KEY=self.tls["client_key"])
         return env
 
+    def pause(self) -> None:
+        """SIGSTOP: the member keeps its sockets but answers nothing, as a black-holed host
+        (no RST) or a wedged process would. Always resume() in a finally."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.proc and self.proc.poll() is None:
@@ -113,6 +142,37 @@ class EtcdServer:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class EtcdCluster:
+    """Three members on loopback, each with its own client and peer port."""
+
+    def __init__(self, directory: Path, size: int = 3):
+        self.members = [EtcdServer(Path(directory) / f"m{i}" / "data", name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            m.initial_cluster = initial
+            m.timing = {"--heartbeat-interval": "50", "--election-timeout": "500"}
+
+    @property
+    def urls(self) -> list[str]:
+        return [m.url for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        for m in self.members:
+            m.launch()
+        for m in self.members:
+            m.wait_serving(timeout)
+        return self
+
+    def member(self, url: str) -> EtcdServer:
+        return next(m for m in self.members if m.url == url)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.resume()  # a stopped process does not act on SIGTERM
+            m.stop()
 
 
 def make_tls(directory: Path) -> dict:
