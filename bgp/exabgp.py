@@ -8,6 +8,7 @@ tcp.bind is set; started as root it drops to `nobody` unless told not to.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -61,6 +62,11 @@ def render(speaker: LocalSpeaker, peers: list[Peer], helper_command: str,
 
 
 def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[str]:
+    local, remote = ipaddress.ip_address(speaker.address), ipaddress.ip_address(peer.address)
+    if local.version != remote.version:
+        # ExaBGP refuses the whole file over one such neighbor, every session with it.
+        raise ValueError(f"peer {peer.address} is IPv{remote.version} and this node's BGP address "
+                         f"{speaker.address} is IPv{local.version}: a session needs both of one family")
     lines = [f"neighbor {peer.address} {{",
              f"  description \"{peer.kind} {peer.name}\";",
              f"  router-id {speaker.address};",

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from routed import resources as r
 
+from .order import address_key
+
 DEFAULT_AS = 64512
 _RANK = {"node": 0, "global": 1, "route-reflector": 2, "mesh": 3}
 
@@ -108,4 +110,4 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
         current = best.get(peer.address)
         if current is None or _RANK[peer.kind] < _RANK[current.kind]:
             best[peer.address] = peer
-    return sorted(best.values(), key=lambda p: ipaddress.ip_address(p.address))
+    return sorted(best.values(), key=lambda p: address_key(p.address))

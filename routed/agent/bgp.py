@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgp import decide, exabgp, peers as peering
+from bgp.order import address_key, network_key
 from bgp.speaker import write_config
 from ipam.origins import Origins
 from routed import resources as r
@@ -129,7 +130,7 @@ class HelperLink:
 
 def announce_commands(verb: str, prefixes: list[str]) -> list[str]:
     """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line."""
-    ordered = sorted(prefixes, key=lambda p: ipaddress.ip_network(p))
+    ordered = sorted(prefixes, key=network_key)
     return [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
             for i in range(0, len(ordered), BATCH)]
 
@@ -529,7 +530,7 @@ class BGPController:
                      "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.since)), "info": _info(s),
                      "accepted": s.accepted, "rejected": s.rejected, "rejectedBy": dict(s.rejected_by),
                      "maxPrefixes": s.max_prefixes, "dropped": s.dropped, "error": s.error}
-                    for s in sorted(self.status.values(), key=lambda s: ipaddress.ip_address(s.address))]
+                    for s in sorted(self.status.values(), key=lambda s: address_key(s.address))]
 
     def metrics(self) -> list[Family]:
         with self._lock:
