@@ -28,10 +28,11 @@ ELF_MACHINE = {62: "amd64", 183: "arm64"}  # e_machine: EM_X86_64, EM_AARCH64
 PT_INTERP = 3
 
 
-def render_conflist(*, mtu: int = 1450, socket: str = "/var/run/routed/cni.sock",
+def render_conflist(*, mtu: int = 0, socket: str = "/var/run/routed/cni.sock",
                     spool_dir: str = "/var/lib/routed/cni-spool", ipv4_pools: list[str] | None = None,
                     ipv6: bool = False, cni_version: str = "1.0.0", chain: bool = True) -> dict:
-    """The network configuration list kubelet (through the runtime) hands the plugins."""
+    """The network configuration list kubelet (through the runtime) hands the plugins.
+    ``mtu`` 0 leaves the pods' MTU to the agent (the uplink's less the encapsulation's)."""
     routed = {"type": "routed", "mtu": mtu, "agent_socket": socket, "spool_dir": spool_dir,
               "ipam": {"assign_ipv4": True, "assign_ipv6": ipv6, "ipv4_pools": list(ipv4_pools or [])}}
     plugins = [routed]
@@ -129,7 +130,8 @@ def register(sub) -> None:
     p.add_argument("--conf-dir", default="/etc/cni/net.d")
     p.add_argument("--plugin-dir", help=f"where the built plugins are (default: ${PLUGIN_DIR_ENV}, "
                                         "else the source tree's build/cni)")
-    p.add_argument("--mtu", type=int, default=int(os.environ.get("ROUTED_MTU", "1450")))
+    p.add_argument("--mtu", type=int, default=int(os.environ.get("ROUTED_MTU", "0") or 0),
+                   help="pod MTU in the conflist; 0 (default): the agent derives it from the uplink")
     p.add_argument("--cni-socket", default="/var/run/routed/cni.sock")
     p.add_argument("--spool-dir", default="/var/lib/routed/cni-spool")
     p.add_argument("--pools", nargs="*", default=[], help="IPv4 pool names (default: all matching the node)")

@@ -81,6 +81,8 @@ class Context:
     # With Kubernetes: the agent's cache of this node's pods, whose annotations choose
     # pools and fixed addresses. Read from the cache, never the API.
     pod_info: PodAnnotations | None = None
+    # The pods' MTU when the conflist leaves it 0 (the agent's, derived from the uplink).
+    pod_mtu: Callable[[], int] = lambda: 1500
     stats: dict = field(default_factory=dict)
 
 
@@ -102,6 +104,7 @@ def cmd_add(req: Request, ctx: Context) -> str:
     handle, host_if, conf = handle_of(req), host_veth_name(req), req.conf
     if ctx.settle_release is not None:
         ctx.settle_release(handle)
+    mtu = conf.mtu or ctx.pod_mtu()
     attrs = {k: v for k, v in (("pod", req.pod_name), ("namespace", req.pod_namespace),
                                ("container", req.container_id[:64])) if v}
     static = conf.runtime_config.get("ips") or []
@@ -121,7 +124,7 @@ def cmd_add(req: Request, ctx: Context) -> str:
                     allocations.append(ctx.ipam.allocate(handle, ctx.node, attrs, pools=pools or None,
                                                          version=version, node_labels=ctx.node_labels()))
         ips = [ip for a in allocations for ip in a.ips]
-        pod_if = ctx.pods.setup(req.netns, req.ifname, host_if, ips, conf.mtu)
+        pod_if = ctx.pods.setup(req.netns, req.ifname, host_if, ips, mtu)
     except BaseException:
         # Give back what this call took; a retried request's addresses belong to the first one.
         if any(not a.reused for a in allocations):
@@ -130,7 +133,7 @@ def cmd_add(req: Request, ctx: Context) -> str:
     log.info("ADD %s pod=%s/%s ips=%s", handle, req.pod_namespace, req.pod_name, ",".join(map(str, ips)))
     host = {"name": host_if, "mac": pod_if["host_mac"]}
     pod = {"name": req.ifname, "mac": pod_if["mac"], "sandbox": req.netns}
-    return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, conf.mtu))
+    return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, mtu))
 
 
 def _from_annotations(req: Request, ctx: Context) -> tuple[list[str], dict[int, list[str] | None]]:
@@ -196,7 +199,7 @@ def cmd_check(req: Request, ctx: Context) -> str:
     expected = spec.result_ips(req.conf.prev_result)
     allocation = ctx.ipam.held_by(handle_of(req))
     problems = [f"address {ip} is not allocated to this container" for ip in expected if ip not in allocation]
-    problems += ctx.pods.check(req.netns, req.ifname, host_veth_name(req), expected, req.conf.mtu)
+    problems += ctx.pods.check(req.netns, req.ifname, host_veth_name(req), expected, req.conf.mtu or ctx.pod_mtu())
     if problems:
         raise CNIError(spec.CHECK_FAILED, "; ".join(problems))
     return ""

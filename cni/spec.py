@@ -58,7 +58,7 @@ class NetConf:
     cni_version: str
     name: str
     type: str
-    mtu: int = 1500
+    mtu: int = 0  # 0: derived by the agent
     ipv4_pools: list[str] = field(default_factory=list)
     ipv6_pools: list[str] = field(default_factory=list)
     assign_ipv4: bool = True
@@ -130,9 +130,10 @@ def parse_conf(stdin: str | bytes, command: str) -> NetConf:
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "network configuration: ipam must be an object")
     conf = NetConf(cni_version=version, name=name, type=str(doc.get("type", "")), raw=doc)
-    mtu = doc.get("mtu", 1500)
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
-        raise CNIError(INVALID_CONFIG, f"network configuration: mtu must be an integer 576-65535, got {mtu!r}")
+    mtu = doc.get("mtu", 0)  # 0 or absent: the agent derives it from the uplink (dataplane/mtu.py)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 576 <= mtu <= 65535):
+        raise CNIError(INVALID_CONFIG, f"network configuration: mtu must be 0 (derive) or an integer 576-65535, "
+                                       f"got {mtu!r}")
     conf.mtu = mtu
     for key in ("ipv4_pools", "ipv6_pools"):
         pools = ipam.get(key, [])

@@ -6,6 +6,7 @@ network while the agent is upgraded or restarted.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from cni.plugin import Context, dispatch
 from ipam.allocator import IPAM, EmptyBlockReaper
 from routed import resources as r
+from routed.dataplane import mtu
 from routed.datastore import schema
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
@@ -62,6 +64,7 @@ class AgentConfig:
     # Undo what the controllers installed (block blackholes, natOutgoing) when stopping:
     # for taking routed off a node. Off by default: a restart leaves the dataplane alone.
     cleanup_on_stop: bool = False
+    mtu: int = 0  # the pods' MTU; 0: the uplink's less the pools' encapsulation overhead
     # Where the Kubernetes API is (routed.k8s.api_source); None: run without Kubernetes.
     kube: dict | None = None
 
@@ -100,12 +103,16 @@ class Agent:
         else:
             self.address = self.dataplane.default_route_address()
         self.ipam = IPAM(self.kv)
+        # Until the pools are read (once registered: etcd may be away now, and DEL must be
+        # served meanwhile), assume the largest overhead in use.
+        self._encapsulations = {"vxlan"}
+        self.refresh_mtu(read_pools=False)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.last_adds = LastAdds(Path(c.state_dir) / "last-add")
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
                                    release_later=self.pending.add,
                                    settle_release=lambda handle: self.pending.settle(handle, self.ipam.release_handle),
-                                   pod_info=self.pod_info)
+                                   pod_info=self.pod_info, pod_mtu=lambda: self.dataplane.mtus.pod)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics, c.cni_workers, c.cni_read_timeout)
         self.cni.start()
@@ -117,6 +124,8 @@ class Agent:
             self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
         documents["/version"] = lambda: {"version": version(), "node": c.node_name}
+        documents["/node"] = lambda: {"name": c.node_name, "address": self.address,
+                                      "mtu": self.dataplane.mtus.as_dict()}
         self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents,
                                    live=self.alive)
         self.health.start()
@@ -236,8 +245,29 @@ class Agent:
                 BlockRoutes(self.kv, self.dataplane, c.node_name, c.resync),
                 Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup),
                 Every("empty-blocks", min(60.0, max(1.0, c.block_grace / 4)), reaper.sweep),
-                Every("node-labels", c.resync, self._refresh_labels)):
+                Every("node-labels", c.resync, self._refresh_labels),
+                Every("mtu", c.resync, self.refresh_mtu)):
             self.controllers.start(controller)
+
+    def refresh_mtu(self, read_pools: bool = True) -> None:
+        """Follow the uplink's MTU and the pools' encapsulations (etcd away: the last known).
+        New pods and the tunnel devices (at the next route sync) get the result."""
+        if read_pools:
+            try:
+                self._encapsulations = mtu.pool_encapsulations(self.store.list(r.IPPool))
+            except RoutedError as err:
+                log.warning("MTU: pools not readable (%s); keeping %s", err, sorted(self._encapsulations))
+        uplink = self.dataplane.uplink_mtu(self.address)
+        if uplink is None:
+            log.warning("MTU: no interface holds %s; assuming %d", self.address, mtu.DEFAULT_UPLINK_MTU)
+        family = ipaddress.ip_interface(self.address).version  # the underlay's: outer headers
+        try:
+            chosen = mtu.choose(uplink, self._encapsulations, family, explicit=self.config.mtu)
+        except ValueError as err:
+            raise RoutedError(f"MTU: {err}") from None
+        if chosen != self.dataplane.mtus:
+            log.info("MTU: uplink %d, pods %d (%s)", chosen.uplink, chosen.pod, chosen.source)
+        self.dataplane.mtus = chosen
 
     def _refresh_labels(self) -> None:
         if self.kube is not None:  # a label changed in Kubernetes: register it again

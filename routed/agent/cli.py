@@ -54,7 +54,7 @@ def run(args) -> int:
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
         bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
         cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
-        cleanup_on_stop=args.cleanup_on_stop,
+        cleanup_on_stop=args.cleanup_on_stop, mtu=args.mtu, resync=args.resync,
         kube=api_source(args.kube_server, args.kubeconfig))
     agent = Agent(config)
     agent.start()
@@ -79,6 +79,10 @@ def register(sub) -> None:
     p.add_argument("--state-dir", default=env("ROUTED_STATE_DIR", "/var/lib/routed"))
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_HEALTH_PORT", "9099")))
+    p.add_argument("--mtu", type=int, default=int(env("ROUTED_MTU", "0") or 0),
+                   help="pod MTU; 0 (default): the uplink's MTU less the pools' encapsulation overhead")
+    p.add_argument("--resync", type=float, default=30.0,
+                   help="seconds between full reconciles (routes, BGP peers, MTU, labels)")
     p.add_argument("--block-grace", type=float, default=300.0, help="seconds an empty block is kept")
     p.add_argument("--bgp", action=argparse.BooleanOptionalAction,
                    default=env("ROUTED_BGP", "true").lower() == "true", help="run the BGP controller")

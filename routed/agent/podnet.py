@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 
 from routed.dataplane import bulk, encap, sysctl
+from routed.dataplane import mtu as mtus
 from routed.dataplane import pod as podnet
 from routed.dataplane.constants import ROUTE_PROTO, ROUTE_PROTO_BGP
 from routed.dataplane.errors import DataplaneError
@@ -31,6 +32,7 @@ class HostDataplane:
         self.nic = ""
         self.local_ip = ""
         self._vxlan_peers: list[str] = []
+        self.mtus = mtus.choose(None, ())  # the agent sets the node's (Agent.refresh_mtu)
         self._doomed: queue.Queue = queue.Queue()
         self._dying: Counter = Counter()  # host veth name -> deletions queued
         self._dying_changed = threading.Condition()
@@ -132,17 +134,27 @@ class HostDataplane:
                         return self.nic
         raise RoutedError(f"no interface holds the node address {ip}")
 
+    def uplink_mtu(self, address: str) -> int | None:
+        """The MTU of the interface holding the node address (None: no interface holds it)."""
+        ip = str(ipaddress.ip_interface(address).ip)
+        with Rtnl(self.netns) as sock:
+            for addr in sock.addresses():
+                if addr.address == ip:
+                    link = sock.link(index=addr.index)
+                    return link.mtu if link is not None else None
+        return None
+
     def sync_learned(self, routes: list[Route]) -> str:
         """Make the kernel's proto-202 routes equal to routes, with the devices they need."""
         vxlan_peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan"})
         if vxlan_peers:
-            encap.ensure_vxlan(self.netns, self.local_ip, self.nic)
+            encap.ensure_vxlan(self.netns, self.local_ip, self.nic, mtu=self.mtus.vxlan)
         if vxlan_peers or self._vxlan_peers:
             encap.sync_vxlan_peers(self.netns, vxlan_peers)
             self._vxlan_peers = vxlan_peers
         if any(r.encapsulation == "ipip" for r in routes):
             try:
-                encap.ensure_ipip(self.netns)
+                encap.ensure_ipip(self.netns, mtu=self.mtus.ipip)
             except DataplaneError as err:
                 log.error("%s: IPIP routes are skipped", err)
                 routes = [r for r in routes if r.encapsulation != "ipip"]

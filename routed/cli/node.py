@@ -39,18 +39,26 @@ def add_agent_argument(parser) -> None:
 
 def status(ctx, args) -> Output:
     peers = agent_json(args.agent, "/bgp/peers")
+    node = agent_json(args.agent, "/node")
     rows = [[p["address"], p["type"], p["state"], p["since"], p["info"]] for p in peers]
     wide = [[p["name"], p["accepted"], p["rejected"], _reasons(p.get("rejectedBy") or {}),
              _limit(p.get("maxPrefixes", 0), p.get("dropped", 0))] for p in peers]
     table = Table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows,
                   ["NAME", "ACCEPTED", "REJECTED", "REJECTED BY", "MAX PREFIXES"], wide)
     up = sum(p["state"] == "up" for p in peers)
-    messages = [f"routed agent is running; {up} of {len(peers)} BGP session(s) up"]
+    messages = [f"routed agent is running; {up} of {len(peers)} BGP session(s) up", _mtu_line(node["mtu"])]
     skipped = [p["address"] for p in peers if p.get("error")]
     if skipped:
         messages.append(f"{len(skipped)} peer(s) left out of the BGP configuration: {', '.join(skipped)} "
                         "(see INFO)")
-    return Output(data={"peers": peers}, table=table, messages=messages)
+    return Output(data={"peers": peers, "mtu": node["mtu"]}, table=table, messages=messages)
+
+
+def _mtu_line(mtu: dict) -> str:
+    tunnels = mtu["tunnels"]
+    used = ", ".join(mtu["encapsulations"]) or "no encapsulation"
+    return (f"MTU: uplink {mtu['uplink']}, pods {mtu['pod']} ({mtu['source']}; pools use {used}), "
+            f"tunnels vxlan {tunnels['vxlan']} ipip {tunnels['ipip']} wireguard {tunnels['wireguard']}")
 
 
 def _reasons(by: dict) -> str:

@@ -230,10 +230,10 @@ def test_encapsulation_maps_onto_pool_modes_and_mtu(encapsulation, mode):
     (pool,) = [r.parse(d) for d in r.load_documents(rendered.resources_yaml()) if d["kind"] == "IPPool"]
     assert pool.spec.vxlan_mode == (mode if encapsulation == "VXLAN" else "Never")
     assert pool.spec.ipip_mode == (mode if encapsulation == "IPIP" else "Never")
-    mtu = {"VXLAN": 1450, "IPIP": 1480, "None": 1500}[encapsulation]
-    assert rendered.config()["ROUTED_MTU"] == str(mtu)
+    # mtu 0: each node's agent derives the pods' MTU from its uplink and the pools (not the chart).
+    assert rendered.config()["ROUTED_MTU"] == "0"
     install = cu.argv(rendered.container(rendered.daemonset(), "install-cni", init=True))
-    assert install[install.index("--mtu") + 1] == str(mtu)
+    assert install[install.index("--mtu") + 1] == "0"
 
 
 def test_explicit_mtu_wins():

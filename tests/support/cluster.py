@@ -141,11 +141,11 @@ class Cluster:
         return self.store.apply(r.parse({"apiVersion": "routed.io/v1", **doc}))[0]
 
     def add_node(self, name: str, index: int, start: bool = True, switch: str | None = None,
-                 subnet: str | None = None, gateway: str | None = None, labels: str = "") -> Node:
+                 subnet: str | None = None, gateway: str | None = None, labels: str = "", mtu: int = 1500) -> Node:
         address = topology.host_address(subnet or self.subnet, index)
         node = Node(self, name, address, labels)
         topology.add_netns(node.ns.name)
-        topology.plug(node.ns.name, "eth0", switch or self.switch, address)
+        topology.plug(node.ns.name, "eth0", switch or self.switch, address, mtu=mtu)
         # A default route, as every real node has: proxy ARP for the pods' gateway needs one.
         topology.default_route(node.ns.name, gateway, "eth0")
         self.nodes.append(node)

@@ -28,6 +28,11 @@ def test_a_containerd_request_parses():
     assert req.conf.runtime_config == {"portmappings": [{"hostport": 80}]}
 
 
+def test_mtu_0_or_absent_leaves_it_to_the_agent():
+    assert spec.parse_request(ENV, conf(mtu=0)).conf.mtu == 0
+    assert spec.parse_request(ENV, conf()).conf.mtu == 0
+
+
 @pytest.mark.parametrize("env_change, stdin, code, needle", [
     ({"CNI_COMMAND": "FROB"}, conf(), spec.INVALID_ENVIRONMENT, "CNI_COMMAND"),
     ({"CNI_COMMAND": ""}, conf(), spec.INVALID_ENVIRONMENT, "CNI_COMMAND"),
@@ -44,6 +49,7 @@ def test_a_containerd_request_parses():
     ({}, conf(name="bad name"), spec.INVALID_CONFIG, "name"),
     ({}, conf(mtu="big"), spec.INVALID_CONFIG, "mtu"),
     ({}, conf(mtu=100), spec.INVALID_CONFIG, "mtu"),
+    ({}, conf(mtu=-1), spec.INVALID_CONFIG, "mtu"),
     ({}, conf(ipam={"ipv4_pools": "a"}), spec.INVALID_CONFIG, "ipv4_pools"),
     ({}, conf(ipam={"assign_ipv4": False}), spec.INVALID_CONFIG, "neither"),
     ({}, conf(prevResult=[]), spec.INVALID_CONFIG, "prevResult"),

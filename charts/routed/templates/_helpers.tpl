@@ -41,20 +41,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "routed.configMapName" -}}{{ include "routed.fullname" . }}-config{{- end -}}
 
 {{/*
-Pod MTU: the value given, or 1500 less the encapsulation's overhead (VXLAN 50 bytes,
-IPIP 20). CrossSubnet counts as encapsulated: some of the traffic is.
+Pod MTU: the value given, or 0: each node's agent derives it from its uplink's MTU less
+the pools' encapsulation overhead (VXLAN 50 bytes, IPIP 20), as Calico's auto-detection does.
 */}}
 {{- define "routed.mtu" -}}
-{{- $pool := .Values.ipPool -}}
-{{- if gt (int .Values.mtu) 0 -}}
 {{- .Values.mtu | int -}}
-{{- else if or (eq $pool.encapsulation "None") (eq $pool.encapsulationMode "Never") -}}
-1500
-{{- else if eq $pool.encapsulation "IPIP" -}}
-1480
-{{- else -}}
-1450
-{{- end -}}
 {{- end -}}
 
 {{- define "routed.ipipMode" -}}
