@@ -172,6 +172,8 @@ class APIServer:
             f"--kubelet-client-certificate={p / (KUBELET_CLIENT.name + '.crt')}",
             f"--kubelet-client-key={p / (KUBELET_CLIENT.name + '.key')}",
             f"--kubelet-certificate-authority={p / 'ca.crt'}",
+            # Reach kubelets by address: node names resolve nowhere here.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
