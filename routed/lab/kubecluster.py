@@ -265,10 +265,7 @@ class KubeCluster:
                                                          capture_output=True).returncode == 0,
               60, f"{name}'s containerd", d / "logs" / "containerd.log")
         for archive in archives:
-            done = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "import", str(archive)],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RoutedError(f"{name}: importing {archive} failed: {done.stderr.strip()}")
+            self._import(node, archive)
 
         api = kubeplane.PKI(self.dir / "control-plane" / "pki")
         kc = kubeplane.write_kubeconfig(d / "kubelet.kubeconfig", self.state["api"]["url"], api,
@@ -280,6 +277,20 @@ class KubeCluster:
             str(bins / "kubelet"), f"--config={d / 'kubelet.yaml'}", f"--kubeconfig={kc}",
             f"--hostname-override={name}", f"--node-ip={node['ip']}", f"--root-dir={d / 'kubelet'}",
             "--v=1"]), d / "logs" / "kubelet.log")
+
+    def import_image(self, archive: Path) -> None:
+        """An image archive (OCI or docker-archive) into every node's containerd, as a
+        registry pull would put it there."""
+        for node in self.nodes():
+            self._import(node, archive)
+
+    @staticmethod
+    def _import(node: dict, archive: Path) -> None:
+        sock = Path(node["dir"]) / "containerd.sock"
+        done = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "import", str(archive)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RoutedError(f"{node['name']}: importing {archive} failed: {done.stderr.strip()}")
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([kubeplane.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
@@ -459,3 +470,63 @@ def kubelet_config(d: Path, node: dict, sock: Path, ca: Path, cert: Path, key: P
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False, "registerNode": True,
     }
+
+
+# -- routed on it ---------------------------------------------------------------------------
+
+RELEASE = "routed"
+CHART = kubeplane.REPO / "charts" / "routed"
+
+
+def routed_image_archive() -> Path:
+    """The routed image as an archive: $ROUTED_IMAGE_DIR/routed.tar (default build/image),
+    built (or found up to date) by the image lane's scripts/build-image.sh when present."""
+    directory = Path(os.environ.get("ROUTED_IMAGE_DIR") or kubeplane.REPO / "build" / "image")
+    script = kubeplane.REPO / "scripts" / "build-image.sh"
+    if script.exists():
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RoutedError(f"scripts/build-image.sh failed:\n{done.stderr[-3000:]}")
+    archive = directory / "routed.tar"
+    if not archive.exists():
+        raise RoutedError(f"the routed image archive {archive} is missing (scripts/build-image.sh builds it)")
+    return archive
+
+
+def image_ref(archive: Path) -> tuple[str, str]:
+    """(repository, tag) the archive's image is named (docker-archive or OCI archive)."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        if "manifest.json" in tar.getnames():
+            ref = json.load(tar.extractfile("manifest.json"))[0]["RepoTags"][0]
+        else:
+            ref = json.load(tar.extractfile("index.json"))["manifests"][0]["annotations"]["io.containerd.image.name"]
+    repository, tag = ref.rsplit(":", 1)
+    return repository, tag
+
+
+def chart_values(cluster: KubeCluster, archive: Path, **extra) -> dict:
+    repository, tag = image_ref(archive)
+    return {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "etcd": {"endpoints": [cluster.etcd_cluster_url]},
+            "controller": {"replicas": 1}, **extra}
+
+
+def helm_config(cluster: KubeCluster):
+    """helm-python-sdk (Helm 4's own code; a test dependency of the project) on the cluster.
+    Its install runs the chart's hooks and keeps a release that uninstall removes."""
+    try:
+        import helm_python
+    except ImportError:
+        raise RoutedError("helm-python-sdk is not installed: run scripts/setup.sh (.venv has it)") from None
+    return helm_python.Config(kubeconfig_path=cluster.kubeconfig, namespace="kube-system")
+
+
+def install_routed(cluster: KubeCluster, archive: Path, values: dict) -> dict:
+    """Import the image into every node and `helm install` the chart into kube-system.
+    Without --wait, as the README does: Helm's wait would hold the post-install job that
+    creates the IP pool until the controller is Ready, and the controller's pod needs it."""
+    cluster.import_image(archive)
+    with helm_config(cluster) as cfg:
+        return cfg.install(str(CHART), RELEASE, values, namespace="kube-system", timeout=600)

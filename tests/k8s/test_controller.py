@@ -386,7 +386,8 @@ def test_controller_processes_elect_one_leader_and_survive_a_killed_leader(env, 
         follower = next(n for n in procs if n != leader)
         eventually(lambda: (procs[leader].metric("routed_gc_passes_total") or 0) >= 2, "the leader's GC passes")
         # The follower may still be starting (its health server not up yet) on a busy machine.
-        eventually(lambda: procs[follower].metric("routed_controller_leader") is not None, "the follower's metrics")
+        eventually(lambda: procs[follower].metric("routed_controller_leader") is not None, "the follower's metrics",
+                   timeout=60)
         assert procs[follower].metric("routed_controller_leader") == 0
         assert procs[follower].metric("routed_gc_passes_total") == 0
         assert procs[follower].get("/readyz").strip() == "standby"
