@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned Kubernetes components (tools/kube/go.mod: kube-apiserver, kubelet,
-# kube-scheduler, kube-controller-manager, kubectl, crictl; and tools/kube/pause, the pod
-# sandbox program) from the Go module proxy into
+# kube-scheduler, kube-controller-manager, kubectl, crictl) from the Go module proxy into
 # a cache outside the repository: $ROUTED_KUBE_CACHE or ~/.cache/routed/kube-<version>/.
 # A second run with the same go.mod/go.sum builds nothing.
 #   scripts/build-kube.sh            all components
@@ -22,16 +21,15 @@ declare -A PKG=(
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
   [crictl]=sigs.k8s.io/cri-tools/cmd/crictl
-  [pause]=./pause
 )
 # The API server first: the control-plane tests need only it.
-ORDER=(kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager crictl pause)
+ORDER=(kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager crictl)
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=("${ORDER[@]}")
 
 GO=${GO:-/usr/local/go/bin/go}
 command -v "$GO" >/dev/null || GO=go
 # A binary is current when its stamp names the same go.mod, go.sum and build flags.
-stamp=$(cat go.mod go.sum pause/main.go "$self" | sha256sum | cut -c1-16)
+stamp=$(cat go.mod go.sum "$self" | sha256sum | cut -c1-16)
 
 # Without these the binaries report v0.0.0-master, which kubectl and kubelet warn about.
 minor=$(echo "$version" | cut -d. -f2)

@@ -173,14 +173,14 @@ def _kube(lab: Lab, nodes: int = 2) -> KubeCluster:
 def kube_up(args) -> int:
     progress = Progress()
     kube = _kube(_lab(), args.nodes or 2)
-    archive = kubecluster.routed_image_archive()  # before anything starts: it may be missing
     started = time.monotonic()
-    kube.up(progress.line)
-    progress.line(f"routed: importing {archive.name} into every node, helm install into kube-system")
+    progress.line("images: scripts/build-image.sh (builds what changed)")
+    images = kubecluster.image_archives()
+    kube.up(images, progress.line)
+    progress.line(f"routed: helm install {images['routed'].ref} into kube-system")
     # A lab's GC acts within seconds (a cluster's default grace is 5 minutes).
-    values = kubecluster.chart_values(kube, archive, controller={"replicas": 1,
-                                                                 "extraArgs": ["--grace=2", "--interval=2"]})
-    kubecluster.install_routed(kube, archive, values)
+    values = kubecluster.chart_values(kube, controller={"replicas": 1, "extraArgs": ["--grace=2", "--interval=2"]})
+    kubecluster.install_routed(kube, values)
     kube.kubectl("-n", "kube-system", "rollout", "status", "daemonset/routed", "--timeout=600s")
     progress.line(f"Kubernetes lab up in {time.monotonic() - started:.0f}s")
     print(kube.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
@@ -192,9 +192,9 @@ Kubernetes {kube.state['release']} with routed installed by Helm (release {kubec
 Use kubectl against it:
   export KUBECONFIG={kube.kubeconfig}
   {kubectl} get nodes -o wide
-  {kubectl} create deployment web --image={kubecluster.BUSYBOX_IMAGE} --replicas=4 -- sleep 3600
+  {kubectl} create deployment web --image={images['testpod'].ref} --replicas=4 -- sleep 3600
   {kubectl} get pods -o wide        # routed addresses; kubectl exec POD -- ping ADDRESS
-Images come from archives (no registry): {kubecluster.BUSYBOX_IMAGE} is on every node.
+No registry is reached: the images are imported into every node ({images['testpod'].ref} for pods).
 routed's etcd: ROUTED_ETCD_ENDPOINTS={kube.etcd_host_url} .venv/bin/routedctl ipam show --show-blocks
 Tear it down with: make lab-down   (or: .venv/bin/routed lab down)""")
     return 0

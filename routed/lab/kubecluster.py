@@ -24,13 +24,14 @@ import json
 import os
 import shutil
 import subprocess
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from routed.errors import RoutedError
 
 from . import kubeplane, procs, topology
+from .cluster import _wait_for  # the lab's one wait: a predicate, a timeout, a log to show
 from .ports import free_port
 
 Report = Callable[[str], None]
@@ -39,8 +40,6 @@ SUBNET = "10.77.0.0/24"
 API_PORT = 6443
 ETCD_PORT = 2379
 API_VIP = "10.96.0.1"
-PAUSE_IMAGE = "localhost/routed/pause:1"
-BUSYBOX_IMAGE = "localhost/routed/busybox:1"
 CNI_PLUGINS = ("loopback", "portmap", "bandwidth")  # containerd needs loopback; the chart chains the others
 DEBIAN_CNI = Path("/usr/lib/cni")
 # The node paths the chart's DaemonSet mounts from the host, private to each node.
@@ -115,27 +114,28 @@ class KubeCluster:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, report: Report = _quiet, images: tuple[Path, ...] = ()) -> dict:
-        """The whole cluster, nodes Ready. images: more OCI/docker archives for every node
-        (the routed image); the pause and busybox images are always imported."""
+    def up(self, images: dict[str, Image], report: Report = _quiet) -> dict:
+        """The whole cluster, its Nodes registered. images: the image lane's archives
+        (image_archives()); each node's containerd imports them all and runs pods on
+        images["pause"] (no registry is reached)."""
         for tool in ("ip", "iptables", "socat", "containerd", "ctr", "runc", "openssl", "etcd"):
             if not shutil.which(tool):
                 raise RoutedError(f"{tool} not found: run scripts/setup.sh")
         bins = kubeplane.bin_dir()
         for name in ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubelet", "kubectl",
-                     "crictl", "pause"):
+                     "crictl"):
             kubeplane.binary(name, bins)
         if self.state_file.exists():
             raise RoutedError(f"a Kubernetes lab already exists in {self.dir}: `down` it first")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = plan(self.dir, self.prefix, self.node_count)
+        self.state["images"] = {name: image.ref for name, image in images.items()}
         self.save()
         try:
             self._network(report)
             self._control_plane(report, bins)
-            archives = self._images(bins) + [Path(p) for p in images]
             for node in self.nodes():
-                self._node(node, report, bins, archives)
+                self._node(node, report, bins, [i.archive for i in images.values()])
             self.wait_nodes_ready(report)
         except BaseException:
             report("failed: removing what was started")
@@ -220,16 +220,6 @@ class KubeCluster:
                          "--node-monitor-grace-period=20s"]
             self._spawn(name, self._in_cp(argv), logs / f"{name}.log")
 
-    def _images(self, bins: Path) -> list[Path]:
-        from . import ociimage
-
-        out = self.dir / "images"
-        out.mkdir(exist_ok=True)
-        pause, busybox = out / "pause.tar", out / "busybox.tar"
-        pause.write_bytes(ociimage.pause_image(PAUSE_IMAGE, bins / "pause"))
-        busybox.write_bytes(ociimage.busybox_image(BUSYBOX_IMAGE))
-        return [pause, busybox]
-
     # -- nodes ----------------------------------------------------------------------------------
 
     def _node(self, node: dict, report: Report, bins: Path, archives: list[Path]) -> None:
@@ -251,17 +241,17 @@ class KubeCluster:
                   f"{node['netns']}", "sh", "-c", f"mount --make-rshared / && {binds}exec tail -f {d / 'hold'}"]
         holder_pid = self._spawn(f"{name}/holder", holder, d / "logs" / "holder.log")
         # unshare, nsenter and sh exec one another: the PID is tail's once the mounts are made.
-        _wait(lambda: procs.cmdline(holder_pid)[:1] == ["tail"], 30, f"{name}'s mount namespace",
+        _wait_for(lambda: procs.cmdline(holder_pid)[:1] == ["tail"], 30, f"{name}'s mount namespace",
               d / "logs" / "holder.log")
 
         def inside(argv):
             return ["nsenter", "-t", str(holder_pid), "-m", "-n", "--", *argv]
 
         sock = d / "containerd.sock"
-        (d / "containerd.toml").write_text(containerd_config(d, sock))
+        (d / "containerd.toml").write_text(containerd_config(d, sock, self.state["images"]["pause"]))
         self._spawn(f"{name}/containerd", inside(["containerd", "--config", str(d / "containerd.toml")]),
                     d / "logs" / "containerd.log")
-        _wait(lambda: sock.exists() and subprocess.run(["ctr", "-a", str(sock), "version"],
+        _wait_for(lambda: sock.exists() and subprocess.run(["ctr", "-a", str(sock), "version"],
                                                          capture_output=True).returncode == 0,
               60, f"{name}'s containerd", d / "logs" / "containerd.log")
         for archive in archives:
@@ -277,12 +267,6 @@ class KubeCluster:
             str(bins / "kubelet"), f"--config={d / 'kubelet.yaml'}", f"--kubeconfig={kc}",
             f"--hostname-override={name}", f"--node-ip={node['ip']}", f"--root-dir={d / 'kubelet'}",
             "--v=1"]), d / "logs" / "kubelet.log")
-
-    def import_image(self, archive: Path) -> None:
-        """An image archive (OCI or docker-archive) into every node's containerd, as a
-        registry pull would put it there."""
-        for node in self.nodes():
-            self._import(node, archive)
 
     @staticmethod
     def _import(node: dict, archive: Path) -> None:
@@ -317,7 +301,7 @@ class KubeCluster:
                                       + log.read_text(errors="replace")[-1500:])
             return registered()
 
-        _wait(registered_or_died, timeout, "every kubelet to register its Node",
+        _wait_for(registered_or_died, timeout, "every kubelet to register its Node",
               Path(self.nodes()[0]["dir"]) / "logs" / "kubelet.log")
         report(f"nodes registered: {', '.join(sorted(want))} (Ready once a CNI configuration exists)")
 
@@ -326,7 +310,7 @@ class KubeCluster:
             return all(self.kubectl("-n", ns, "get", "serviceaccount", "default", check=False).returncode == 0
                        for ns in ("default", "kube-system"))
 
-        _wait(accounts, timeout, "kube-controller-manager to create the default service accounts",
+        _wait_for(accounts, timeout, "kube-controller-manager to create the default service accounts",
               self.dir / "logs" / "kube-controller-manager.log")
 
     def crictl(self, node: dict, *args: str) -> subprocess.CompletedProcess:
@@ -364,18 +348,6 @@ class KubeCluster:
             remove_cgroups(cgroup_root(node))
         self.state_file.unlink(missing_ok=True)
         report(f"removed the Kubernetes lab in {self.dir}")
-
-
-def _wait(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RoutedError(f"timed out waiting for {what}" + (f"; {log}:\n{tail}" if tail else ""))
-        time.sleep(0.2)
 
 
 def cgroup_root(node: dict) -> str:
@@ -424,7 +396,7 @@ def remove_cgroups(root: str) -> None:
                 pass
 
 
-def containerd_config(d: Path, sock: Path) -> str:
+def containerd_config(d: Path, sock: Path, pause: str) -> str:
     return f"""version = 2
 root = "{d / 'containerd' / 'root'}"
 state = "{d / 'containerd' / 'state'}"
@@ -433,7 +405,7 @@ state = "{d / 'containerd' / 'state'}"
 [ttrpc]
   address = "{sock}.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
+  sandbox_image = "{pause}"
   # This machine grants no CAP_SYS_RESOURCE, so nothing may lower an oom_score_adj below
   # its own (runc fails with "failed to update /proc/self/oom_score_adj: Permission
   # denied" for the sandbox's -998): keep every container at containerd's own score or above.
@@ -478,36 +450,33 @@ RELEASE = "routed"
 CHART = kubeplane.REPO / "charts" / "routed"
 
 
-def routed_image_archive() -> Path:
-    """The routed image as an archive: $ROUTED_IMAGE_DIR/routed.tar (default build/image),
-    built (or found up to date) by the image lane's scripts/build-image.sh when present."""
-    directory = Path(os.environ.get("ROUTED_IMAGE_DIR") or kubeplane.REPO / "build" / "image")
+@dataclass(frozen=True)
+class Image:
+    ref: str  # e.g. localhost/routed/routed:0.1.0
+    archive: Path  # docker-archive, what `ctr images import` takes
+
+
+def image_archives() -> dict[str, Image]:
+    """routed, pause and testpod, from the image lane's scripts/build-image.sh (it builds
+    what changed, else answers in a second): one line per image, `name ref archive`."""
     script = kubeplane.REPO / "scripts" / "build-image.sh"
-    if script.exists():
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RoutedError(f"scripts/build-image.sh failed:\n{done.stderr[-3000:]}")
-    archive = directory / "routed.tar"
-    if not archive.exists():
-        raise RoutedError(f"the routed image archive {archive} is missing (scripts/build-image.sh builds it)")
-    return archive
+    if not script.exists():
+        raise RoutedError(f"{script} not found: the images are built from the repository")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RoutedError(f"scripts/build-image.sh failed:\n{done.stderr[-3000:]}")
+    images = {}
+    for line in done.stdout.splitlines():
+        name, ref, archive = line.split()
+        images[name] = Image(ref, Path(archive))
+    missing = {"routed", "pause", "testpod"} - set(images)
+    if missing:
+        raise RoutedError(f"scripts/build-image.sh did not name the {', '.join(sorted(missing))} image(s)")
+    return images
 
 
-def image_ref(archive: Path) -> tuple[str, str]:
-    """(repository, tag) the archive's image is named (docker-archive or OCI archive)."""
-    import tarfile
-
-    with tarfile.open(archive) as tar:
-        if "manifest.json" in tar.getnames():
-            ref = json.load(tar.extractfile("manifest.json"))[0]["RepoTags"][0]
-        else:
-            ref = json.load(tar.extractfile("index.json"))["manifests"][0]["annotations"]["io.containerd.image.name"]
-    repository, tag = ref.rsplit(":", 1)
-    return repository, tag
-
-
-def chart_values(cluster: KubeCluster, archive: Path, **extra) -> dict:
-    repository, tag = image_ref(archive)
+def chart_values(cluster: KubeCluster, **extra) -> dict:
+    repository, tag = cluster.state["images"]["routed"].rsplit(":", 1)
     return {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
             "etcd": {"endpoints": [cluster.etcd_cluster_url]},
             "controller": {"replicas": 1}, **extra}
@@ -523,10 +492,9 @@ def helm_config(cluster: KubeCluster):
     return helm_python.Config(kubeconfig_path=cluster.kubeconfig, namespace="kube-system")
 
 
-def install_routed(cluster: KubeCluster, archive: Path, values: dict) -> dict:
-    """Import the image into every node and `helm install` the chart into kube-system.
+def install_routed(cluster: KubeCluster, values: dict) -> dict:
+    """`helm install` the chart into kube-system (the image is on every node already).
     Without --wait, as the README does: Helm's wait would hold the post-install job that
     creates the IP pool until the controller is Ready, and the controller's pod needs it."""
-    cluster.import_image(archive)
     with helm_config(cluster) as cfg:
         return cfg.install(str(CHART), RELEASE, values, namespace="kube-system", timeout=600)

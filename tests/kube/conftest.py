@@ -29,7 +29,7 @@ def kube_lab(tmp_path_factory):
             pytest.fail(f"missing test dependency: {tool} (run scripts/setup.sh)", pytrace=False)
     try:
         for name in ("kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager", "kubectl",
-                     "crictl", "pause"):
+                     "crictl"):
             kubeplane.binary(name)
     except RoutedError as err:
         pytest.fail(f"missing test dependency: {err}", pytrace=False)

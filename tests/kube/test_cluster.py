@@ -27,7 +27,6 @@ import pytest
 
 from routed.datastore.etcd import EtcdKV
 from routed.lab import kubeplane, procs
-from routed.lab.kubecluster import BUSYBOX_IMAGE
 from tests.support.wait import eventually
 
 POOL = "10.244.0.0/16"
@@ -72,12 +71,16 @@ def pinger_pods(cluster) -> list[dict]:
 
 # -- real kubelets ---------------------------------------------------------------------------
 
-def host_pod(name: str, node: str) -> dict:
+def pod_image(cluster) -> str:
+    return cluster.state["images"]["testpod"]
+
+
+def host_pod(name: str, node: str, image: str) -> dict:
     """A host-network pod bound to node: it needs no CNI, so it runs before routed does."""
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
             "spec": {"nodeName": node, "hostNetwork": True, "tolerations": [{"operator": "Exists"}],
                      "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                     "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
                                      "command": ["sleep", "3600"]}]}}
 
 
@@ -97,7 +100,7 @@ def test_every_kubelet_registers_and_runs_host_network_pods(kube_cluster, tmp_pa
     names = {n["name"]: f"hostpod-{n['name']}" for n in kube_cluster.nodes()}
     for node, pod in names.items():
         manifest = tmp_path / f"{pod}.json"
-        manifest.write_text(json.dumps(host_pod(pod, node)))
+        manifest.write_text(json.dumps(host_pod(pod, node, pod_image(kube_cluster))))
         kube_cluster.kubectl("apply", "-f", str(manifest))
     try:
         for node in kube_cluster.nodes():
@@ -153,7 +156,7 @@ def test_pods_spread_get_routed_addresses_and_reach_each_other(kube_cluster, rel
                                  "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                  "whenUnsatisfiable": "DoNotSchedule",
                                  "labelSelector": {"matchLabels": {"app": "pinger"}}}],
-                             "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                             "containers": [{"name": "c", "image": pod_image(kube_cluster), "imagePullPolicy": "Never",
                                              "command": ["sleep", "3600"]}]}}}}
     (tmp_path / "pinger.json").write_text(json.dumps(manifest))
     kube_cluster.kubectl("apply", "-f", str(tmp_path / "pinger.json"))
