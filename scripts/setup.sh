@@ -11,7 +11,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables iputils-ping tcpdump procps psmisc openssl
   bird2 frr gobgpd
   containernetworking-plugins podman runc containerd
-  golang-go golang-github-appc-cni-dev busybox-static file debootstrap
+  golang-go golang-github-appc-cni-dev busybox-static file debootstrap socat
 )
 
 missing=()
@@ -46,3 +46,7 @@ fi
 
 # The CNI plugin (static Go, both architectures) into build/cni: a no-op when unchanged.
 bash scripts/build-cni.sh
+
+# The pinned Kubernetes components (tools/kube/go.mod) the control-plane and kubelet tests
+# run: built once from the Go module proxy into a cache outside the repository.
+bash scripts/build-kube.sh

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.support.etcd import ETCD, EtcdServer, make_tls
+from tests.support.etcd import ETCD, EtcdServer, free_port, make_tls
 
 
 def _require(condition: bool, what: str) -> None:
@@ -68,3 +68,40 @@ def pods():
     yield make
     for ns in made:
         ns.delete()
+
+
+@pytest.fixture(scope="session")
+def kube_api(tmp_path_factory):
+    """A real kube-apiserver (scripts/build-kube.sh builds it) on its own etcd, for the
+    whole session as envtest runs one; stopped by PID at the end, also on failure."""
+    from routed.errors import RoutedError
+    from routed.lab import kubeplane
+    from tests.support.kubeapi import KubeAPI
+
+    _require(os.access(ETCD, os.X_OK), "etcd (Debian package etcd-server)")
+    _require(shutil.which("openssl") is not None, "openssl")
+    try:
+        kubeplane.binary("kube-apiserver")
+    except RoutedError as err:
+        pytest.fail(f"missing test dependency: {err}", pytrace=False)
+    workdir = tmp_path_factory.mktemp("kube-api")
+    etcd = EtcdServer(workdir / "etcd").start()
+    server = kubeplane.APIServer(workdir / "apiserver", etcd.url, free_port())
+    try:
+        server.start()
+        yield KubeAPI(server, etcd)
+    finally:
+        server.stop()
+        etcd.stop()
+
+
+@pytest.fixture
+def kube(kube_api):
+    """The real API server's objects for one test; what the test created is deleted after it."""
+    from tests.support.kubeapi import KubeObjects
+
+    objects = KubeObjects(kube_api)
+    try:
+        yield objects
+    finally:
+        objects.cleanup()

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from routed.cli.render import Table, format_table
 from routed.errors import RoutedError
 
-from . import cluster, pods, status
+from . import cluster, kubecluster, kubeplane, pods, status
 from .cluster import Lab
+from .kubecluster import KubeCluster
 
 
 class Progress:
@@ -164,10 +165,47 @@ def _lab() -> Lab:
     return Lab()
 
 
+def _kube(lab: Lab, nodes: int = 2) -> KubeCluster:
+    """The Kubernetes lab lives beside the plain one: <lab dir>/kubernetes, <prefix>k-*."""
+    return KubeCluster(lab.dir / "kubernetes", prefix=f"{cluster.options_from_env().prefix}k-", nodes=nodes)
+
+
+def kube_up(args) -> int:
+    progress = Progress()
+    kube = _kube(_lab(), args.nodes or 2)
+    started = time.monotonic()
+    progress.line("images: scripts/build-image.sh (builds what changed)")
+    images = kubecluster.image_archives()
+    kube.up(images, progress.line)
+    progress.line(f"routed: helm install {images['routed'].ref} into kube-system")
+    # A lab's GC acts within seconds (a cluster's default grace is 5 minutes).
+    values = kubecluster.chart_values(kube, controller={"replicas": 1, "extraArgs": ["--grace=2", "--interval=2"]})
+    kubecluster.install_routed(kube, values)
+    kube.kubectl("-n", "kube-system", "rollout", "status", "daemonset/routed", "--timeout=600s")
+    progress.line(f"Kubernetes lab up in {time.monotonic() - started:.0f}s")
+    print(kube.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
+    print()
+    print(kube.kubectl("get", "pods", "-A", "-o", "wide").stdout.rstrip())
+    kubectl = kubeplane.binary("kubectl")
+    print(f"""
+Kubernetes {kube.state['release']} with routed installed by Helm (release {kubecluster.RELEASE!r}, kube-system).
+Use kubectl against it:
+  export KUBECONFIG={kube.kubeconfig}
+  {kubectl} get nodes -o wide
+  {kubectl} create deployment web --image={images['testpod'].ref} --replicas=4 -- sleep 3600
+  {kubectl} get pods -o wide        # routed addresses; kubectl exec POD -- ping ADDRESS
+No registry is reached: the images are imported into every node ({images['testpod'].ref} for pods).
+routed's etcd: ROUTED_ETCD_ENDPOINTS={kube.etcd_host_url} .venv/bin/routedctl ipam show --show-blocks
+Tear it down with: make lab-down   (or: .venv/bin/routed lab down)""")
+    return 0
+
+
 def up(args) -> int:
+    if args.kubernetes:
+        return kube_up(args)
     progress = Progress()
     lab = _lab()
-    options = cluster.options_from_env(nodes=args.nodes, racks=args.racks, encap=args.encap, tor=args.tor)
+    options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor)
     started = time.monotonic()
     state = cluster.up(lab, options, progress.line, timeout=args.timeout)
     progress.line(f"lab up in {time.monotonic() - started:.0f}s")
@@ -208,7 +246,11 @@ def up(args) -> int:
 
 def down(args) -> int:
     progress = Progress()
-    cluster.down(_lab(), progress.line)
+    lab = _lab()
+    kube = _kube(lab)
+    if kube.state_file.exists():
+        kube.down(progress.line)
+    cluster.down(lab, progress.line)
     return 0
 
 
@@ -246,7 +288,10 @@ def register(sub) -> None:
     lab = sub.add_parser("lab", help="a routed cluster on this machine, in network namespaces")
     verbs = lab.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verbs.add_parser("up", help="start the lab (or what died of it), wait for every BGP session")
-    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--nodes", type=int, default=None, help="nodes (default 4; 2 with --kubernetes)")
+    p.add_argument("--kubernetes", action="store_true",
+                   help="instead: a Kubernetes cluster of real kubelets (netns + containerd) with routed "
+                        "installed by Helm; prints how to use kubectl")
     p.add_argument("--racks", type=int, default=2)
     p.add_argument("--encap", choices=sorted(cluster.ENCAPS), default="crosssubnet",
                    help="pool mode: crosssubnet = VXLAN across racks only (default); ipip needs a kernel with it")

@@ -1,4 +1,5 @@
-"""Helpers for the Kubernetes glue tests: the fake API server, pools, nodes, pod addresses."""
+"""Helpers for the Kubernetes glue tests (against the real API server: the `kube`
+fixture in tests/conftest.py): pools, nodes, pod addresses."""
 
 from __future__ import annotations
 
@@ -10,22 +11,15 @@ from routed import resources as r
 from routed.agent import node as nodeinfo
 from routed.datastore import keys
 from routed.datastore.resources import ResourceStore
-from tests.support.fakekube import FakeKube
 
 NETWORK = "k8s-pod-network"
 
 
-@pytest.fixture
-def fake_kube():
-    """The fake Kubernetes API on 127.0.0.1, stopped at the end."""
-    with FakeKube() as kube:
-        yield kube
-
-
-def kube_client(fake: FakeKube):
+def kube_client(kube):
+    """routed's client wrapper on the admin kubeconfig, as the agent and controller connect."""
     from routed.k8s.client import KubeClient
 
-    return KubeClient.connect(server=fake.url)
+    return KubeClient.connect(kubeconfig=kube.kubeconfig)
 
 
 def pool(store: ResourceStore, name: str, cidr: str, **spec) -> r.IPPool:

@@ -1,4 +1,4 @@
-"""The GC controller against real etcd and the fake API server: deleted nodes' blocks and
+"""The GC controller against real etcd and a real kube-apiserver: deleted nodes' blocks and
 routed Nodes, deleted pods' addresses (never a live pod's, also under a race), and
 leader election through an etcd lease (in-process and as real `routed controller`
 processes)."""
@@ -23,8 +23,8 @@ from routed.controller.gc import GarbageCollector
 from routed.controller.leader import LeaderElector
 from routed.datastore import keys
 from routed.datastore.resources import ResourceStore
-from tests.k8s.k8sutil import (  # noqa: F401 - fake_kube is a fixture
-    affinities, block_of, fake_kube, handles, kube_client, pod_address, pod_handle, pool, routed_node)
+from tests.k8s.k8sutil import (
+    affinities, block_of, handles, kube_client, pod_address, pod_handle, pool, routed_node)
 from tests.support.etcd import free_port
 from tests.support.wait import eventually
 
@@ -42,11 +42,11 @@ class Clock:
 
 
 @pytest.fixture
-def env(kv, fake_kube):
+def env(kv, kube):
     store = ResourceStore(kv)
     pool(store, "main", "10.70.0.0/16")
-    return type("Env", (), {"kv": kv, "store": store, "kube": fake_kube, "ipam": IPAM(kv),
-                            "client": kube_client(fake_kube)})
+    return type("Env", (), {"kv": kv, "store": store, "kube": kube, "ipam": IPAM(kv),
+                            "client": kube_client(kube)})
 
 
 def gc_for(env, grace=0.0, clock=None) -> GarbageCollector:
@@ -346,11 +346,11 @@ def test_leader_whose_keepalive_fails_steps_down(electors, kv):
 
 
 class ControllerProcess:
-    def __init__(self, workdir: Path, etcd_url: str, kube_url: str, identity: str):
+    def __init__(self, workdir: Path, etcd_url: str, kubeconfig: str, identity: str):
         self.health_port = free_port()
         self.log = workdir / f"{identity}.log"
         self.proc = subprocess.Popen(
-            [ROUTED, "controller", "--leader-election", "--kube-server", kube_url, "--etcd-endpoints", etcd_url,
+            [ROUTED, "controller", "--leader-election", "--kubeconfig", kubeconfig, "--etcd-endpoints", etcd_url,
              "--identity", identity, "--lease-ttl", "2", "--interval", "0.2", "--grace", "0",
              "--health-port", str(self.health_port)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
@@ -377,14 +377,17 @@ def test_controller_processes_elect_one_leader_and_survive_a_killed_leader(env, 
     revoke, its lease runs out) and the other takes over and does the work."""
     kube = env.kube
     kube.add_node("node-a")
-    procs = {name: ControllerProcess(tmp_path, etcd.url, kube.url, name) for name in ("ctl-a", "ctl-b")}
+    procs = {name: ControllerProcess(tmp_path, etcd.url, kube.kubeconfig, name) for name in ("ctl-a", "ctl-b")}
     try:
-        eventually(lambda: env.kv.get(keys.leader("controller")) is not None, "a leader")
+        # Two Python processes importing the kubernetes client: slow on a loaded machine.
+        eventually(lambda: env.kv.get(keys.leader("controller")) is not None, "a leader", timeout=60,
+                   details=lambda: "\n".join(p.log.read_text()[-1000:] for p in procs.values()))
         leader = env.kv.get(keys.leader("controller")).value.decode()
         follower = next(n for n in procs if n != leader)
         eventually(lambda: (procs[leader].metric("routed_gc_passes_total") or 0) >= 2, "the leader's GC passes")
         # The follower may still be starting (its health server not up yet) on a busy machine.
-        eventually(lambda: procs[follower].metric("routed_controller_leader") is not None, "the follower's metrics")
+        eventually(lambda: procs[follower].metric("routed_controller_leader") is not None, "the follower's metrics",
+                   timeout=60)
         assert procs[follower].metric("routed_controller_leader") == 0
         assert procs[follower].metric("routed_gc_passes_total") == 0
         assert procs[follower].get("/readyz").strip() == "standby"

@@ -1,6 +1,6 @@
 """Pod and namespace annotations choose pools and fixed addresses: the parsing (pure), the
-agent's pod cache against the fake API server, and CNI ADD through the plugin and a real
-agent that runs with --kube-server."""
+agent's pod cache against a real kube-apiserver, and CNI ADD through the plugin and a real
+agent that runs with --kubeconfig."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from routed import resources as r
 from routed.datastore.resources import ResourceStore
 from routed.k8s import AnnotationError, PodNotKnown
 from routed.k8s.podinfo import PodInfo, addresses_from, parse_addresses, parse_pools, pools_from
-from tests.k8s.k8sutil import fake_kube, handles, kube_client, pool, pod_handle  # noqa: F401 - fixture
+from tests.k8s.k8sutil import handles, kube_client, pool, pod_handle
 from tests.support.agent import AgentProcess, cni
 from tests.support.etcd import EtcdServer
-from tests.support.fakekube import FakeKube
+from tests.support.kubeapi import KubeObjects
 from tests.support.netns import node_host
 from tests.support.wait import eventually
 
@@ -74,11 +74,11 @@ def test_address_annotation():
         addresses_from(pod(**{ADDRS: '["10.1.2.3"]', POOLS: '["a"]'}))
 
 
-# -- the cache against the fake API server ------------------------------------------------------
+# -- the cache against the real API server ------------------------------------------------------
 
 @pytest.fixture
-def podinfo(fake_kube):
-    info = PodInfo(kube_client(fake_kube), "node-1", wait=0.5, watch_timeout=30).start()
+def podinfo(kube):
+    info = PodInfo(kube_client(kube), "node-1", wait=0.5, watch_timeout=30).start()
     try:
         eventually(lambda: info.synced, "the pod cache to sync")
         yield info
@@ -86,35 +86,35 @@ def podinfo(fake_kube):
         info.stop()
 
 
-def test_cache_answers_from_pod_then_namespace_annotations(fake_kube, podinfo):
-    fake_kube.add_namespace("plain")
-    fake_kube.add_namespace("team", annotations={POOLS: '["team-pool"]'})
-    fake_kube.add_pod("plain", "a", node="node-1")
-    fake_kube.add_pod("team", "b", node="node-1")
-    fake_kube.add_pod("team", "c", node="node-1", annotations={POOLS: '["own-pool"]'})
-    fake_kube.add_pod("team", "d", node="node-1", annotations={ADDRS: '["10.61.0.9"]'})
+def test_cache_answers_from_pod_then_namespace_annotations(kube, podinfo):
+    kube.add_namespace("plain")
+    kube.add_namespace("team", annotations={POOLS: '["team-pool"]'})
+    kube.add_pod("plain", "a", node="node-1")
+    kube.add_pod("team", "b", node="node-1")
+    kube.add_pod("team", "c", node="node-1", annotations={POOLS: '["own-pool"]'})
+    kube.add_pod("team", "d", node="node-1", annotations={ADDRS: '["10.61.0.9"]'})
     assert podinfo.pools_for("plain", "a") is None and podinfo.addresses_for("plain", "a") is None
     assert podinfo.pools_for("team", "b") == ["team-pool"]
     assert podinfo.pools_for("team", "c") == ["own-pool"]
     assert podinfo.addresses_for("team", "d") == ["10.61.0.9"]
     # an annotation changed later is what the next ADD sees
-    fake_kube.patch_metadata("namespaces", "team", annotations={POOLS: '["other"]'})
+    kube.patch_metadata("namespaces", "team", annotations={POOLS: '["other"]'})
     eventually(lambda: podinfo.pools_for("team", "b") == ["other"], "the namespace update")
 
 
-def test_cache_holds_only_this_nodes_pods(fake_kube, podinfo):
-    fake_kube.add_namespace("ns")
-    fake_kube.add_pod("ns", "elsewhere", node="node-2", annotations={POOLS: '["x"]'})
-    fake_kube.add_pod("ns", "here", node="node-1", annotations={POOLS: '["x"]'})
+def test_cache_holds_only_this_nodes_pods(kube, podinfo):
+    kube.add_namespace("ns")
+    kube.add_pod("ns", "elsewhere", node="node-2", annotations={POOLS: '["x"]'})
+    kube.add_pod("ns", "here", node="node-1", annotations={POOLS: '["x"]'})
     assert podinfo.pools_for("ns", "here") == ["x"]
     with pytest.raises(PodNotKnown, match="pod ns/elsewhere is not among node node-1's pods; try again"):
         podinfo.pools_for("ns", "elsewhere")
 
 
-def test_lookup_waits_for_a_pod_the_watch_has_not_delivered_yet(fake_kube):
+def test_lookup_waits_for_a_pod_the_watch_has_not_delivered_yet(kube):
     """kubelet may ask for the network before our watch delivered the pod: ADD waits for it."""
-    fake_kube.add_namespace("ns")
-    info = PodInfo(kube_client(fake_kube), "node-1", wait=30, watch_timeout=30).start()
+    kube.add_namespace("ns")
+    info = PodInfo(kube_client(kube), "node-1", wait=30, watch_timeout=30).start()
     try:
         eventually(lambda: info.synced, "the pod cache to sync")
         asked = threading.Event()
@@ -127,17 +127,17 @@ def test_lookup_waits_for_a_pod_the_watch_has_not_delivered_yet(fake_kube):
         waiter = threading.Thread(target=lookup)
         waiter.start()
         asked.wait()
-        fake_kube.add_pod("ns", "late", node="node-1", annotations={POOLS: '["late-pool"]'})
+        kube.add_pod("ns", "late", node="node-1", annotations={POOLS: '["late-pool"]'})
         waiter.join()
         assert answer["pools"] == ["late-pool"]
     finally:
         info.stop()
 
 
-def test_malformed_annotation_in_the_cache_is_an_error_for_that_pod_only(fake_kube, podinfo):
-    fake_kube.add_namespace("ns")
-    fake_kube.add_pod("ns", "bad", node="node-1", annotations={POOLS: "pool-a"})
-    fake_kube.add_pod("ns", "good", node="node-1", annotations={POOLS: '["pool-a"]'})
+def test_malformed_annotation_in_the_cache_is_an_error_for_that_pod_only(kube, podinfo):
+    kube.add_namespace("ns")
+    kube.add_pod("ns", "bad", node="node-1", annotations={POOLS: "pool-a"})
+    kube.add_pod("ns", "good", node="node-1", annotations={POOLS: '["pool-a"]'})
     with pytest.raises(AnnotationError, match="pod ns/bad"):
         podinfo.pools_for("ns", "bad")
     assert podinfo.pools_for("ns", "good") == ["pool-a"]
@@ -149,12 +149,12 @@ NODE_IP = "192.0.2.10"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, kube_api):
     if os.geteuid() != 0:
         pytest.fail("these tests need root (network namespaces)", pytrace=False)
     workdir = tmp_path_factory.mktemp("k8s-agent")
     etcd = EtcdServer(workdir / "etcd").start()
-    kube = FakeKube().start()
+    kube = KubeObjects(kube_api)
     host = node_host(f"{NODE_IP}/24")
     agent = None
     try:
@@ -168,14 +168,14 @@ def cluster(tmp_path_factory):
             kube.add_namespace(name, annotations={POOLS: '["pool-b"]'} if name == "team" else {})
         # no --node-ip: the address comes from the Kubernetes Node, its prefix from the host
         agent = AgentProcess(workdir / "agent", etcd.url, host, "node-1", "",
-                             extra_args=["--kube-server", kube.url]).start()
+                             extra_args=["--kubeconfig", kube.kubeconfig]).start()
         yield type("Cluster", (), {"etcd": etcd, "kv": kv, "store": store, "kube": kube, "host": host,
                                    "agent": agent})
     finally:
         if agent:
             agent.stop()
         host.delete()
-        kube.stop()
+        kube.cleanup()
         etcd.stop()
 
 

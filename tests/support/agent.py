@@ -47,7 +47,7 @@ class AgentProcess:
         self.etcd_url, self.host, self.node, self.node_ip = etcd_url, host, node, node_ip
         self.labels, self.block_grace, self.bgp = labels, block_grace, bgp
         self.secrets_dir = secrets_dir  # <dir>/<secret name>/<key>: BGP passwords
-        self.extra_args = list(extra_args or [])  # more `routed agent` flags, e.g. --kube-server URL
+        self.extra_args = list(extra_args or [])  # more `routed agent` flags, e.g. --kubeconfig FILE
         self.env = env  # the agent's environment (None: the test's own)
         self.socket = str(self.workdir / "cni.sock")
         self.spool = str(self.workdir / "spool")

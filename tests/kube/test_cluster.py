@@ -1,0 +1,231 @@
+"""A cluster of real kubelets (each node a network and mount namespace running containerd
+and kubelet) registers its Nodes and runs the pods the API asks for; and the chart,
+installed for real with Helm into it: the DaemonSet's init container writes the conflist
+and the plugin on every node, agents and speakers become Ready, a Deployment's pods
+spread over the nodes, get routed addresses and all reach one another over the BGP mesh;
+deleting pods releases their addresses and deleting a Node (whose machine left) releases
+its blocks. The tests run in this order on one cluster (the last one removes a node).
+
+Helm through helm-python-sdk's install (Helm 4's own code, no helm binary): unlike
+render + `kubectl apply`, it runs the chart's hooks (the post-install job that creates the
+IP pool) and keeps a release that `uninstall` removes, which is what users run. Without
+`--wait`, as the README installs: with it, Helm would wait for the controller Deployment
+before running the post-install job, but the controller's pod needs that job's pool.
+
+The routed image comes from the image lane: scripts/build-image.sh writes
+$ROUTED_IMAGE_DIR/routed.tar (default build/image). The lab's controller runs with
+--grace=2 --interval=2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from routed.datastore.etcd import EtcdKV
+from routed.lab import kubeplane, procs
+from tests.support.wait import eventually
+
+POOL = "10.244.0.0/16"
+REPLICAS = 4
+
+
+@pytest.fixture
+def release(kube_lab):
+    """routed, installed by `routed lab up --kubernetes` (kubecluster.install_routed)."""
+    return kube_lab
+
+
+@pytest.fixture(scope="module")
+def kv(kube_lab):
+    client = EtcdKV([kube_lab.cluster.etcd_host_url], timeout=5.0)
+    yield client
+    client.close()
+
+
+def get(cluster, *args) -> dict:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def describe(cluster, *args):
+    return lambda: cluster.kubectl("describe", *args, check=False).stdout[-3000:]
+
+
+def ds_ready(cluster) -> bool:
+    status = get(cluster, "-n", "kube-system", "daemonset", "routed")["status"]
+    want = len(cluster.nodes())
+    return status.get("desiredNumberScheduled") == want and status.get("numberReady") == want
+
+
+def nodes_ready(cluster) -> bool:
+    return all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+               for n in get(cluster, "nodes")["items"])
+
+
+def pinger_pods(cluster) -> list[dict]:
+    return get(cluster, "-n", "default", "pods", "-l", "app=pinger")["items"]
+
+
+# -- real kubelets ---------------------------------------------------------------------------
+
+def pod_image(cluster) -> str:
+    return cluster.state["images"]["testpod"]
+
+
+def host_pod(name: str, node: str, image: str) -> dict:
+    """A host-network pod bound to node: it needs no CNI, so it runs before routed does."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "hostNetwork": True, "tolerations": [{"operator": "Exists"}],
+                     "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                                     "command": ["sleep", "3600"]}]}}
+
+
+def pod_status(cluster, name: str) -> dict:
+    out = cluster.kubectl("get", "pod", name, "-o", "json", check=False)
+    return json.loads(out.stdout)["status"] if out.returncode == 0 else {}
+
+
+def test_every_kubelet_registers_and_runs_host_network_pods(kube_cluster, tmp_path):
+    nodes = json.loads(kube_cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    addresses = {n["metadata"]["name"]: {a["type"]: a["address"] for a in n["status"]["addresses"]} for n in nodes}
+    assert addresses == {n["name"]: {"InternalIP": n["ip"], "Hostname": n["name"]} for n in kube_cluster.nodes()}
+    for node in nodes:
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == kube_cluster.state["release"]
+        assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+
+    names = {n["name"]: f"hostpod-{n['name']}" for n in kube_cluster.nodes()}
+    for node, pod in names.items():
+        manifest = tmp_path / f"{pod}.json"
+        manifest.write_text(json.dumps(host_pod(pod, node, pod_image(kube_cluster))))
+        kube_cluster.kubectl("apply", "-f", str(manifest))
+    try:
+        for node in kube_cluster.nodes():
+            pod = names[node["name"]]
+            status = eventually(lambda: pod_status(kube_cluster, pod).get("phase") == "Running"
+                                and pod_status(kube_cluster, pod), f"{pod} to run", timeout=180,
+                                details=lambda: kube_cluster.kubectl("describe", "pod", pod, check=False).stdout)
+            assert status["hostIP"] == status["podIP"] == node["ip"]
+            # exec goes API server -> kubelet (its serving certificate) -> containerd
+            out = kube_cluster.kubectl("exec", pod, "--", "ip", "-4", "-o", "addr", "show", "eth0")
+            assert f"inet {node['ip']}/" in out.stdout
+    finally:
+        for pod in names.values():
+            kube_cluster.kubectl("delete", "pod", pod, "--grace-period=0", "--force", check=False)
+
+
+# -- routed, installed with Helm ------------------------------------------------------------
+
+def test_lab_up_prints_how_to_use_kubectl(kube_lab):
+    out = kube_lab.stdout
+    assert f"export KUBECONFIG={kube_lab.cluster.kubeconfig}" in out and " get nodes -o wide" in out
+    assert "make lab-down" in out
+    env = {**kube_lab.env, "KUBECONFIG": kube_lab.cluster.kubeconfig}
+    nodes = subprocess.run([kubeplane.binary("kubectl"), "get", "nodes", "-o", "name"], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert nodes == [f"node/{n['name']}" for n in kube_lab.cluster.nodes()]
+
+
+def test_install_makes_every_node_ready(kube_cluster, release):
+    eventually(lambda: ds_ready(kube_cluster), "the routed DaemonSet Ready on every node", timeout=300,
+               details=describe(kube_cluster, "-n", "kube-system", "pods"))
+    eventually(lambda: nodes_ready(kube_cluster), "every Node Ready (a CNI configuration exists)", timeout=120,
+               details=describe(kube_cluster, "nodes"))
+    for node in kube_cluster.nodes():
+        d = Path(node["dir"])
+        conflist = json.loads((d / "etc-cni-net.d" / "10-routed.conflist").read_text())
+        assert conflist["plugins"][0]["type"] == "routed"
+        assert os.access(d / "opt-cni-bin" / "routed", os.X_OK)
+    pods = get(kube_cluster, "-n", "kube-system", "pods", "-l", "app.kubernetes.io/component=agent")["items"]
+    for pod in pods:  # the agent and its ExaBGP sidecar
+        assert sorted(c["name"] for c in pod["status"]["containerStatuses"] if c["ready"]) == ["agent", "bgp"]
+
+
+def test_pods_spread_get_routed_addresses_and_reach_each_other(kube_cluster, release, tmp_path):
+    import ipaddress
+
+    eventually(lambda: ds_ready(kube_cluster), "the routed DaemonSet Ready", timeout=300)
+    manifest = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pinger", "namespace": "default"},
+                "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": "pinger"}},
+                         "template": {"metadata": {"labels": {"app": "pinger"}}, "spec": {
+                             "terminationGracePeriodSeconds": 1,
+                             "topologySpreadConstraints": [{
+                                 "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                 "whenUnsatisfiable": "DoNotSchedule",
+                                 "labelSelector": {"matchLabels": {"app": "pinger"}}}],
+                             "containers": [{"name": "c", "image": pod_image(kube_cluster), "imagePullPolicy": "Never",
+                                             "command": ["sleep", "3600"]}]}}}}
+    (tmp_path / "pinger.json").write_text(json.dumps(manifest))
+    kube_cluster.kubectl("apply", "-f", str(tmp_path / "pinger.json"))
+
+    def running():
+        pods = pinger_pods(kube_cluster)
+        return len(pods) == REPLICAS and all(p["status"].get("phase") == "Running" and p["status"].get("podIP")
+                                             for p in pods) and pods
+
+    pods = eventually(running, "the pinger pods running", timeout=300,
+                      details=describe(kube_cluster, "-n", "default", "pods", "-l", "app=pinger"))
+    by_node = {}
+    for pod in pods:
+        by_node.setdefault(pod["spec"]["nodeName"], []).append(pod)
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POOL)
+    assert sorted(len(v) for v in by_node.values()) == [REPLICAS // 2, REPLICAS // 2]
+    failures = []
+    for src in pods:
+        for dst in pods:
+            if src is dst:
+                continue
+            done = kube_cluster.kubectl("exec", "-n", "default", src["metadata"]["name"], "--",
+                                        "ping", "-c", "1", "-W", "5", dst["status"]["podIP"], check=False)
+            if done.returncode != 0:
+                failures.append(f"{src['metadata']['name']} ({src['spec']['nodeName']}) -> "
+                                f"{dst['status']['podIP']} ({dst['spec']['nodeName']})")
+    assert failures == []
+    # the other node's block is a BGP route (proto 202), not VXLAN: one subnet
+    node = kube_cluster.nodes()[0]
+    routes = subprocess.run(["ip", "-n", node["netns"], "route"], capture_output=True, text=True).stdout
+    assert "proto 202" in routes and "blackhole" in routes
+
+
+def test_deleting_pods_releases_their_addresses(kube_cluster, release, kv):
+    from routed.datastore import keys
+
+    pods = pinger_pods(kube_cluster)
+    assert len(pods) == REPLICAS
+    ips = {p["status"]["podIP"] for p in pods}
+
+    def allocated() -> set[str]:
+        from ipam.allocator import IPAM
+
+        ipam = IPAM(kv)
+        return {str(ip) for h in (keys.last_segment(k) for k in kv.keys(keys.HANDLES)) for ip in ipam.held_by(h)}
+
+    assert ips <= allocated()
+    kube_cluster.kubectl("delete", "-n", "default", "deployment", "pinger")
+    eventually(lambda: not pinger_pods(kube_cluster), "the pinger pods gone", timeout=120)
+    eventually(lambda: not (ips & allocated()), "their addresses released (CNI DEL)", timeout=60)
+
+
+def test_deleted_node_releases_its_blocks(kube_cluster, release, kv):
+    """node2 leaves (kubelet stopped, its pods gone with the machine), then its Node is
+    deleted: the controller releases its block affinities and its routed Node."""
+    from routed.datastore import keys
+
+    node = kube_cluster.nodes()[-1]
+    name = node["name"]
+    eventually(lambda: kv.keys(keys.affinity(name)), f"{name} to own a block", timeout=60)
+    kubelet = kube_cluster.state["pids"][f"{name}/kubelet"]
+    assert procs.alive(kubelet, str(kube_cluster.dir))
+    procs.terminate([kubelet])
+    kube_cluster.crictl(node, "rmp", "--all", "--force")
+    kube_cluster.kubectl("delete", "node", name)
+    eventually(lambda: not kv.keys(keys.affinity(name)), f"{name}'s blocks released", timeout=120,
+               details=lambda: kube_cluster.kubectl("-n", "kube-system", "logs", "deploy/routed-controller",
+                                                    check=False).stdout[-3000:])
+    from routed import resources as r
+    from routed.datastore.resources import ResourceStore
+
+    eventually(lambda: ResourceStore(kv).find(r.Node, name) is None, f"{name}'s routed Node removed", timeout=60)
