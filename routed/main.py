@@ -10,7 +10,7 @@ import traceback
 from routed.errors import RoutedError
 
 # Each subcommand lives in its own module exposing register(subparsers).
-SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.install", "bgp.speaker", "routed.controller.cli")
+SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.install", "routed.dataplane.cleanup", "bgp.speaker", "routed.controller.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ from pathlib import Path
 from cni.plugin import Context, dispatch
 from ipam.allocator import IPAM, EmptyBlockReaper
 from routed import resources as r
-from routed.dataplane import mtu
-from routed.datastore import schema
+from routed.dataplane import cleanup, mtu
+from routed.datastore import schema, uninstall
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
 from routed.errors import DatastoreUnavailable, RoutedError
@@ -64,6 +64,10 @@ class AgentConfig:
     # Undo what the controllers installed (block blackholes, natOutgoing) when stopping:
     # for taking routed off a node. Off by default: a restart leaves the dataplane alone.
     cleanup_on_stop: bool = False
+    # Where install-cni put the conflist and the plugin: removed when routed is uninstalled.
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dir: str = "/opt/cni/bin"
+    uninstall_poll: float = 2.0  # seconds between looks for the uninstall marker
     mtu: int = 0  # the pods' MTU; 0: the uplink's less the pools' encapsulation overhead
     # Where the Kubernetes API is (routed.k8s.api_source); None: run without Kubernetes.
     kube: dict | None = None
@@ -84,6 +88,7 @@ class Agent:
         self.containers = KeyedLocks()  # one CNI request per container at a time
         self.spool_stats: Counter = Counter()
         self.fatal: str | None = None  # why the agent stopped on its own
+        self.leaving = threading.Event()  # routed is being uninstalled: stopped, but not exiting
 
     def start(self) -> None:
         c = self.config
@@ -131,6 +136,7 @@ class Agent:
         self.health.start()
         self._define_metrics()
         self._spawn("register", self._register_until_done)
+        self._spawn("uninstall", self._watch_uninstall)
         log.info("agent for node %s (%s) started%s", c.node_name, self.address,
                  f" in netns {c.netns}" if c.netns else "")
 
@@ -284,6 +290,44 @@ class Agent:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _watch_uninstall(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.uninstall_poll):
+            try:
+                if uninstall.requested(self.kv):
+                    self.leave()
+                    return
+            except RoutedError as err:
+                log.debug("uninstall marker not readable: %s", err)
+
+    def leave(self) -> None:
+        """routed is being uninstalled (routed.datastore.uninstall): take it off this node
+        and report it done. The process stays (and healthy) until it is terminated: an
+        agent restarted now would install it all again."""
+        c = self.config
+        log.info("uninstall requested: taking routed off node %s", c.node_name)
+        self.leaving.set()
+        report = cleanup.remove_cni_files(c.cni_conf_dir, c.cni_bin_dir)  # first: no new ADDs
+        self.stop_event.set()
+        self.pending.wake.set()
+        self.cni.stop()
+        self.controllers.stop(cleanup=True)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self.dataplane.wait_idle()
+        for line in cleanup.describe(cleanup.clean_dataplane(c.netns, report)):
+            log.info("uninstall: %s", line)
+        delay = 0.2
+        while True:  # the hook waits for this key; etcd may be away for a moment
+            try:
+                uninstall.mark_done(self.kv, c.node_name)
+                break
+            except RoutedError as err:
+                log.warning("uninstall: cannot report done yet: %s", err)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.info("uninstall: routed is off node %s; waiting to be terminated", c.node_name)
 
     def alive(self) -> tuple[bool, str]:
         """/healthz: every controller beating, no CNI request stuck."""

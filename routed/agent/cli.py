@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from routed.datastore.config import EtcdConfig
@@ -54,13 +55,21 @@ def run(args) -> int:
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
         bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
         cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
-        cleanup_on_stop=args.cleanup_on_stop, mtu=args.mtu, resync=args.resync,
+        cleanup_on_stop=args.cleanup_on_stop, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir, mtu=args.mtu, resync=args.resync,
         kube=api_source(args.kube_server, args.kubeconfig))
     agent = Agent(config)
     agent.start()
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
-    signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
+    terminated = threading.Event()
+
+    def terminate(*_):
+        terminated.set()
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     agent.stop_event.wait()
+    if agent.leaving.is_set():  # uninstalled: exiting now would restart it
+        terminated.wait()
     agent.stop()
     if agent.fatal:
         raise RoutedError(agent.fatal)
@@ -100,6 +109,10 @@ def register(sub) -> None:
                    default=env("ROUTED_CLEANUP_ON_STOP", "false").lower() == "true",
                    help="remove block routes and natOutgoing rules when stopping (taking routed off the node); "
                         "pods' own interfaces and routes always stay")
+    p.add_argument("--cni-conf-dir", default=env("ROUTED_CNI_CONF_DIR", "/etc/cni/net.d"),
+                   help="where install-cni wrote the conflist (removed when routed is uninstalled)")
+    p.add_argument("--cni-bin-dir", default=env("ROUTED_CNI_BIN_DIR", "/opt/cni/bin"),
+                   help="where install-cni put the plugin (removed when routed is uninstalled)")
     p.add_argument("--etcd-endpoints", default=None)
     p.add_argument("--kube-server", default=None, metavar="URL",
                    help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster "

@@ -75,7 +75,7 @@ def _extensions():
     import importlib
 
     found = []
-    for name in ("routed.cli.ipam", "routed.cli.node", "routed.cli.version"):
+    for name in ("routed.cli.ipam", "routed.cli.node", "routed.cli.uninstall", "routed.cli.version"):
         try:
             found.append(importlib.import_module(name))
         except ModuleNotFoundError as err:

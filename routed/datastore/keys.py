@@ -73,3 +73,13 @@ def leader(name: str) -> str:
 
 def last_segment(key: str) -> str:
     return key.rsplit("/", 1)[1]
+
+
+# Taking routed off the cluster (routed.datastore.uninstall): one marker, one done key per node.
+UNINSTALL = ROOT + "uninstall/"
+UNINSTALL_REQUESTED = UNINSTALL + "requested"
+UNINSTALL_DONE = UNINSTALL + "done/"
+
+
+def uninstall_done(node: str) -> str:
+    return UNINSTALL_DONE + segment(node, "node name")

@@ -9,12 +9,14 @@ parse with the real `routed` / `routedctl` argument parsers.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -108,6 +110,7 @@ def test_default_objects():
     assert names == {
         ("ConfigMap", "routed-config"), ("ConfigMap", "routed-resources"),
         ("DaemonSet", "routed"), ("Deployment", "routed-controller"), ("Job", "routed-config"),
+        ("Job", "routed-uninstall"),
         ("ServiceAccount", "routed-agent"), ("ServiceAccount", "routed-controller"), ("ServiceAccount", "routed-cni"),
         ("ClusterRole", "routed-agent"), ("ClusterRole", "routed-controller"), ("ClusterRole", "routed-cni"),
         ("ClusterRoleBinding", "routed-agent"), ("ClusterRoleBinding", "routed-controller"),
@@ -433,7 +436,8 @@ def test_etcd_tls_reaches_every_etcd_client():
     parsed = EtcdConfig.from_env(config)  # routed's own check: https + cert/key together
     assert parsed.endpoints == ["https://192.0.2.10:2379", "https://etcd-1.example.net:2379"]
     workloads = [(rendered.daemonset(), "agent"), (rendered.get("Deployment", "routed-controller"), "controller"),
-                 (rendered.get("Job", "routed-config"), "apply")]
+                 (rendered.get("Job", "routed-config"), "apply"),
+                 (rendered.get("Job", "routed-uninstall"), "uninstall")]
     for workload, name in workloads:
         container = rendered.container(workload, name)
         assert {"configMapRef": {"name": "routed-config"}} in container["envFrom"]
@@ -490,6 +494,71 @@ def test_hook_job():
     mount = cu.mounts(container)["/config"]
     assert cu.volumes(job)[mount["name"]]["configMap"]["name"] == "routed-resources"
     assert command[-1] == "/config/resources.yaml"
+
+
+def test_uninstall_hook_job():
+    """helm uninstall runs `routedctl uninstall` before the DaemonSet goes (Helm waits
+    only for hook Jobs), and the agents can reach the files install-cni wrote."""
+    rendered = cu.render()
+    job = rendered.get("Job", "routed-uninstall")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-delete"
+    assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    spec = cu.pod_spec(job)
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    container = rendered.container(job, "uninstall")
+    from routed.cli.main import build_parser
+
+    args = build_parser().parse_args(cu.argv(container)[1:])
+    assert (args.command, args.timeout) == ("uninstall", 120.0)
+    assert job["spec"]["activeDeadlineSeconds"] > args.timeout  # the job is not killed while waiting
+    assert {"configMapRef": {"name": "routed-config"}} in container["envFrom"]
+    ds = rendered.daemonset()
+    agent = rendered.container(ds, "agent")
+    agent_args = _parse_routed(cu.argv(agent))
+    assert cu.host_path_of(ds, agent, agent_args.cni_conf_dir) == "/etc/cni/net.d"
+    assert cu.host_path_of(ds, agent, agent_args.cni_bin_dir) == "/opt/cni/bin"
+    assert "Job" not in {d["kind"] for d in cu.render({"uninstallJob": {"enabled": False}}).docs
+                         if d["metadata"]["name"] == "routed-uninstall"}
+
+
+@pytest.mark.etcd
+def test_uninstall_hook_command_waits_for_every_node_and_clears_the_marker(etcd):
+    """Against a real etcd: the hook's command asks, waits for the registered nodes'
+    reports, names the one that never answered, exits 0 (a failed pre-delete hook would
+    block the uninstall) and leaves no marker for the next install."""
+    import threading
+
+    from routed import resources as r
+    from routed.agent import node as nodeinfo
+    from routed.cli.main import main
+    from routed.datastore import keys, uninstall
+    from routed.datastore.resources import ResourceStore
+
+    kv = etcd.client()
+    try:
+        store = ResourceStore(kv)
+        for name, ip in (("n1", "192.0.2.1/24"), ("n2", "192.0.2.2/24")):
+            nodeinfo.register(store, name, ip, {})
+
+        def agent_n1():  # what an agent does on seeing the marker
+            while not uninstall.requested(kv):
+                time.sleep(0.05)
+            uninstall.mark_done(kv, "n1")
+
+        agent = threading.Thread(target=agent_n1, daemon=True)
+        agent.start()
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--etcd-endpoints", etcd.url, "-o", "json", "uninstall", "--timeout", "3", "--poll", "0.1"],
+                    stdout=out, stderr=err)
+        agent.join(timeout=10)
+        assert code == 0, err.getvalue()
+        assert json.loads(out.getvalue()) == {"cleanedUp": ["n1"], "notReported": ["n2"]}
+        assert "routed cleanup-node" in err.getvalue() and "n2" in err.getvalue()
+        assert kv.keys(keys.UNINSTALL) == []
+        assert len(store.list(r.Node)) == 2  # the registrations are the controller's to remove
+    finally:
+        kv.close()
 
 
 def test_rbac_is_least_privilege():
