@@ -498,3 +498,9 @@ def install_routed(cluster: KubeCluster, values: dict) -> dict:
     creates the IP pool until the controller is Ready, and the controller's pod needs it."""
     with helm_config(cluster) as cfg:
         return cfg.install(str(CHART), RELEASE, values, namespace="kube-system", timeout=600)
+
+
+def uninstall_routed(cluster: KubeCluster) -> dict:
+    """`helm uninstall`: its pre-delete hook job takes routed off every node first."""
+    with helm_config(cluster) as cfg:
+        return cfg.uninstall(RELEASE, timeout=600)

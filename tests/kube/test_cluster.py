@@ -4,7 +4,8 @@ installed for real with Helm into it: the DaemonSet's init container writes the 
 and the plugin on every node, agents and speakers become Ready, a Deployment's pods
 spread over the nodes, get routed addresses and all reach one another over the BGP mesh;
 deleting pods releases their addresses and deleting a Node (whose machine left) releases
-its blocks. The tests run in this order on one cluster (the last one removes a node).
+its blocks; `helm uninstall` leaves the nodes without routed. The tests run in this order
+on one cluster (the second last removes a node, the last uninstalls routed).
 
 Helm through helm-python-sdk's install (Helm 4's own code, no helm binary): unlike
 render + `kubectl apply`, it runs the chart's hooks (the post-install job that creates the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,47 @@ def test_deleted_node_releases_its_blocks(kube_cluster, release, kv):
     from routed.datastore.resources import ResourceStore
 
     eventually(lambda: ResourceStore(kv).find(r.Node, name) is None, f"{name}'s routed Node removed", timeout=60)
+
+
+def routed_leftovers(node: dict) -> list[str]:
+    """What of routed is still on a node: proto 201/202 routes, vxlan.routed, the
+    conflist, the plugin, the natOutgoing chain."""
+    from routed.dataplane import nat
+
+    def run(*argv):
+        return subprocess.run(["ip", "netns", "exec", node["netns"], *argv], capture_output=True, text=True)
+
+    found = [f"proto {p}: {line}" for p in ("201", "202")
+             for line in run("ip", "route", "show", "table", "all", "proto", p).stdout.splitlines()]
+    if run("ip", "link", "show", "vxlan.routed").returncode == 0:
+        found.append("vxlan.routed")
+    d = Path(node["dir"])
+    found += [str(f) for f in (d / "etc-cni-net.d" / "10-routed.conflist", d / "opt-cni-bin" / "routed")
+              if f.exists()]
+    if nat.CHAIN in run("iptables-save", "-t", "nat").stdout:
+        found.append(nat.CHAIN)
+    return found
+
+
+def test_helm_uninstall_leaves_the_nodes_without_routed(kube_cluster, release):
+    """The pre-delete hook has every agent take routed off its node before Helm deletes
+    the DaemonSet. node2's agent went with its machine (the test above): a node that did
+    not answer is cleaned by hand with `routed cleanup-node`, as the hook's log says."""
+    from routed.lab.kubecluster import uninstall_routed
+
+    first, gone = kube_cluster.nodes()[0], kube_cluster.nodes()[-1]
+    assert routed_leftovers(first)  # installed: there is something to remove
+    kube_proxy_rules = subprocess.run(["ip", "netns", "exec", first["netns"], "iptables-save", "-t", "nat"],
+                                      capture_output=True, text=True).stdout.count("10.96.0.1")
+    uninstall_routed(kube_cluster)
+    assert routed_leftovers(first) == []
+    after = subprocess.run(["ip", "netns", "exec", first["netns"], "iptables-save", "-t", "nat"],
+                           capture_output=True, text=True).stdout
+    assert after.count("10.96.0.1") == kube_proxy_rules  # not ours: left alone
+    assert not get(kube_cluster, "-n", "kube-system", "jobs")["items"]  # the hook job went (hook-succeeded)
+    d = Path(gone["dir"])
+    by_hand = subprocess.run([str(Path(sys.executable).with_name("routed")), "cleanup-node", "--netns", gone["netns"],
+                              "--conf-dir", str(d / "etc-cni-net.d"), "--bin-dir", str(d / "opt-cni-bin")],
+                             capture_output=True, text=True)
+    assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
+    assert routed_leftovers(gone) == []
