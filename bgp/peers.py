@@ -81,9 +81,10 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
         asn = (other.spec.bgp.as_number if other.spec.bgp else None) or spec.as_number
         other_is_reflector = bool(other.spec.bgp.route_reflector_cluster_id)
         if other_is_reflector and not i_am_reflector:
-            found.append(Peer(address, asn, "route-reflector", other.metadata.name))
+            found.append(Peer(address, asn, "route-reflector", other.metadata.name,
+                              max_prefixes=spec.max_prefixes))
         elif spec.node_to_node_mesh_enabled and not other_is_reflector and not i_am_reflector:
-            found.append(Peer(address, asn, "mesh", other.metadata.name))
+            found.append(Peer(address, asn, "mesh", other.metadata.name, max_prefixes=spec.max_prefixes))
     labels = dict(me.metadata.labels or {})
     for peer in peers:
         s = peer.spec
@@ -101,7 +102,7 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
         found.append(Peer(str(s.address), s.as_number, kind, peer.metadata.name, port=s.port or 179,
                           hold_time=s.hold_time, keepalive_time=s.keepalive_time,
                           graceful_restart=s.max_restart_time if s.graceful_restart else 0,
-                          password_ref=ref, max_prefixes=s.max_prefixes,
+                          password_ref=ref, max_prefixes=s.max_prefixes or spec.max_prefixes,
                           allowed_prefixes=tuple(s.allowed_prefixes)))
     best: dict[str, Peer] = {}
     for peer in found:

@@ -44,7 +44,8 @@ class Addresses(Protocol):
                  pools: list[str] | None = None, version: int = 4,
                  node_labels: dict | None = None) -> Allocation: ...
 
-    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None) -> Allocation: ...
+    def assign_ip(self, ip: str, handle: str, node: str, attrs: dict | None = None,
+                  node_labels: dict | None = None) -> Allocation: ...
 
     def release_handle(self, handle: str) -> list: ...
 
@@ -116,7 +117,8 @@ def cmd_add(req: Request, ctx: Context) -> str:
         if static:
             for text in static:
                 ip = ipaddress.ip_interface(str(text)).ip
-                allocations.append(ctx.ipam.assign_ip(str(ip), handle, ctx.node, attrs))
+                allocations.append(ctx.ipam.assign_ip(str(ip), handle, ctx.node, attrs,
+                                                      node_labels=ctx.node_labels()))
         else:
             for version, wanted, pools in ((4, conf.assign_ipv4, conf.ipv4_pools), (6, conf.assign_ipv6, conf.ipv6_pools)):
                 if wanted:

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from routed import resources as r
 from routed.datastore import Compare, Op, keys
 from routed.datastore.kv import KV, KeyValue
-from routed.errors import Conflict, CorruptData, NotFound
+from routed.datastore.resources import Unreadable
+from routed.errors import Conflict, NotFound
 
 from .block import Block
 from .blockmath import block_for, blocks_in_pool, overlap_test
@@ -92,24 +93,13 @@ class IPAM:
         self._candidates_memo: tuple = (None, [])
         # Transactions written and lost (a compare failed), for metrics and benchmarks.
         self.stats: Counter = Counter()
-        # Records that do not parse or validate, key -> why: skipped so that one bad record
-        # stops nothing else, logged once, counted in a metric; `routedctl ipam check` lists them.
-        self.unreadable: dict[str, str] = {}
-        self._logged: set[tuple[str, str]] = set()
+        # Records that do not parse or validate: skipped so that one bad record stops nothing
+        # else, logged once, counted in a metric; `routedctl ipam check` lists them.
+        self.unreadable = Unreadable("IPAM (see routedctl ipam check)")
 
     def _parsed(self, item: KeyValue, parse):
         """parse(item), or None when the record is bad (then it is skipped, and said so once)."""
-        try:
-            parsed = parse(item)
-        except CorruptData as err:
-            reason = str(err)
-            self.unreadable[item.key] = reason
-            if (item.key, reason) not in self._logged:
-                self._logged.add((item.key, reason))
-                log.warning("IPAM skips %s until it is repaired (routedctl ipam check): %s", item.key, reason)
-            return None
-        self.unreadable.pop(item.key, None)
-        return parsed
+        return self.unreadable.parse(item, parse)
 
     def _block(self, item: KeyValue) -> Block | None:
         return self._parsed(item, lambda i: Block.from_json(i.value, key=i.key))
@@ -120,8 +110,7 @@ class IPAM:
         now = self._clock()
         if fresh or now - self._config_at > _CONFIG_TTL:
             listing = self.kv.list(keys.resource(r.IPPool.plural))
-            for key in [k for k in self.unreadable if k.startswith(keys.RESOURCES)]:
-                del self.unreadable[key]  # read again below; gone if deleted or repaired
+            self.unreadable.forget(keys.RESOURCES)  # read again below; gone if deleted or repaired
             pools = [(self._parsed(i, lambda i: _decode_resource(r.IPPool, i)), i.mod_revision)
                      for i in listing.items]
             self._pools = [(p, rev) for p, rev in pools if p is not None]

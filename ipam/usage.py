@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from routed import resources as r
 from routed.datastore import keys
 from routed.datastore.kv import KV
-from routed.datastore.resources import ResourceStore
+from routed.datastore.resources import ResourceStore, Unreadable
 from routed.errors import RoutedError
 
 from .block import Block
@@ -26,6 +26,7 @@ class Snapshot:
     revision: int
     pools: list[r.IPPool]  # by name
     blocks: list[Block]  # by family, then address
+    unreadable: Unreadable  # records left out (routedctl ipam check says more)
 
     def pool_of(self, net) -> r.IPPool | None:
         """The pool a block (or a single address as a /32, /128) lies in."""
@@ -36,12 +37,14 @@ class Snapshot:
 
 
 def snapshot(kv: KV) -> Snapshot:
+    unreadable = Unreadable("ipam show")
     listing = kv.list(keys.resource(r.IPPool.plural))
-    pools = sorted((ResourceStore._decode(r.IPPool, i) for i in listing.items), key=lambda p: p.metadata.name)
+    pools = [unreadable.parse(i, lambda i: ResourceStore._decode(r.IPPool, i)) for i in listing.items]
     items = kv.list(keys.BLOCKS, revision=listing.revision).items
-    blocks = sorted((Block.from_json(i.value, key=i.key) for i in items),
-                    key=lambda b: (b.cidr.version, b.cidr.network_address))
-    return Snapshot(listing.revision, pools, blocks)
+    blocks = [unreadable.parse(i, lambda i: Block.from_json(i.value, key=i.key)) for i in items]
+    return Snapshot(listing.revision, sorted((p for p in pools if p), key=lambda p: p.metadata.name),
+                    sorted((b for b in blocks if b), key=lambda b: (b.cidr.version, b.cidr.network_address)),
+                    unreadable)
 
 
 def percent(part: int, whole: int) -> float:

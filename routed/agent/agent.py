@@ -175,6 +175,8 @@ class Agent:
                 lambda: len(self.pending.handles()))
         m.gauge("routed_ipam_unreadable_records", "Records IPAM skips because they do not parse or validate "
                 "(routedctl ipam check lists them).", lambda: len(self.ipam.unreadable))
+        m.gauge("routed_datastore_unreadable_records", "Resources (BGPPeer, Node, ...) skipped because they do not "
+                "parse or validate (routedctl get names them).", lambda: len(self.store.unreadable))
         m.counter("routed_releases_failed_total", "Queued releases that failed for good (moved to failed/).",
                   lambda: self.pending.stats["failed"])
         m.counter("routed_cni_spool_failed_total", "Spooled DELs that can never succeed (moved to failed/).",

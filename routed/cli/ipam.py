@@ -35,10 +35,13 @@ def show(ctx, args) -> Output:
         return _show_ip(usage.who_holds(ctx.kv, args.ip))
     snap = usage.snapshot(ctx.kv)
     if args.show_blocks:
-        return _show_blocks(usage.block_usage(ctx.kv, snap))
-    if args.show_borrowed:
-        return _show_borrowed(usage.borrowed(ctx.kv, snap))
-    return _show_pools(usage.pool_usage(ctx.kv, snap))
+        out = _show_blocks(usage.block_usage(ctx.kv, snap))
+    elif args.show_borrowed:
+        out = _show_borrowed(usage.borrowed(ctx.kv, snap))
+    else:
+        out = _show_pools(usage.pool_usage(ctx.kv, snap))
+    out.messages += [f"{note} (routedctl ipam check)" for note in snap.unreadable.notes()]
+    return out
 
 
 def _show_pools(pools: list[dict]) -> Output:

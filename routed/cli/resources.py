@@ -91,13 +91,16 @@ def _undo(store, done) -> list[str]:
 
 def get(ctx, args) -> Output:
     cls = r.resolve_kind(args.kind)
+    messages = []
     if args.name:
         items = [ctx.store.get(cls, args.name)]
         data = items[0].to_dict()
     else:
-        items = sorted(ctx.store.list(cls), key=lambda i: i.metadata.name)
+        store = ctx.store
+        items = sorted(store.list(cls), key=lambda i: i.metadata.name)
         data = {"apiVersion": r.API_VERSION, "kind": "List", "items": [i.to_dict() for i in items]}
-    return Output(data=data, table=resource_table(cls, items))
+        messages = store.unreadable.notes()  # one line per record left out
+    return Output(data=data, table=resource_table(cls, items), messages=messages)
 
 
 def delete(ctx, args) -> Output:

@@ -12,6 +12,9 @@ import subprocess
 from routed.dataplane.errors import DataplaneError
 
 CHAIN = "ROUTED-NAT-OUTGOING"
+# Seconds one iptables call may take (-w waits for the xtables lock meanwhile). A call that
+# hangs longer fails the pass; the agent's loop counts it and tries again on its next pass.
+TIMEOUT = 30.0
 
 
 def render(nat_pools: list[str], all_pools: list[str]) -> str:
@@ -27,7 +30,10 @@ def render(nat_pools: list[str], all_pools: list[str]) -> str:
 
 def _run(netns: str | None, cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     full = (["ip", "netns", "exec", netns] if netns else []) + cmd
-    return subprocess.run(full, input=stdin, capture_output=True, text=True)
+    try:
+        return subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:  # run() has killed and reaped it
+        raise DataplaneError(f"{' '.join(cmd[:1])} did not finish within {TIMEOUT} s (killed)") from None
 
 
 def _jump(tool: str, op: str) -> list[str]:

@@ -9,6 +9,7 @@ racing to create overlapping pools cannot both succeed.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import datetime, timezone
 from typing import Callable
@@ -20,6 +21,43 @@ from . import keys
 from .kv import KV, Compare, KeyValue, Op
 
 _RETRIES = 5
+
+log = logging.getLogger("routed.datastore")
+
+
+class Unreadable(dict):
+    """Stored records that do not parse or validate, key -> why.
+
+    The one skip path for every reader: a bad record is left out so that it stops
+    nothing else, logged once per key and revision, and kept here to be counted
+    (a metric) and shown (routedctl get, ipam show, ipam check).
+    """
+
+    def __init__(self, who: str):
+        super().__init__()
+        self._who = who
+        self._logged: set[tuple[str, int]] = set()
+
+    def parse(self, item: KeyValue, parse):
+        """parse(item), or None when it raises CorruptData (then the record is skipped)."""
+        try:
+            parsed = parse(item)
+        except CorruptData as err:
+            self[item.key] = str(err)
+            if (item.key, item.mod_revision) not in self._logged:
+                self._logged.add((item.key, item.mod_revision))
+                log.warning("%s skips %s until it is repaired: %s", self._who, item.key, err)
+            return None
+        self.pop(item.key, None)
+        return parsed
+
+    def forget(self, prefix: str) -> None:
+        """Drop what is known under prefix before reading it again (deleted or repaired keys go)."""
+        for key in [k for k in self if k.startswith(prefix)]:
+            del self[key]
+
+    def notes(self, prefix: str = "") -> list[str]:
+        return [f"skipped unreadable {key}: {why}" for key, why in sorted(self.items()) if key.startswith(prefix)]
 
 # Checks that look at the other resources of the same kind: (new, old or None, others).
 CollectionCheck = Callable[[r.Resource, "r.Resource | None", list], None]
@@ -50,6 +88,7 @@ DELETE_GUARDS: dict[type, DeleteGuard] = {r.IPPool: _retire_ippool}
 class ResourceStore:
     def __init__(self, kv: KV):
         self.kv = kv
+        self.unreadable = Unreadable("the datastore")
 
     # -- reads --------------------------------------------------------------------
 
@@ -66,7 +105,12 @@ class ResourceStore:
             return None
 
     def list(self, cls: type[r.Resource]) -> list[r.Resource]:
-        return [self._decode(cls, item) for item in self.kv.list(keys.resource(cls.plural)).items]
+        """Every readable resource of a kind; the others are skipped into self.unreadable."""
+        prefix = keys.resource(cls.plural)
+        items = self.kv.list(prefix).items
+        self.unreadable.forget(prefix)
+        parsed = (self.unreadable.parse(item, lambda i: self._decode(cls, i)) for item in items)
+        return [resource for resource in parsed if resource is not None]
 
     @staticmethod
     def _decode(cls, item: KeyValue) -> r.Resource:
@@ -194,4 +238,4 @@ def _merge_patch(target, patch):
     return out
 
 
-__all__ = ["ResourceStore", "COLLECTION_CHECKS", "DELETE_GUARDS"]
+__all__ = ["ResourceStore", "Unreadable", "COLLECTION_CHECKS", "DELETE_GUARDS"]

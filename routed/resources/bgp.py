@@ -23,11 +23,18 @@ from routed.resources.base import (
 # --- BGPConfiguration -----------------------------------------------------------------
 
 
+# Routes one peer may have kept when nothing sets a limit: far above what a mesh or
+# reflector peer sends in a large cluster (a block per 64 pods), yet a bound on memory.
+DEFAULT_MAX_PREFIXES = 100_000
+
+
 class BGPConfigurationSpec(Model):
     as_number: ASNumber = 64512
     node_to_node_mesh_enabled: bool = Field(True, alias="nodeToNodeMeshEnabled")
     listen_port: int = Field(179, ge=1, le=65535)
     log_severity: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
+    # The receive limit of every peer without its own: mesh, reflectors, BGPPeers with maxPrefixes 0.
+    max_prefixes: int = Field(DEFAULT_MAX_PREFIXES, ge=1)
 
 
 class BGPConfiguration(Resource):
@@ -147,7 +154,7 @@ class BGPPeerSpec(Model):
     graceful_restart: bool = True
     max_restart_time: Seconds = 120
     source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
-    max_prefixes: int = Field(0, ge=0)  # 0 = no limit
+    max_prefixes: int = Field(0, ge=0)  # 0 = the BGPConfiguration's maxPrefixes
     # Prefixes this peer may send us even when they are outside every pool.
     allowed_prefixes: list[CIDR] = Field(default_factory=list)
 

@@ -9,6 +9,7 @@ password, a BGPPeer with the wrong AS, and graceful restart when ExaBGP is SIGKI
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -229,3 +230,37 @@ def test_a_peer_whose_password_cannot_be_had_is_left_out_alone(setup):
         cluster.store.delete(r.BGPPeer, name)
     cluster.wait(lambda: not any(p["address"].startswith("192.0.2.24") for p in n1.peers()),
                  what="the test's peers to go")
+
+
+def test_an_unreadable_bgppeer_is_skipped_and_stalls_nothing(setup):
+    """Garbage under a BGPPeer's key, and a BGPPeer written before today's validation: each is
+    skipped, said once, counted, and every node's BGP goes on (sessions, routes, a new peer)."""
+    from routed import resources as r
+    from routed.datastore import keys
+
+    cluster, tor, (n1, n2, n3), _ = setup
+    since = n1.peer(TOR)["since"]
+    bad = {keys.resource("bgppeers", "garbage"): b"\x00{garbage",
+           keys.resource("bgppeers", "old-invalid"): json.dumps(
+               {"apiVersion": "routed.io/v1", "kind": "BGPPeer", "metadata": {"name": "old-invalid"},
+                "spec": {"peerIP": "not-an-address", "asNumber": TOR_AS}}).encode()}
+    for key, value in bad.items():
+        cluster.store.kv.put(key, value)
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "after-bad"},
+                   "spec": {"peerIP": "192.0.2.243", "asNumber": TOR_AS, "node": "n1"}})
+    cluster.wait(lambda: any(p["address"] == "192.0.2.243" for p in n1.peers()), what="n1 to add a later peer")
+    cluster.wait(lambda: re.search(r"^routed_datastore_unreadable_records 2$", n1.agent.metrics(), re.M),
+                 what="n1 to count the two bad records")
+    assert n1.peer(TOR)["state"] == "up" and n1.peer(TOR)["since"] == since
+    for node in (n1, n2, n3):
+        others = [(o, b) for o in (n1, n2, n3) if o is not node for b in o.blocks()]
+        assert all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others), node.name
+        assert cluster.sessions_up(node, 2), node.name
+    log = n1.agent.log.read_text()
+    for key in bad:
+        assert len(re.findall(rf"skips {re.escape(key)} ", log)) == 1, log[-3000:]
+    assert "Traceback" not in log
+    for key in bad:
+        cluster.store.kv.delete(key)
+    cluster.store.delete(r.BGPPeer, "after-bad")
+    cluster.wait(lambda: not any(p["address"] == "192.0.2.243" for p in n1.peers()), what="the later peer to go")

@@ -291,3 +291,21 @@ def test_a_missing_file(env, tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("\n---\n")
     assert fails(env, "apply", "-f", str(empty)) == f"routedctl: {empty}: no resources found"
+
+
+def test_get_lists_the_good_records_and_names_a_corrupt_one(env, etcd):
+    """One record that does not parse (garbage under its key, or written before today's
+    validation) hides nothing else: get lists the rest and names the bad key in one line."""
+    from routed.datastore import keys
+
+    ok(env, "apply", "-f", "-", input=dump(pool_doc("good-a", "10.1.0.0/16"), pool_doc("good-b", "10.2.0.0/16")))
+    client = etcd.client()
+    try:
+        client.put(keys.resource("ippools", "broken"), b"{not json")
+    finally:
+        client.close()
+    proc = ok(env, "get", "ippools")
+    assert "good-a" in proc.stdout and "good-b" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "broken" in line]
+    assert len(notes) == 1 and "/routed/v1/resources/ippools/broken" in notes[0] and "not JSON" in notes[0], notes
+    assert set(pools(env)) == {"good-a", "good-b"}

@@ -268,3 +268,13 @@ def test_configure_is_what_the_allocator_obeys(env, kv):
         IPAM(kv).allocate("net.s4.eth0", "node-1")
     ok(env, "ipam", "configure", "--autoallocateblocks=true")
     assert IPAM(kv).allocate("net.s4.eth0", "node-1").ips
+
+
+def test_show_skips_a_corrupt_block_and_names_it(env, kv, cluster):
+    kv.put(keys.block(ipaddress.ip_network("10.9.1.0/28")), b"\xffgarbage")
+    (pool,) = as_json(env, "ipam", "show")["pools"]
+    assert pool["inUse"] == 28 and pool["blocks"] == 2
+    out = ok(env, "ipam", "show", "--show-blocks")
+    assert sorted(r[0] for r in rows(out) if r and r[0].startswith("10.9.0.")) == ["10.9.0.0/28", "10.9.0.16/28"]
+    notes = [line for line in out.splitlines() if "10.9.1.0-28" in line]
+    assert len(notes) == 1 and "unreadable" in notes[0] and "ipam check" in notes[0], out

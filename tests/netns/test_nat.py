@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -61,3 +62,24 @@ def test_pods_of_a_nat_pool_reach_the_outside(tmp_path, etcd, root):
             agent.stop()
         for ns in (pod, outside, host):
             ns.delete()
+
+
+def test_a_hung_iptables_fails_the_pass_instead_of_stalling_it(tmp_path, monkeypatch, root):
+    """An iptables-restore that never returns (a held xtables lock, a wedged kernel module)
+    fails the pass with a clear error; the agent's loop counts it and tries again later."""
+    from routed.dataplane.errors import DataplaneError
+
+    stub, pidfile = tmp_path / "stub-bin", tmp_path / "hung.pid"
+    stub.mkdir()
+    (stub / "iptables-restore").write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    (stub / "iptables-restore").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
+    monkeypatch.setattr(nat, "TIMEOUT", 1.0)
+    host = Netns("nat")
+    try:
+        with pytest.raises(DataplaneError, match=r"iptables-restore .*did not finish within 1\.0 s"):
+            nat.sync(host.name, ["10.1.0.0/16"], ["10.1.0.0/16"])
+        with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
+            os.kill(int(pidfile.read_text()), 0)
+    finally:
+        host.delete()

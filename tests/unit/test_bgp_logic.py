@@ -9,6 +9,7 @@ import pytest
 from bgp import decide, exabgp, peers
 from routed import resources as r
 from routed.agent.bgp import announce_commands
+from routed.errors import InvalidResource
 
 
 def node(name, ip, asn=None, rr=None, labels=None):
@@ -202,3 +203,18 @@ def test_the_helper_keeps_no_more_of_a_peer_than_the_agent_allows():
     # A withdrawal makes room; an update of a kept prefix is always taken.
     view.apply(_update("10.0.0.254", ["10.4.0.0/24", "10.1.0.0/24"], withdraw=["10.2.0.0/24"]))
     assert sorted(view.routes["10.0.0.254"]) == ["10.1.0.0/24", "10.4.0.0/24"]
+
+
+def test_every_peer_has_a_receive_limit():
+    """Mesh and reflector peers, and BGPPeers without maxPrefixes, get the BGPConfiguration's
+    maxPrefixes (documented default), so no peer can grow the received table without bound."""
+    rr = node("rr1", "10.0.0.100/24", rr="1.1.1.1")
+    got = peers.desired_peers(NODES[0], NODES + [rr], [], [peer("tor", "10.0.0.254", 65001),
+                                                           peer("small", "10.0.0.253", 65001, maxPrefixes=5)])
+    limits = {p.kind if p.kind != "global" else p.name: p.max_prefixes for p in got}
+    default = r.BGPConfiguration.model_validate({"metadata": {"name": "default"}}).spec.max_prefixes
+    assert default > 0 and limits == {"route-reflector": default, "mesh": default, "tor": default, "small": 5}
+    mesh = peers.desired_peers(NODES[0], NODES, [config(maxPrefixes=300)], [peer("tor", "10.0.0.254", 65001)])
+    assert sorted((p.kind, p.max_prefixes) for p in mesh) == [("global", 300), ("mesh", 300), ("mesh", 300)]
+    with pytest.raises(InvalidResource, match="maxPrefixes"):
+        config(maxPrefixes=0)

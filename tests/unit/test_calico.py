@@ -207,7 +207,7 @@ spec:
     config = converted(sample.replace("  bindMode: NodeIP\n", ""))
     assert isinstance(config, BGPConfiguration)
     assert config.to_dict()["spec"] == {"asNumber": 63400, "nodeToNodeMeshEnabled": True, "listenPort": 178,
-                                        "logSeverity": "Info"}
+                                        "logSeverity": "Info", "maxPrefixes": 100000}
 
 
 def test_bgpconfiguration_per_node_and_empty_lists():

@@ -5,6 +5,7 @@ pools a node may not use. The same against a real etcd: tests/integration/test_i
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -207,3 +208,28 @@ def test_without_labels_a_fixed_address_is_checked_against_the_registered_node(s
     with pytest.raises(NoMatchingPool, match="does not select"):
         ipam.assign_ip("10.40.0.5", "net.a.eth0", "node-1")
     assert ipam.assign_ip("10.40.0.6", "net.b.eth0", "node-2").ips
+
+
+def test_the_cni_add_checks_a_fixed_address_against_the_agents_node_labels(store, kv, tmp_path):
+    """cmd_add passes the agent's current labels to assign_ip as it does to allocate: a node
+    whose Node is not registered (yet) still gets a fixed address from a pool selecting it."""
+    from cni import plugin, spec
+
+    class Veth:  # the dataplane is not what is tested here
+        def setup(self, netns, ifname, host_ifname, ips, mtu):
+            return {"host_mac": "02:00:00:00:00:01", "mac": "02:00:00:00:00:02"}
+
+    store.create(pool("gpu", "10.40.0.0/24", 28, nodeSelector="gpu == 'true'"))
+    netns = tmp_path / "netns"
+    netns.write_text("")
+    conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "routed",
+            "runtimeConfig": {"ips": ["10.40.0.5/32"]}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": str(netns), "CNI_IFNAME": "eth0"}
+    ctx = plugin.Context(IPAM(kv), "node-1", Veth(), node_labels=lambda: {"gpu": "true"})
+    result = json.loads(plugin.cmd_add(spec.parse_request(env, json.dumps(conf)), ctx))
+    assert result["ips"][0]["address"] == "10.40.0.5/32"
+    ctx = plugin.Context(IPAM(kv), "node-2", Veth(), node_labels=lambda: {"gpu": "false"})
+    env = {**env, "CNI_CONTAINERID": "c2"}
+    conf["runtimeConfig"]["ips"] = ["10.40.0.6/32"]
+    with pytest.raises(NoMatchingPool, match='does not select node "node-2"'):
+        plugin.cmd_add(spec.parse_request(env, json.dumps(conf)), ctx)

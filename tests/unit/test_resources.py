@@ -389,7 +389,8 @@ ROUND_TRIPS = [
     (
         doc("BGPConfiguration", {"asNumber": "1.10", "nodeToNodeMeshEnabled": False}, name="default"),
         {"apiVersion": V, "kind": "BGPConfiguration", "metadata": META | {"name": "default"},
-         "spec": {"asNumber": 65546, "nodeToNodeMeshEnabled": False, "listenPort": 179, "logSeverity": "Info"}},
+         "spec": {"asNumber": 65546, "nodeToNodeMeshEnabled": False, "listenPort": 179, "logSeverity": "Info",
+                  "maxPrefixes": 100000}},
     ),
     (
         doc("BGPPeer", {"peerIP": "[2001:db8::1]:1179", "asNumber": "65001", "node": "node-1",
