@@ -264,3 +264,30 @@ def test_an_unreadable_bgppeer_is_skipped_and_stalls_nothing(setup):
         cluster.store.kv.delete(key)
     cluster.store.delete(r.BGPPeer, "after-bad")
     cluster.wait(lambda: not any(p["address"] == "192.0.2.243" for p in n1.peers()), what="the later peer to go")
+
+
+def test_mesh_peers_have_a_receive_limit_too(setup):
+    """BGPConfiguration maxPrefixes bounds what a mesh peer's session may hold, like a
+    BGPPeer's maxPrefixes: n2 keeps what n1 sent up to the limit and drops a new block."""
+    from routed import resources as r
+
+    cluster, tor, (n1, n2, n3), _ = setup
+    assert n2.peer(n1.ip)["maxPrefixes"] == r.BGPConfiguration.model_validate(
+        {"metadata": {"name": "default"}}).spec.max_prefixes
+    held = n2.peer(n1.ip)
+    limit = held["accepted"] + held["rejected"]
+    cluster.apply({"kind": "BGPConfiguration", "metadata": {"name": "default"},
+                   "spec": {"asNumber": NODE_AS, "maxPrefixes": limit}})
+    try:
+        cluster.wait(lambda: n2.peer(n1.ip)["maxPrefixes"] == limit, what="n2 to take the mesh limit")
+        cluster.apply({"kind": "IPPool", "metadata": {"name": "zz-limit"}, "spec": {"cidr": "10.248.0.0/24"}})
+        n1.add_pod("limit", {"ipam": {"ipv4_pools": ["zz-limit"]}})
+        cluster.wait(lambda: n2.peer(n1.ip)["dropped"] >= 1, what="n2 to drop n1's routes past the limit")
+        peer = n2.peer(n1.ip)
+        assert peer["state"] == "up" and peer["accepted"] + peer["rejected"] <= limit, peer
+        assert f"max-prefixes {limit} reached" in peer["info"], peer
+        assert not any(line.startswith("10.248.") for line in n2.routes().splitlines()), n2.routes()
+        # n3 has the same limit for n1 but nothing else changes for it: the other sessions stay up.
+        assert cluster.sessions_up(n2, 2) and cluster.sessions_up(n3, 2)
+    finally:
+        cluster.store.delete(r.BGPConfiguration, "default")

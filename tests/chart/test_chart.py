@@ -201,6 +201,7 @@ def test_resources_parse_with_routeds_loader(name):
     assert config.spec.as_number == values["bgp"]["asNumber"]
     mesh = values["bgp"]["nodeToNodeMesh"] and not values["routeReflector"]["enabled"]
     assert config.spec.node_to_node_mesh_enabled is mesh
+    assert config.spec.max_prefixes == values["bgp"].get("maxPrefixes", 100000)
 
     peers = {p.name: p for p in by_kind.get("BGPPeer", [])}
     rr = values["routeReflector"]
