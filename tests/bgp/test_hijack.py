@@ -161,6 +161,7 @@ def test_a_borrowed_address_announced_by_its_holder_is_accepted(setup):
     pod2, other = n2.add_pod("t1", tiny)  # claims the other
     n1.add_pod("t2", tiny)  # fills n1's
     pod3, lent = n1.add_pod("t3", tiny)  # borrows from n2's block
+    cluster.wait(lambda: any(b.startswith("10.246.") for b in n2.blocks()), what="n2's blackhole for its tiny block")
     n2_block = next(b for b in n2.blocks() if b.startswith("10.246."))
     assert lent in {str(ip) for ip in ipaddress.ip_network(n2_block)}, (lent, n2_block)
     cluster.wait(lambda: f"{lent} via {n1.ip} dev eth0" in n2.routes(),
