@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from datetime import datetime, timezone
 from typing import Callable
@@ -30,34 +31,43 @@ class Unreadable(dict):
 
     The one skip path for every reader: a bad record is left out so that it stops
     nothing else, logged once per key and revision, and kept here to be counted
-    (a metric) and shown (routedctl get, ipam show, ipam check).
+    (a metric) and shown (routedctl get, ipam show, ipam check). Thread-safe: the
+    agent's loops share one ResourceStore.
     """
 
     def __init__(self, who: str):
         super().__init__()
         self._who = who
         self._logged: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
 
     def parse(self, item: KeyValue, parse):
         """parse(item), or None when it raises CorruptData (then the record is skipped)."""
         try:
             parsed = parse(item)
         except CorruptData as err:
-            self[item.key] = str(err)
-            if (item.key, item.mod_revision) not in self._logged:
+            with self._lock:
+                self[item.key] = str(err)
+                first = (item.key, item.mod_revision) not in self._logged
                 self._logged.add((item.key, item.mod_revision))
+            if first:
                 log.warning("%s skips %s until it is repaired: %s", self._who, item.key, err)
             return None
-        self.pop(item.key, None)
+        with self._lock:
+            self.pop(item.key, None)
         return parsed
 
     def forget(self, prefix: str) -> None:
         """Drop what is known under prefix before reading it again (deleted or repaired keys go)."""
-        for key in [k for k in self if k.startswith(prefix)]:
-            del self[key]
+        with self._lock:
+            for key in [k for k in self if k.startswith(prefix)]:
+                del self[key]
 
     def notes(self, prefix: str = "") -> list[str]:
-        return [f"skipped unreadable {key}: {why}" for key, why in sorted(self.items()) if key.startswith(prefix)]
+        with self._lock:
+            found = sorted(self.items())
+        return [f"skipped unreadable {key}: {why}" for key, why in found if key.startswith(prefix)]
+
 
 # Checks that look at the other resources of the same kind: (new, old or None, others).
 CollectionCheck = Callable[[r.Resource, "r.Resource | None", list], None]
