@@ -37,12 +37,38 @@ def _node(n):
              ",".join(f"{k}={v}" for k, v in sorted((n.metadata.labels or {}).items()))])
 
 
+def _labels(labels) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+
+
+def _policy(p):
+    s = p.spec
+    scope = [p.namespace] if p.namespaced else []
+    return [*scope, p.metadata.name, "" if s.order is None else s.order, s.selector], [
+        ",".join(s.types), len(s.ingress), len(s.egress)]
+
+
+def _kube_policy(p):
+    s = p.spec
+    sel = s.pod_selector
+    return [p.namespace, p.metadata.name, _labels(sel.match_labels) or "{}"], [
+        ",".join(s.policy_types), len(s.ingress or []), len(s.egress or [])]
+
+
+def _namespace(n):
+    return [n.metadata.name, _labels(n.metadata.labels)], []
+
+
 COLUMNS = {
     r.IPPool: (["NAME", "CIDR", "SELECTOR"], ["BLOCKSIZE", "IPIP", "VXLAN", "NAT", "DISABLED"], _pool),
     r.BGPPeer: (["NAME", "PEERIP", "ASN", "NODE"], ["HOLD", "KEEPALIVE", "GRACEFUL", "PASSWORD"], _peer),
     r.BGPConfiguration: (["NAME", "ASN", "MESH"], ["PORT", "LOGSEVERITY"], _bgpconfig),
     r.IPAMConfig: (["NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST"], ["AUTOALLOCATEBLOCKS"], _ipamconfig),
     r.Node: (["NAME", "IPV4", "ASN"], ["RRCLUSTERID", "LABELS"], _node),
+    r.NetworkPolicy: (["NAMESPACE", "NAME", "ORDER", "SELECTOR"], ["TYPES", "INGRESS", "EGRESS"], _policy),
+    r.GlobalNetworkPolicy: (["NAME", "ORDER", "SELECTOR"], ["TYPES", "INGRESS", "EGRESS"], _policy),
+    r.KubeNetworkPolicy: (["NAMESPACE", "NAME", "PODSELECTOR"], ["TYPES", "INGRESS", "EGRESS"], _kube_policy),
+    r.Namespace: (["NAME", "LABELS"], [], _namespace),
 }
 
 

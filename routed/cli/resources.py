@@ -37,16 +37,17 @@ def read_resources(path: str, stdin=None) -> list[r.Resource]:
             res = r.parse(calico.to_routed(doc) if calico.is_calico(doc) else doc)
         except InvalidResource as err:
             raise InvalidResource(f"{path}: document {i}: {err}" if len(docs) > 1 else f"{path}: {err}") from None
-        ident = (res.kind_name, res.metadata.name)
+        ident = (res.kind_name, res.namespace, res.metadata.name)
         if ident in seen:
-            raise InvalidResource(f'{path}: {res.kind_name} "{res.metadata.name}" appears twice')
+            raise InvalidResource(f'{path}: {_ref(res)} appears twice')
         seen.add(ident)
         parsed.append(res)
     return parsed
 
 
 def _ref(res) -> str:
-    return f"{res.kind_name.lower()}/{res.metadata.name}"
+    where = f"{res.namespace}/" if res.namespace else ""
+    return f"{res.kind_name.lower()}/{where}{res.metadata.name}"
 
 
 def write(ctx, args, mode: str) -> Output:
@@ -56,7 +57,7 @@ def write(ctx, args, mode: str) -> Output:
     messages = []
     try:
         for res in read_resources(args.filename, ctx.stdin):
-            before = store.find(type(res), res.metadata.name)
+            before = store.find(type(res), res.metadata.name, res.namespace)
             if mode == "apply":
                 saved, created = store.apply(res)
                 verb = "created" if created else "configured"
@@ -79,7 +80,7 @@ def _undo(store, done) -> list[str]:
     for saved, before in reversed(done):
         try:
             if before is None:
-                store.delete(type(saved), saved.metadata.name)
+                store.delete(type(saved), saved.metadata.name, namespace=saved.namespace)
             else:
                 before.metadata.resource_version = None
                 store.replace(before)
@@ -93,11 +94,11 @@ def get(ctx, args) -> Output:
     cls = r.resolve_kind(args.kind)
     messages = []
     if args.name:
-        items = [ctx.store.get(cls, args.name)]
+        items = [ctx.store.get(cls, args.name, args.namespace)]
         data = items[0].to_dict()
     else:
         store = ctx.store
-        items = sorted(store.list(cls), key=lambda i: i.metadata.name)
+        items = sorted(store.list(cls, args.namespace), key=lambda i: (i.namespace or "", i.metadata.name))
         data = {"apiVersion": r.API_VERSION, "kind": "List", "items": [i.to_dict() for i in items]}
         messages = store.unreadable.notes()  # one line per record left out
     return Output(data=data, table=resource_table(cls, items), messages=messages)
@@ -105,15 +106,16 @@ def get(ctx, args) -> Output:
 
 def delete(ctx, args) -> Output:
     if args.filename:
-        targets = [(type(res), res.metadata.name) for res in read_resources(args.filename, ctx.stdin)]
+        targets = [(type(res), res.metadata.name, res.namespace)
+                   for res in read_resources(args.filename, ctx.stdin)]
     elif args.kind and args.name:
-        targets = [(r.resolve_kind(args.kind), args.name)]
+        targets = [(r.resolve_kind(args.kind), args.name, args.namespace)]
     else:
         raise RoutedError("delete needs KIND NAME or -f FILE")
     messages = []
-    for cls, name in targets:
+    for cls, name, namespace in targets:
         try:
-            gone = ctx.store.delete(cls, name)
+            gone = ctx.store.delete(cls, name, namespace=namespace)
         except NotFound:
             if args.skip_not_found:
                 continue
@@ -130,7 +132,7 @@ def patch(ctx, args) -> Output:
         raise RoutedError(f"--patch is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise RoutedError("--patch must be a JSON object")
-    saved = ctx.store.patch(cls, args.name, body)
+    saved = ctx.store.patch(cls, args.name, body, args.namespace)
     return Output(data=saved.to_dict(), table=resource_table(cls, [saved]), messages=[f"{_ref(saved)} patched"])
 
 
@@ -160,6 +162,7 @@ def register(sub) -> None:
     p = sub.add_parser("get", help="show resources")
     p.add_argument("kind")
     p.add_argument("name", nargs="?")
+    _namespace_option(p, "(without a name: all namespaces unless given)")
     p.set_defaults(func=get)
 
     p = sub.add_parser("delete", help="delete resources")
@@ -167,10 +170,16 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-f", "--filename")
     p.add_argument("--skip-not-found", action="store_true")
+    _namespace_option(p, "(default: default)")
     p.set_defaults(func=delete, writes=True)
 
     p = sub.add_parser("patch", help="merge-patch one resource")
     p.add_argument("kind")
     p.add_argument("name")
     p.add_argument("-p", "--patch", required=True, help="JSON merge patch")
+    _namespace_option(p, "(default: default)")
     p.set_defaults(func=patch, writes=True)
+
+
+def _namespace_option(p, default: str) -> None:
+    p.add_argument("-n", "--namespace", help=f"the namespace of a namespaced kind {default}")

@@ -3,6 +3,7 @@
 Layout (all under one root so a cluster can share an etcd with other users):
 
     /routed/v1/resources/<plural>/<name>        IPPool, BGPPeer, Node, ... (JSON)
+    /routed/v1/resources/<plural>/<ns>/<name>   namespaced kinds (NetworkPolicy)
     /routed/v1/ipam/blocks/<block>              allocation state of one block
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
@@ -39,9 +40,12 @@ def segment(text: str, what: str = "name") -> str:
     return text
 
 
-def resource(plural: str, name: str = "") -> str:
-    """The key of one resource, or with no name the prefix of its kind."""
+def resource(plural: str, name: str = "", namespace: str | None = None) -> str:
+    """The key of one resource, or with no name the prefix of its kind (of one
+    namespace, if given)."""
     base = f"{RESOURCES}{segment(plural, 'kind')}/"
+    if namespace:
+        base += segment(namespace, "namespace") + "/"
     return base + segment(name) if name else base
 
 

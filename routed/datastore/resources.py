@@ -102,21 +102,22 @@ class ResourceStore:
 
     # -- reads --------------------------------------------------------------------
 
-    def get(self, cls: type[r.Resource], name: str) -> r.Resource:
-        item = self.kv.get(keys.resource(cls.plural, name))
+    def get(self, cls: type[r.Resource], name: str, namespace: str | None = None) -> r.Resource:
+        item = self.kv.get(_key(cls, name, namespace))
         if item is None:
-            raise NotFound(f'{cls.kind_name} "{name}" not found')
+            raise NotFound(f'{_describe(cls, name, namespace)} not found')
         return self._decode(cls, item)
 
-    def find(self, cls: type[r.Resource], name: str) -> r.Resource | None:
+    def find(self, cls: type[r.Resource], name: str, namespace: str | None = None) -> r.Resource | None:
         try:
-            return self.get(cls, name)
+            return self.get(cls, name, namespace)
         except NotFound:
             return None
 
-    def list(self, cls: type[r.Resource]) -> list[r.Resource]:
-        """Every readable resource of a kind; the others are skipped into self.unreadable."""
-        prefix = keys.resource(cls.plural)
+    def list(self, cls: type[r.Resource], namespace: str | None = None) -> list[r.Resource]:
+        """Every readable resource of a kind (of one namespace, if given); the others are
+        skipped into self.unreadable."""
+        prefix = keys.resource(cls.plural, namespace=namespace if cls.namespaced else None)
         items = self.kv.list(prefix).items
         self.unreadable.forget(prefix)
         parsed = (self.unreadable.parse(item, lambda i: self._decode(cls, i)) for item in items)
@@ -148,20 +149,21 @@ class ResourceStore:
     def apply(self, resource: r.Resource) -> tuple[r.Resource, bool]:
         """Create or update; also returns whether it was created."""
         for _ in range(_RETRIES):
-            exists = self.kv.get(keys.resource(resource.plural, resource.metadata.name)) is not None
+            exists = self.kv.get(_key(type(resource), resource.name, resource.namespace)) is not None
             try:
                 return self._write(resource, mode="replace" if exists else "create"), not exists
             except (AlreadyExists, NotFound):
                 continue  # someone created or deleted it meanwhile: decide again
         raise Conflict(f'{resource.kind_name} "{resource.metadata.name}" keeps changing; try again')
 
-    def delete(self, cls: type[r.Resource], name: str, resource_version: str | None = None) -> r.Resource:
-        key = keys.resource(cls.plural, name)
+    def delete(self, cls: type[r.Resource], name: str, resource_version: str | None = None,
+               namespace: str | None = None) -> r.Resource:
+        key = _key(cls, name, namespace)
         guard = DELETE_GUARDS.get(cls)
         for _ in range(_RETRIES):
             item = self.kv.get(key)
             if item is None:
-                raise NotFound(f'{cls.kind_name} "{name}" not found')
+                raise NotFound(f'{_describe(cls, name, namespace)} not found')
             old = self._decode(cls, item)
             if resource_version and resource_version != str(item.mod_revision):
                 raise Conflict(f'{cls.kind_name} "{name}" changed since resourceVersion {resource_version}')
@@ -171,13 +173,14 @@ class ResourceStore:
         raise Conflict(f'{cls.kind_name} "{name}" keeps changing while deleting it; try again'
                        + (" (disable it first)" if cls is r.IPPool else ""))
 
-    def patch(self, cls: type[r.Resource], name: str, patch: dict) -> r.Resource:
+    def patch(self, cls: type[r.Resource], name: str, patch: dict, namespace: str | None = None) -> r.Resource:
         """JSON merge patch (RFC 7396) over the stored resource."""
         for _ in range(_RETRIES):
-            current = self.get(cls, name)
+            current = self.get(cls, name, namespace)
             doc = _merge_patch(current.to_dict(), patch)
             doc.setdefault("metadata", {})["resourceVersion"] = current.metadata.resource_version
-            if doc.get("metadata", {}).get("name") != name or doc.get("kind") != cls.kind_name:
+            meta = doc.get("metadata", {})
+            if (meta.get("name"), meta.get("namespace")) != (name, current.namespace) or doc.get("kind") != current.kind:
                 raise InvalidResource(f'{cls.kind_name} "{name}": a patch cannot change kind or metadata.name')
             try:
                 return self.replace(r.parse(doc))
@@ -188,7 +191,7 @@ class ResourceStore:
     def _write(self, resource: r.Resource, mode: str) -> r.Resource:
         cls = type(resource)
         name = resource.metadata.name
-        key = keys.resource(cls.plural, name)
+        key = _key(cls, name, resource.namespace)
         check = COLLECTION_CHECKS.get(cls)
         for _ in range(_RETRIES):
             compare: list[Compare] = []
@@ -232,6 +235,18 @@ class ResourceStore:
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return doc
+
+
+def _key(cls: type[r.Resource], name: str, namespace: str | None) -> str:
+    if cls.namespaced:
+        return keys.resource(cls.plural, name, namespace or "default")
+    return keys.resource(cls.plural, name)
+
+
+def _describe(cls: type[r.Resource], name: str, namespace: str | None) -> str:
+    if cls.namespaced:
+        return f'{cls.kind_name} "{namespace or "default"}/{name}"'
+    return f'{cls.kind_name} "{name}"'
 
 
 def _merge_patch(target, patch):

@@ -24,16 +24,27 @@ from routed.resources.bgp import BGPConfiguration, BGPConfigurationSpec, BGPPeer
 from routed.resources.ipamconfig import IPAMConfig, IPAMConfigSpec
 from routed.resources.ippool import IPPool, IPPoolSpec, check_pool_overlap, check_pool_update
 from routed.resources.node import Node, NodeBGP, NodeSpec
+from routed.resources.policy import (
+    GlobalNetworkPolicy,
+    KubeNetworkPolicy,
+    Namespace,
+    NetworkPolicy,
+)
 from routed.resources.selector import Selector, parse_selector
 
 KINDS: dict[str, type[Resource]] = {
-    cls.kind_name: cls for cls in (IPPool, IPAMConfig, BGPConfiguration, BGPPeer, Node)
+    cls.kind_name: cls
+    for cls in (IPPool, IPAMConfig, BGPConfiguration, BGPPeer, Node, NetworkPolicy, GlobalNetworkPolicy)
+}
+# Kubernetes documents routedctl stores as they are: (apiVersion, kind) -> class.
+KUBE_KINDS: dict[tuple[str, str], type[Resource]] = {
+    (cls.api_group, cls.model_fields["kind"].default): cls for cls in (KubeNetworkPolicy, Namespace)
 }
 
 # Every word routedctl accepts for a kind, as calicoctl does: "ippool", "IPPools", "pool"...
 _WORDS: dict[str, type[Resource]] = {
     word: cls
-    for cls in KINDS.values()
+    for cls in (*KINDS.values(), *KUBE_KINDS.values())
     for word in (cls.kind_name.lower(), cls.plural, *cls.aliases)
 }
 
@@ -42,7 +53,7 @@ def resolve_kind(word: str) -> type[Resource]:
     try:
         return _WORDS[word.lower()]
     except KeyError:
-        known = ", ".join(sorted(cls.plural for cls in KINDS.values()))
+        known = ", ".join(sorted(cls.plural for cls in (*KINDS.values(), *KUBE_KINDS.values())))
         raise InvalidResource(f'unknown resource type "{word}"; known: {known}') from None
 
 
@@ -57,7 +68,16 @@ def parse(doc: Any) -> Resource:
     name = metadata.get("name") if isinstance(metadata, dict) else None
     name = name if isinstance(name, str) else None
     kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    # NetworkPolicy is both routed's and Kubernetes' kind: apiVersion decides.
+    versions = [v for v, k in KUBE_KINDS if k == kind]
     cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if api_version in versions:
+        cls = KUBE_KINDS[(api_version, kind)]
+    elif cls is not None:
+        versions.insert(0, cls.api_group)
+    if cls is None and versions:
+        cls = KUBE_KINDS[(versions[0], kind)]
     if cls is None:
         known = ", ".join(sorted(KINDS))
         if kind is None:
@@ -67,10 +87,10 @@ def parse(doc: Any) -> Resource:
             hint = f' (did you mean "{_WORDS[kind.lower()].kind_name}"?)'
         raise InvalidResource(f'kind: unknown kind "{kind}"{hint}; known: {known}')
     prefix = describe(kind, name)
-    api_version = doc.get("apiVersion")
-    if api_version != API_VERSION:
+    if api_version != cls.api_group:
         got = "it is missing" if api_version is None else f'got "{api_version}"'
-        raise InvalidResource(f'{prefix}: apiVersion: must be "{API_VERSION}", {got}')
+        wanted = " or ".join(f'"{v}"' for v in versions or [cls.api_group])
+        raise InvalidResource(f'{prefix}: apiVersion: must be {wanted}, {got}')
     try:
         return cls.model_validate(doc)
     except pydantic.ValidationError as err:
@@ -133,6 +153,11 @@ __all__ = [
     "IPAMConfigSpec",
     "IPPool",
     "IPPoolSpec",
+    "GlobalNetworkPolicy",
+    "KUBE_KINDS",
+    "KubeNetworkPolicy",
+    "Namespace",
+    "NetworkPolicy",
     "Node",
     "NodeBGP",
     "NodeSpec",

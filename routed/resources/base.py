@@ -47,6 +47,7 @@ def field_error(message: str, field: str | None = None) -> PydanticCustomError:
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
@@ -94,6 +95,7 @@ def _label_value_problem(key: str, value: str) -> str | None:
 
 class ObjectMeta(Model):
     name: str
+    namespace: str | None = None  # only for namespaced kinds (NetworkPolicy)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     resource_version: str | None = None
@@ -101,6 +103,13 @@ class ObjectMeta(Model):
     creation_timestamp: str | None = None
 
     _check_name = field_validator("name")(check_dns_subdomain)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, namespace: str) -> str:
+        if not NAMESPACE_NAME.fullmatch(namespace):
+            raise field_error(f'"{namespace}" is not a namespace name (a DNS label, at most 63 characters)')
+        return namespace
 
     @field_validator("labels")
     @classmethod
@@ -192,6 +201,8 @@ class Resource(Model):
     kind_name: ClassVar[str]
     plural: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
+    api_group: ClassVar[str] = API_VERSION  # the apiVersion documents of this kind carry
+    namespaced: ClassVar[bool] = False
 
     api_version: Literal["routed.io/v1"] = API_VERSION
     kind: str
@@ -201,6 +212,16 @@ class Resource(Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def namespace(self) -> str | None:
+        return self.metadata.namespace
+
+    @pydantic.model_validator(mode="after")
+    def _namespace_only_if_namespaced(self):
+        if self.metadata.namespace is not None and not self.namespaced:
+            raise field_error(f"unknown field ({self.kind_name} is not namespaced)", "metadata.namespace")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         # exclude_none drops unset optional fields (metadata.uid, BGPPeer.node...);

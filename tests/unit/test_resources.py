@@ -409,6 +409,26 @@ ROUND_TRIPS = [
          "spec": {"bgp": {"ipv4Address": "10.0.0.5/24", "routeReflectorClusterID": "244.0.0.1"},
                   "addresses": ["10.0.0.5"]}},
     ),
+    (
+        doc("NetworkPolicy", {"order": 10, "selector": "app == 'db'",
+                              "ingress": [{"action": "Allow", "protocol": "TCP",
+                                           "destination": {"ports": [5432, "http"]}}]}, name="x"),
+        {"apiVersion": V, "kind": "NetworkPolicy", "metadata": META | {"namespace": "default"},
+         "spec": {"order": 10, "selector": "app == 'db'", "types": ["Ingress"], "egress": [],
+                  "ingress": [{"action": "Allow", "protocol": "TCP",
+                               "source": {"nets": [], "notNets": [], "ports": [], "notPorts": []},
+                               "destination": {"nets": [], "notNets": [], "ports": [5432, "http"],
+                                               "notPorts": []}}]}},
+    ),
+    (
+        doc("GlobalNetworkPolicy", {"egress": [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}]},
+            name="x"),
+        {"apiVersion": V, "kind": "GlobalNetworkPolicy", "metadata": META,
+         "spec": {"selector": "all()", "types": ["Egress"], "ingress": [],
+                  "egress": [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8},
+                              "source": {"nets": [], "notNets": [], "ports": [], "notPorts": []},
+                              "destination": {"nets": [], "notNets": [], "ports": [], "notPorts": []}}]}},
+    ),
 ]
 
 
@@ -520,7 +540,8 @@ def test_resolve_kind_unknown_lists_the_known():
 
 
 def test_kinds_table():
-    assert set(KINDS) == {"IPPool", "IPAMConfig", "BGPConfiguration", "BGPPeer", "Node"}
+    assert set(KINDS) == {"IPPool", "IPAMConfig", "BGPConfiguration", "BGPPeer", "Node",
+                          "NetworkPolicy", "GlobalNetworkPolicy"}
     assert all(cls.kind_name == kind for kind, cls in KINDS.items())
     assert KINDS["IPPool"].plural == "ippools"
 
