@@ -84,6 +84,9 @@ class Context:
     pod_info: PodAnnotations | None = None
     # The pods' MTU when the conflist leaves it 0 (the agent's, derived from the uplink).
     pod_mtu: Callable[[], int] = lambda: 1500
+    # Network policy (routed.policy.enforcer.PolicyEnforcer): ADD records the pod and programs
+    # its policy before answering; DEL forgets it before the addresses are released.
+    endpoints: object | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -132,10 +135,19 @@ def cmd_add(req: Request, ctx: Context) -> str:
         if any(not a.reused for a in allocations):
             _release_quietly(ctx, handle)
         raise
+    if ctx.endpoints is not None:
+        # Outside the try: a failure leaves the pod closed (its interface is not in the
+        # policy table), and the runtime's DEL cleans up as for any failed ADD.
+        ctx.endpoints.added(*_endpoint_id(req), host_if, ips)
     log.info("ADD %s pod=%s/%s ips=%s", handle, req.pod_namespace, req.pod_name, ",".join(map(str, ips)))
     host = {"name": host_if, "mac": pod_if["host_mac"]}
     pod = {"name": req.ifname, "mac": pod_if["mac"], "sandbox": req.netns}
     return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, mtu))
+
+
+def _endpoint_id(req: Request) -> tuple[str, str, str]:
+    """(namespace, pod, container) of the workload endpoint."""
+    return req.pod_namespace or "default", req.pod_name or req.container_id[:63], req.container_id
 
 
 def _from_annotations(req: Request, ctx: Context) -> tuple[list[str], dict[int, list[str] | None]]:
@@ -179,6 +191,11 @@ def cmd_del(req: Request, ctx: Context) -> str:
         except (DatastoreUnavailable, Conflict):
             pass
     ctx.pods.teardown(netns, req.ifname, host_veth_name(req), ips)
+    if ctx.endpoints is not None:
+        try:
+            ctx.endpoints.removed(*_endpoint_id(req))
+        except RoutedError as err:  # DEL never fails; the record stays until the next DEL
+            log.warning("DEL %s: workload endpoint not removed: %s", handle, err)
     if ctx.release_later is None:
         _release_quietly(ctx, handle)
         log.info("DEL %s: released", handle)

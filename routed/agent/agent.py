@@ -69,6 +69,7 @@ class AgentConfig:
     cni_bin_dir: str = "/opt/cni/bin"
     uninstall_poll: float = 2.0  # seconds between looks for the uninstall marker
     mtu: int = 0  # the pods' MTU; 0: the uplink's less the pools' encapsulation overhead
+    policy: bool = True  # enforce network policy (routed/policy) in this node's nftables
     # Where the Kubernetes API is (routed.k8s.api_source); None: run without Kubernetes.
     kube: dict | None = None
 
@@ -114,10 +115,12 @@ class Agent:
         self.refresh_mtu(read_pools=False)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.last_adds = LastAdds(Path(c.state_dir) / "last-add")
+        self.policy = self._start_policy() if c.policy else None
         self.cni_context = Context(self.ipam, c.node_name, self.dataplane, node_labels=lambda: self.labels,
                                    release_later=self.pending.add,
                                    settle_release=lambda handle: self.pending.settle(handle, self.ipam.release_handle),
-                                   pod_info=self.pod_info, pod_mtu=lambda: self.dataplane.mtus.pod)
+                                   pod_info=self.pod_info, pod_mtu=lambda: self.dataplane.mtus.pod,
+                                   endpoints=self.policy)
         # CNI first: a DEL must be served even while etcd is away (ADD then answers "try again").
         self.cni = CNIServer(c.cni_socket, self.handle_cni, self.metrics, c.cni_workers, c.cni_read_timeout)
         self.cni.start()
@@ -157,6 +160,21 @@ class Agent:
             if addr.get("type") == "InternalIP" and "." in addr.get("address", ""):
                 return addr["address"]
         return None
+
+    def _start_policy(self):
+        """The policy table goes in before the CNI server serves: no pod is ever
+        reachable without its policy (the table stays when the agent stops, like pods)."""
+        from routed.policy.enforcer import PolicyEnforcer
+
+        c = self.config
+        enforcer = PolicyEnforcer(self.kv, self.store, c.node_name, c.netns, c.resync, self.pod_info)
+        try:
+            enforcer.sync()
+        except RoutedError as err:
+            log.warning("network policy not programmed yet: %s", err)
+        self._spawn("policy", enforcer.run)
+        self.metrics.gauges["routed_policy_rules"] = lambda: enforcer.rule_count
+        return enforcer
 
     def _address_holding(self, ip: str) -> str:
         """ip with the prefix of the host interface that holds it (the subnet decides CrossSubnet)."""

@@ -53,7 +53,7 @@ def run(args) -> int:
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
-        bgp=args.bgp, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
+        bgp=args.bgp, policy=args.policy, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
         cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
         cleanup_on_stop=args.cleanup_on_stop, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir, mtu=args.mtu, resync=args.resync,
         kube=api_source(args.kube_server, args.kubeconfig))
@@ -95,6 +95,9 @@ def register(sub) -> None:
     p.add_argument("--block-grace", type=float, default=300.0, help="seconds an empty block is kept")
     p.add_argument("--bgp", action=argparse.BooleanOptionalAction,
                    default=env("ROUTED_BGP", "true").lower() == "true", help="run the BGP controller")
+    p.add_argument("--policy", action=argparse.BooleanOptionalAction,
+                   default=env("ROUTED_POLICY", "true").lower() == "true",
+                   help="enforce network policy in this node's nftables table")
     p.add_argument("--bgp-dir", default=env("ROUTED_BGP_DIR", "/var/run/routed/bgp"),
                    help="where the ExaBGP configuration is written for the bgp-speaker")
     p.add_argument("--bgp-socket", default=env("ROUTED_BGP_SOCKET", "/var/run/routed/bgp.sock"))

@@ -7,6 +7,7 @@ Layout (all under one root so a cluster can share an etcd with other users):
     /routed/v1/ipam/blocks/<block>              allocation state of one block
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
+    /routed/v1/workloads/<ns>/<pod>             a pod as policy sees it (node, labels, addresses)
 
 One key sits outside the layout, so that every version of routed finds it:
 
@@ -29,6 +30,7 @@ BLOCKS = IPAM + "blocks/"
 AFFINITIES = IPAM + "affinity/"
 HANDLES = IPAM + "handles/"
 LEADER = ROOT + "leader/"
+WORKLOADS = ROOT + "workloads/"
 
 # What may stand in one key segment: resource names, node names, handle ids.
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
@@ -69,6 +71,10 @@ def affinity(node: str, cidr=None) -> str:
 
 def handle(handle_id: str) -> str:
     return HANDLES + segment(handle_id, "handle")
+
+
+def workload(namespace: str, pod: str) -> str:
+    return f"{WORKLOADS}{segment(namespace, 'namespace')}/{segment(pod, 'pod name')}"
 
 
 def leader(name: str) -> str:
