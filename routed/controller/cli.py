@@ -18,8 +18,11 @@ def run(args) -> int:
     from routed.agent.health import HealthServer
     from routed.k8s.client import KubeClient
 
+    from routed.datastore.resources import ResourceStore
+
     from .gc import GarbageCollector
     from .leader import LeaderElector
+    from .policysync import PolicySync
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
@@ -61,6 +64,10 @@ def run(args) -> int:
                          f"routed_gc_{name}_total {gc.stats[name]}")
         return "\n".join(lines) + "\n"
 
+    policy = PolicySync(ResourceStore(kv), kube)
+    policy_thread = threading.Thread(target=policy.run, args=(stop, args.policy_interval, leading),
+                                     name="policy-sync", daemon=True)
+    policy_thread.start()
     health = HealthServer(args.health_host, args.health_port,
                           lambda: (True, "leading" if leading() else "standby"), metrics)
     health.start()
@@ -110,6 +117,8 @@ def register(sub) -> None:
                    help="how long a pod or node must stay missing before its addresses are released")
     p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between GC passes")
+    p.add_argument("--policy-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds between syncs of Namespaces and NetworkPolicies into etcd")
     p.add_argument("--lease-ttl", type=int, default=15, metavar="SECONDS", help="leader lease TTL")
     p.add_argument("--identity", default=None, help="this replica's name in the election (default: $POD_NAME)")
     p.add_argument("--health-host", default="127.0.0.1")

@@ -27,12 +27,13 @@ from . import Gone, KubeError
 
 log = logging.getLogger("routed.k8s")
 
-KINDS = ("nodes", "namespaces", "pods")
+KINDS = ("nodes", "namespaces", "pods", "networkpolicies")
 
 
 class KubeClient:
     def __init__(self, api_client, where: str):
         self.api = k8s.CoreV1Api(api_client)
+        self.networking = k8s.NetworkingV1Api(api_client)
         self.where = where  # for error messages: the server URL
 
     @classmethod
@@ -59,7 +60,8 @@ class KubeClient:
 
     def _lister(self, kind: str):
         return {"nodes": self.api.list_node, "namespaces": self.api.list_namespace,
-                "pods": self.api.list_pod_for_all_namespaces}[_kind(kind)]
+                "pods": self.api.list_pod_for_all_namespaces,
+                "networkpolicies": self.networking.list_network_policy_for_all_namespaces}[_kind(kind)]
 
     def list(self, kind: str, *, field_selector: str | None = None,
              label_selector: str | None = None) -> tuple[list[dict], str]:

@@ -57,7 +57,7 @@ class Ruleset:
         """An ``nft -f`` script that replaces routed's table in one transaction and
         touches nothing else: the create-then-delete makes the delete valid whether or
         not the table exists."""
-        out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{"]
+        out = []
         for name, (kind, elements) in sorted(self.sets.items()):
             out.append(f"  set {name} {{ type {kind};{_elements(elements)} }}")
         for name, elements in sorted(self.maps.items()):
@@ -66,8 +66,11 @@ class Ruleset:
             out.append(f"  chain {name} {{")
             out.extend(f"    {rule}" for rule in rules)
             out.append("  }")
-        out.append("}")
-        return "\n".join(out) + "\n"
+        body = "\n".join(out)
+        # The digest names what is programmed: the agent and tests tell one rendering from another.
+        digest = hashlib.sha1(body.encode()).hexdigest()[:16]
+        return "\n".join([f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
+                          f"table {FAMILY} {TABLE} {{", f'  comment "routed {digest}"', body, "}"]) + "\n"
 
 
 def _elements(elements: list[str]) -> str:

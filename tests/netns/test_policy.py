@@ -1,0 +1,199 @@
+"""Network policy with real traffic: a real agent and etcd, nine pods (namespaces x, y, z
+× pods a, b, c) added through the CNI shim, servers on 80/81 TCP and UDP in every pod;
+the conformance table's cases are applied one after the other and every pair is probed.
+SCTP probes are not run here when the kernel has no SCTP (the reference evaluator still
+checks them in tests/unit/test_policy_logic.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from routed import resources as r
+from routed.datastore import keys
+from routed.datastore.resources import ResourceStore
+from routed.dataplane.names import host_veth_name
+from routed.policy import model, nft
+from tests.support import netpol
+from tests.support.agent import AgentProcess, cni
+from tests.support.etcd import EtcdServer
+from tests.support.netns import Netns, node_host
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.root
+
+NODE_IP = "192.0.2.10"
+PROBER = str(Path(__file__).resolve().parents[1] / "support" / "netpol_pod.py")
+POLICY_KINDS = (r.KubeNetworkPolicy, r.NetworkPolicy, r.GlobalNetworkPolicy)
+
+
+def _has_sctp() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+        return True
+    except OSError:
+        return False
+
+
+class Pod:
+    def __init__(self, name: str, netns: Netns):
+        self.name, self.netns = name, netns
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns.name, "/usr/bin/python3", "-u", PROBER],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def probe(self, proto: str, port: int, addrs: list[str], timeout: float = 1.0) -> dict[str, bool]:
+        self.proc.stdin.write(f"probe {proto} {port} {timeout} {' '.join(addrs)}\n")
+        self.proc.stdin.flush()
+        return {k: v == "1" for k, v in (item.split("=") for item in self.proc.stdout.readline().split())}
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("these tests need root (network namespaces)", pytrace=False)
+    workdir = tmp_path_factory.mktemp("policy")
+    etcd = EtcdServer(workdir / "etcd").start()
+    host = node_host(f"{NODE_IP}/24")
+    agent, pods = None, {}
+    try:
+        kv = etcd.client()
+        store = ResourceStore(kv)
+        store.create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "main"},
+                              "spec": {"cidr": "10.66.0.0/16"}}))
+        agent = AgentProcess(workdir / "agent", etcd.url, host, "node-1", f"{NODE_IP}/24").start()
+        for name in netpol.ALL:
+            ns, pod = name.split("/")
+            netns = Netns("pol")
+            conf = agent.conf(runtimeConfig={"IPs": [netpol.address(name) + "/32"]})
+            code, _, raw = cni("ADD", conf, container=f"c-{ns}-{pod}", netns=netns.path, pod=(ns, pod))
+            assert code == 0, raw
+            pods[name] = Pod(name, netns)
+        yield type("Cluster", (), {"etcd": etcd, "kv": kv, "store": store, "host": host, "agent": agent,
+                                   "pods": pods})
+    finally:
+        for p in pods.values():
+            p.stop()
+            p.netns.delete()
+        if agent:
+            agent.stop()
+        host.delete()
+        etcd.stop()
+
+
+def _table_comment(host) -> str:
+    out = host.run("nft", "list", "table", "inet", nft.TABLE, check=False).stdout
+    return next((line.strip() for line in out.splitlines() if line.strip().startswith("comment ")), "")
+
+
+def _set_labels(cluster, case: netpol.Case) -> None:
+    """What the agent's pod cache would give it: the pods' labels and named ports (this
+    test runs without a Kubernetes API), written into the workload records."""
+    ports = [[n, netpol.PROTOS[p], port] for n, p, port in netpol.named_ports()]
+    for name in netpol.ALL:
+        ns, pod = name.split("/")
+        key = keys.workload(ns, pod)
+        doc = json.loads(cluster.kv.get(key).value)
+        want = {**netpol.pod_labels(name), **case.pod_labels.get(name, {})}
+        if doc["labels"] != want or doc["ports"] != ports:
+            doc["labels"], doc["ports"] = want, ports
+            cluster.kv.put(key, json.dumps(doc).encode())
+
+
+def _install(cluster, case: netpol.Case) -> None:
+    store = cluster.store
+    for cls in POLICY_KINDS:
+        for p in store.list(cls):
+            store.delete(cls, p.name, namespace=p.namespace)
+    for ns in netpol.NAMESPACES:
+        store.apply(r.parse({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": ns, "labels": {"ns": ns, **case.namespace_labels.get(ns, {})}}}))
+    _set_labels(cluster, case)
+    for doc in case.policies:
+        store.create(r.parse(doc))
+    # The agent has it when its table carries the digest of a rendering of the same state.
+    from routed.policy.enforcer import PolicyEnforcer
+
+    text = PolicyEnforcer(cluster.kv, store, "node-1", None).desired().render()
+    want = next(line.strip() for line in text.splitlines() if line.strip().startswith("comment "))
+    eventually(lambda: _table_comment(cluster.host) == want, timeout=30, what=f"policy of {case.name} programmed",
+               details=lambda: f"want {want}, table {_table_comment(cluster.host)}\n"
+                               + cluster.agent.log.read_text()[-2000:])
+
+
+def _matrix(cluster, probe: netpol.Probe) -> list[str]:
+    wrong = []
+    for src, pod in cluster.pods.items():
+        targets = [netpol.address(d) for d in netpol.ALL if d != src]
+        got = pod.probe(probe.protocol, probe.port, targets)
+        for dst in netpol.ALL:
+            if dst != src and got[netpol.address(dst)] != probe.expected.m[(src, dst)]:
+                wrong.append(f"{src}->{dst} {probe.port}/{probe.protocol}: expected "
+                             f"{probe.expected.m[(src, dst)]}, got {got[netpol.address(dst)]}")
+    return wrong
+
+
+def test_without_policy_every_pod_reaches_every_other(cluster):
+    _install(cluster, netpol.Case("none", [], []))
+    assert _matrix(cluster, netpol.Probe(80, "TCP", netpol.Reachability(True))) == []
+    assert _matrix(cluster, netpol.Probe(81, "UDP", netpol.Reachability(True))) == []
+
+
+@pytest.mark.parametrize("case", netpol.CASES, ids=[c.name for c in netpol.CASES])
+def test_conformance_table_with_real_traffic(cluster, case):
+    _install(cluster, case)
+    probes = [p for p in case.probes if p.protocol != "SCTP" or _has_sctp()]
+    wrong = [line for probe in probes for line in _matrix(cluster, probe)]
+    assert not wrong, wrong
+
+
+def test_routed_policies_icmp_and_order(cluster):
+    deny_ping = {"apiVersion": "routed.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "no-ping"},
+                 "spec": {"order": 10, "selector": "pod == 'a'",
+                          "ingress": [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}},
+                                      {"action": "Pass"}]}}
+    deny_x = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}, "ingress": []}}
+    _install(cluster, netpol.Case("icmp", [deny_ping, deny_x], []))
+    yb = cluster.pods["y/b"].netns
+    assert yb.run("ping", "-c1", "-W1", netpol.address("y/a"), check=False).returncode != 0
+    assert yb.run("ping", "-c1", "-W1", netpol.address("y/c"), check=False).returncode == 0
+    # y/a passes TCP on to the Kubernetes tier, where nothing selects it: open.
+    assert cluster.pods["y/b"].probe("TCP", 80, [netpol.address("y/a")])[netpol.address("y/a")]
+    # x/a: passed on, and Kubernetes' default deny of x closes it.
+    assert not cluster.pods["y/b"].probe("TCP", 80, [netpol.address("x/a")])[netpol.address("x/a")]
+    # The node itself still reaches every pod: host traffic is not policed.
+    assert cluster.host.run("ping", "-c1", "-W1", netpol.address("x/a"), check=False).returncode == 0
+
+
+def test_a_deleted_pod_leaves_every_set_and_an_unknown_cali_interface_is_closed(cluster):
+    _install(cluster, netpol.Case("sets", [netpol.knp("p", "x", {"pod": "a"},
+                                                    ingress=[{"from": [netpol.pods(pod="b")]}])], []))
+    table = cluster.host.run("nft", "list", "table", "inet", nft.TABLE).stdout
+    iface = host_veth_name("x", "b")
+    assert netpol.address("x/b") in table and f'"{iface}"' in table
+    # An interface the agent never programmed: its traffic is dropped.
+    assert 'oifname "cali*" oifname != @pods drop' in table
+    netns = Netns("pol")
+    try:
+        conf = cluster.agent.conf(runtimeConfig={"IPs": ["10.66.9.9/32"]})
+        code, _, raw = cni("ADD", conf, container="c-tmp", netns=netns.path, pod=("x", "tmp"))
+        assert code == 0, raw
+        # Programmed before ADD answered: the interface is already in the table.
+        assert f'"{host_veth_name("x", "tmp")}"' in cluster.host.run("nft", "list", "set", "inet", nft.TABLE,
+                                                                      "pods").stdout
+        assert cni("DEL", conf, container="c-tmp", netns=netns.path, pod=("x", "tmp"))[0] == 0
+        after = cluster.host.run("nft", "list", "table", "inet", nft.TABLE).stdout
+        assert "10.66.9.9" not in after and host_veth_name("x", "tmp") not in after
+        assert cluster.kv.get(keys.workload("x", "tmp")) is None
+    finally:
+        netns.delete()
