@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3 python3-venv python3-dev
   etcd-server etcd-client
-  iproute2 iptables nftables iputils-ping tcpdump procps psmisc openssl
+  iproute2 iptables ipset nftables iputils-ping tcpdump procps psmisc openssl
   bird2 frr gobgpd
   containernetworking-plugins podman runc containerd
   golang-go golang-github-appc-cni-dev busybox-static file debootstrap socat
