@@ -61,7 +61,10 @@ def named_ports(pod: dict | None) -> tuple[model.NamedPort, ...]:
 
 def apply_ruleset(netns: str | None, text: str) -> None:
     cmd = (["ip", "netns", "exec", netns] if netns else []) + ["nft", "-f", "-"]
-    result = subprocess.run(cmd, input=text, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, input=text, capture_output=True, text=True)
+    except OSError as err:  # no nft on this host: pods stay closed, and the error says why
+        raise PolicyError(f"cannot run nft: {err.strerror} (install nftables, or run the agent with --no-policy)") from None
     if result.returncode != 0:
         raise PolicyError(f"nft -f: {result.stderr.strip().splitlines()[0] if result.stderr.strip() else 'failed'}")
 
