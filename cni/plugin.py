@@ -138,11 +138,22 @@ def cmd_add(req: Request, ctx: Context) -> str:
     if ctx.endpoints is not None:
         # Outside the try: a failure leaves the pod closed (its interface is not in the
         # policy table), and the runtime's DEL cleans up as for any failed ADD.
-        ctx.endpoints.added(*_endpoint_id(req), host_if, ips)
+        ctx.endpoints.added(*_endpoint_id(req), host_if, ips, labels=_runtime_labels(conf))
     log.info("ADD %s pod=%s/%s ips=%s", handle, req.pod_namespace, req.pod_name, ",".join(map(str, ips)))
     host = {"name": host_if, "mac": pod_if["host_mac"]}
     pod = {"name": req.ifname, "mac": pod_if["mac"], "sandbox": req.netns}
     return json.dumps(spec.add_result(conf.cni_version, host, pod, ips, mtu))
+
+
+def _runtime_labels(conf) -> dict | None:
+    """Pod labels from runtimeConfig "labels" (the lab, runtimes without Kubernetes);
+    None: the agent reads them from its pod cache."""
+    labels = conf.runtime_config.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise CNIError(spec.INVALID_CONFIG, 'runtimeConfig "labels" must map strings to strings')
+    return labels
 
 
 def _endpoint_id(req: Request) -> tuple[str, str, str]:

@@ -104,11 +104,14 @@ def render_matrix(reach: dict) -> str:
     labels = reach["pods"]
     if len(labels) < 2:
         return "REACHABILITY\n  (fewer than two pods: `routed lab pod add NODE NAME`)"
-    total = reach["ok"] + reach["failed"] + reach["untested"]
+    blocked = reach.get("blocked", 0)
+    total = reach["ok"] + reach["failed"] + blocked + reach["untested"]
     verdict = "ALL REACHABLE" if reach["ok"] == total else \
+        "ALL REACHABLE THAT POLICY ALLOWS" if reach["ok"] + blocked == total else \
         f"{reach['failed']} FAILING" + (f", {reach['untested']} not tried" if reach["untested"] else "")
-    head = f"REACHABILITY: {reach['ok']}/{total} pod pairs answer ping ({verdict}; {reach['seconds']}s)"
-    cell = {True: "ok", False: "NO", None: "?"}
+    policy = f", {blocked} blocked by policy (pol)" if blocked else ""
+    head = f"REACHABILITY: {reach['ok']}/{total} pod pairs answer ping{policy} ({verdict}; {reach['seconds']}s)"
+    cell = {True: "ok", False: "NO", None: "?", "policy": "pol"}
     width = max(len(str(len(labels))), 2)
     rows = []
     for i, src in enumerate(labels, 1):
@@ -267,9 +270,19 @@ def show_status(args) -> int:
 
 
 def pod_add(args) -> int:
-    pod = pods.add(_lab(), args.node, args.name, args.namespace)
+    pod = pods.add(_lab(), args.node, args.name, args.namespace, _labels(args.labels))
     print(f"pod {pod['namespace']}/{pod['name']} on {pod['node']}: {pod['ip']} (netns {pod['netns']})")
     return 0
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise RoutedError(f"--labels: {part!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def pod_del(args) -> int:
@@ -313,6 +326,7 @@ def register(sub) -> None:
     p.add_argument("node")
     p.add_argument("name")
     p.add_argument("--namespace", default="default", help="the pod's Kubernetes namespace")
+    p.add_argument("--labels", default="", help="the pod's labels for network policy: k=v,k2=v2")
     p.set_defaults(func=pod_add)
     p = pverbs.add_parser("del", help="run CNI DEL and remove the pod's namespace")
     p.add_argument("node")

@@ -54,9 +54,13 @@ def cni_args(namespace: str, name: str, container_id: str, uid: str) -> str:
             f"K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}")
 
 
-def plugin_stdin(conflist: dict, plugin: dict, prev_result: dict | None = None) -> str:
-    """What libcni writes to a plugin's stdin for one plugin of a conflist."""
+def plugin_stdin(conflist: dict, plugin: dict, prev_result: dict | None = None,
+                 labels: dict | None = None) -> str:
+    """What libcni writes to a plugin's stdin for one plugin of a conflist; the pod's
+    labels go in runtimeConfig (there is no Kubernetes API in the lab)."""
     conf = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    if labels is not None:
+        conf["runtimeConfig"] = {**conf.get("runtimeConfig", {}), "labels": labels}
     if prev_result is not None:
         conf["prevResult"] = prev_result
     return json.dumps(conf)
@@ -89,7 +93,8 @@ def _call(state: dict, node: dict, command: str, pod: dict, prev_result: dict | 
     plugins = conflist["plugins"] if command == "ADD" else list(reversed(conflist["plugins"]))
     result = prev_result
     for plugin in plugins:
-        code, out = exec_plugin(cni_path, plugin["type"], env, plugin_stdin(conflist, plugin, result))
+        code, out = exec_plugin(cni_path, plugin["type"], env,
+                                plugin_stdin(conflist, plugin, result, pod.get("labels")))
         if code != 0:
             raise RoutedError(f"CNI {command} of pod {pod['name']} on {node['name']} failed "
                               f"(plugin {plugin['type']}, exit {code}): code {out.get('code')}: {out.get('msg')}"
@@ -99,7 +104,7 @@ def _call(state: dict, node: dict, command: str, pod: dict, prev_result: dict | 
     return result or {}
 
 
-def add(lab: Lab, node_name: str, name: str, namespace: str = "default") -> dict:
+def add(lab: Lab, node_name: str, name: str, namespace: str = "default", labels: dict | None = None) -> dict:
     """Create the pod's namespace and run CNI ADD; returns the pod's record (with its IP)."""
     if not POD_NAME.match(name):
         raise RoutedError(f"pod name {name!r}: lower-case letters, digits and '-', at most 32")
@@ -112,7 +117,7 @@ def add(lab: Lab, node_name: str, name: str, namespace: str = "default") -> dict
             raise RoutedError(f"pod {name} already exists on {node_name}")
         pod = {"node": node_name, "name": name, "namespace": namespace,
                "netns": pod_netns(state["prefix"], node_name, name), "containerID": secrets.token_hex(32),
-               "uid": str(uuid.uuid4()), "ip": "", "result": None}
+               "uid": str(uuid.uuid4()), "ip": "", "result": None, "labels": labels or {}}
         state["pods"].append(pod)  # recorded first: down removes its namespace whatever happens
         lab.save(state)
     try:

@@ -34,11 +34,13 @@ def ping(netns: str, ip: str, wait: float = 1.0) -> bool:
 
 
 def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
-                 progress: Progress | None = None) -> dict:
+                 progress: Progress | None = None, blocked: frozenset = frozenset()) -> dict:
     """Every pod pings every other pod's IP; failing pairs are retried until timeout.
 
-    Returns {"pods": [labels], "matrix": {src: {dst: true|false|null}}, "ok", "failed",
-    "untested", "seconds"}; null means the deadline came before that pair was tried."""
+    Returns {"pods": [labels], "matrix": {src: {dst: true|false|"policy"|null}}, "ok",
+    "failed", "blocked", "untested", "seconds"}; null means the deadline came before that
+    pair was tried. A pair in ``blocked`` (source IP, destination IP) is one a network
+    policy denies: tried once, and when it does not answer it is "policy", not a failure."""
     label = {id(p): f"{p['node']}/{p['name']}" for p in pods}
     pairs = [(s, d) for s in pods for d in pods if s is not d and s.get("ip") and d.get("ip")]
     result: dict[tuple[int, int], bool | None] = {(id(s), id(d)): None for s, d in pairs}
@@ -58,9 +60,10 @@ def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
                 ok = future.result()
                 if ok is None:  # the deadline came first: keep what an earlier round found
                     continue
-                result[key] = ok
+                policy = (s["ip"], d["ip"]) in blocked
+                result[key] = "policy" if policy and not ok else ok
                 done_once.add(key)
-                if not ok:
+                if not ok and not policy:
                     todo.append((s, d))
                 if progress:
                     progress(len(done_once), len(pairs), sum(v is False for v in result.values()))
@@ -70,7 +73,8 @@ def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
               for s in pods}
     values = list(result.values())
     return {"pods": [label[id(p)] for p in pods], "matrix": matrix, "ok": sum(v is True for v in values),
-            "failed": sum(v is False for v in values), "untested": sum(v is None for v in values),
+            "failed": sum(v is False for v in values), "blocked": sum(v == "policy" for v in values),
+            "untested": sum(v is None for v in values),
             "seconds": round(time.monotonic() - start, 1)}
 
 
@@ -131,6 +135,40 @@ def ipam(state: dict) -> tuple[list[dict], dict]:
     return blocks, registered
 
 
+def policy_blocked(state: dict) -> frozenset:
+    """(source IP, destination IP) pairs whose ping the network policy in etcd denies,
+    by routed's reference evaluator (routed/policy/evaluate.py)."""
+    from routed import resources as r
+    from routed.datastore import keys
+    from routed.datastore.etcd import EtcdKV
+    from routed.datastore.resources import ResourceStore
+    from routed.policy import model
+    from routed.policy.enforcer import endpoint_from_json
+    from routed.policy.evaluate import Cluster
+
+    kv = EtcdKV([state["etcd"]["endpoint"]], timeout=3.0)
+    try:
+        store = ResourceStore(kv)
+        docs = [p for cls in (r.NetworkPolicy, r.GlobalNetworkPolicy, r.KubeNetworkPolicy) for p in store.list(cls)]
+        namespaces = {n.name: dict(n.metadata.labels) for n in store.list(r.Namespace)}
+        endpoints = [endpoint_from_json(item.value) for item in kv.list(keys.WORKLOADS).items]
+    finally:
+        kv.close()
+    return blocked_pairs(Cluster(endpoints, namespaces, model.convert(docs)))
+
+
+def blocked_pairs(cluster) -> frozenset:
+    addrs = [a for ep in cluster.endpoints for a in ep.addresses if ":" not in a]
+    return frozenset((s, d) for s in addrs for d in addrs
+                     if s != d and not cluster.allowed(_echo(s, d)))
+
+
+def _echo(src: str, dst: str):
+    from routed.policy.evaluate import Packet
+
+    return Packet(src, dst, 1, icmp_type=8, icmp_code=0)
+
+
 def _natural(name: str) -> tuple:
     """node2 before node10, p2 before p10."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
@@ -167,7 +205,8 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
                        for rack in state["racks"]],
            "sessions": sessions(state), "blocks": blocks, "pods": pods}
     if reach:
-        out["reachability"] = reachability([p for p in pods if p["present"]], timeout=timeout, progress=progress)
+        out["reachability"] = reachability([p for p in pods if p["present"]], timeout=timeout, progress=progress,
+                                           blocked=policy_blocked(state))
     return out
 
 

@@ -74,9 +74,13 @@ def cluster(tmp_path_factory):
         for name in netpol.ALL:
             ns, pod = name.split("/")
             netns = Netns("pol")
-            conf = agent.conf(runtimeConfig={"IPs": [netpol.address(name) + "/32"]})
+            # Labels as the lab passes them (runtimeConfig), there being no Kubernetes API here.
+            conf = agent.conf(runtimeConfig={"IPs": [netpol.address(name) + "/32"],
+                                             "labels": netpol.pod_labels(name)})
             code, _, raw = cni("ADD", conf, container=f"c-{ns}-{pod}", netns=netns.path, pod=(ns, pod))
             assert code == 0, raw
+            record = json.loads(kv.get(keys.workload(ns, pod)).value)
+            assert record["labels"] == netpol.pod_labels(name) and record["interface"] == host_veth_name(ns, pod)
             pods[name] = Pod(name, netns)
         yield type("Cluster", (), {"etcd": etcd, "kv": kv, "store": store, "host": host, "agent": agent,
                                    "pods": pods})
@@ -96,8 +100,8 @@ def _table_comment(host) -> str:
 
 
 def _set_labels(cluster, case: netpol.Case) -> None:
-    """What the agent's pod cache would give it: the pods' labels and named ports (this
-    test runs without a Kubernetes API), written into the workload records."""
+    """A case's label changes and the named ports, which the agent's pod cache would give
+    it (this test runs without a Kubernetes API), written into the workload records."""
     ports = [[n, netpol.PROTOS[p], port] for n, p, port in netpol.named_ports()]
     for name in netpol.ALL:
         ns, pod = name.split("/")
