@@ -163,7 +163,8 @@ class Agent:
 
     def _start_policy(self):
         """The policy table goes in before the CNI server serves: no pod is ever
-        reachable without its policy (the table stays when the agent stops, like pods)."""
+        reachable without its policy (the table stays when the agent stops, like pods,
+        unless it cleans up on stop)."""
         from routed.policy.enforcer import PolicyEnforcer
 
         c = self.config
@@ -172,7 +173,7 @@ class Agent:
             enforcer.sync()
         except RoutedError as err:
             log.warning("network policy not programmed yet: %s", err)
-        self._spawn("policy", enforcer.run)
+        self.controllers.start(enforcer)
         self.metrics.gauges["routed_policy_rules"] = lambda: enforcer.rule_count
         return enforcer
 

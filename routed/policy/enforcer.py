@@ -74,8 +74,14 @@ def remove_table(netns: str | None) -> None:
 
 
 class PolicyEnforcer:
+    """Also one of the agent's controllers (routed.agent.controllers.Controller)."""
+
+    name = "policy"
+
     def __init__(self, kv, store, node: str, netns: str | None, resync: float = 30.0, pod_info=None):
         self.kv, self.store, self.node, self.netns, self.resync = kv, store, node, netns, resync
+        self.interval = resync
+        self.failures = 0
         self.pod_info = pod_info  # routed.k8s.podinfo.PodInfo: labels and named ports of our pods
         self._lock = threading.Lock()
         self._applied = ""
@@ -129,20 +135,26 @@ class PolicyEnforcer:
             self._applied, self.rule_count = text, ruleset.rule_count
             return True
 
-    def run(self, stop: threading.Event) -> None:
+    def cleanup(self) -> None:
+        remove_table(self.netns)
+
+    def run(self, stop: threading.Event, beat=lambda: None) -> None:
         """Re-render on every change of resources or workloads, and every ``resync``."""
         while not stop.is_set():
+            beat()
             try:
                 start = self.kv.revision() + 1
                 self.sync()
                 watches = [self.kv.watch(keys.RESOURCES, start), self.kv.watch(keys.WORKLOADS, start)]
             except RoutedError as err:
+                self.failures += 1
                 log.warning("policy: %s; retrying", err)
                 stop.wait(2)
                 continue
             try:
                 next_sync = time.monotonic() + self.resync
                 while not stop.is_set():
+                    beat()
                     changed = False
                     for w in watches:
                         while w.get(timeout=0.25) is not None:
@@ -151,6 +163,7 @@ class PolicyEnforcer:
                         self.sync()
                         next_sync = time.monotonic() + self.resync
             except RoutedError as err:
+                self.failures += 1
                 log.warning("policy: %s; resyncing", err)
             finally:
                 for w in watches:
