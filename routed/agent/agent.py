@@ -174,7 +174,7 @@ class Agent:
         except RoutedError as err:
             log.warning("network policy not programmed yet: %s", err)
         self.controllers.start(enforcer)
-        self.metrics.gauges["routed_policy_rules"] = lambda: enforcer.rule_count
+        self.metrics.gauge("routed_policy_rules", "Rules in the network policy table.", lambda: enforcer.rule_count)
         return enforcer
 
     def _address_holding(self, ip: str) -> str:
