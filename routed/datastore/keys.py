@@ -6,6 +6,7 @@ Layout (all under one root so a cluster can share an etcd with other users):
     /routed/v1/ipam/blocks/<block>              allocation state of one block
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
+    /routed/v1/liveness/<node>                  under the node agent's lease while it runs
 
 One key sits outside the layout, so that every version of routed finds it:
 
@@ -28,6 +29,7 @@ BLOCKS = IPAM + "blocks/"
 AFFINITIES = IPAM + "affinity/"
 HANDLES = IPAM + "handles/"
 LEADER = ROOT + "leader/"
+LIVENESS = ROOT + "liveness/"
 
 # What may stand in one key segment: resource names, node names, handle ids.
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
@@ -69,6 +71,10 @@ def handle(handle_id: str) -> str:
 
 def leader(name: str) -> str:
     return LEADER + segment(name)
+
+
+def liveness(node: str) -> str:
+    return LIVENESS + segment(node, "node name")
 
 
 def last_segment(key: str) -> str:
