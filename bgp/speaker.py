@@ -1,4 +1,4 @@
-"""`routed bgp-speaker`: the ExaBGP sidecar's supervisor.
+"""The ExaBGP sidecar's supervisor (the command `routed bgp-speaker`: bgp.cli).
 
 The agent writes exabgp.conf and exabgp.env.json (the environment ExaBGP needs: bind
 address, port) into a directory both containers share. This loop runs ExaBGP on them,
@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -145,12 +146,21 @@ def write_config(directory: str | Path, config: str, env: dict) -> bool:
     return True
 
 
+def group_shared(directory: Path) -> bool:
+    """A setgid directory is shared with its group on purpose: Kubernetes' fsGroup makes the
+    pod's BGP volume so for a non-root bgp-speaker. What the agent puts there (this
+    configuration, its helper's socket) is then for that group too; else the owner's alone."""
+    return bool(directory.stat().st_mode & stat.S_ISGID)
+
+
 def _write_private(path: Path, text: str) -> None:
     """Replace path with text, readable by its owner only from the first byte on (the
     configuration holds MD5 passwords): mkstemp creates the file 0600 whatever the umask,
-    and rename swaps it in whole."""
+    and rename swaps it in whole. In a group-shared directory the group may read it too."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if group_shared(path.parent):
+            os.fchmod(fd, 0o640)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -160,22 +170,3 @@ def _write_private(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def run(args) -> int:
-    from routed.agent.cli import LogfmtFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    speaker = Speaker(args.config_dir, args.netns or None)
-    signal.signal(signal.SIGTERM, lambda *_: speaker.stop.set())
-    signal.signal(signal.SIGINT, lambda *_: speaker.stop.set())
-    speaker.run()
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bgp-speaker", help="run ExaBGP on the configuration the agent writes")
-    p.add_argument("--config-dir", default=os.environ.get("ROUTED_BGP_DIR", "/var/run/routed/bgp"))
-    p.add_argument("--netns", default=os.environ.get("ROUTED_NETNS"), help="namespace playing this node")
-    p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`routed install-cni`: put the plugin in the CNI bin dir and write the conflist.
+"""Put the plugin in the CNI bin dir and write the conflist (the command: cni.cli).
 
 Run by the DaemonSet's init container (and by the lab). The plugin is the static Go
 executable of cni/goplugin, built for each architecture by scripts/build-cni.sh into
@@ -115,26 +115,3 @@ def install(bin_dir: str, conf_dir: str, *, plugin_dir: str | Path | None = None
         raise RoutedError(f"install-cni: {err.strerror}: {err.filename}") from None
     return plugin, conf
 
-
-def run(args) -> int:
-    plugin, conf = install(args.bin_dir, args.conf_dir, plugin_dir=args.plugin_dir, mtu=args.mtu,
-                           socket=args.cni_socket, spool_dir=args.spool_dir, ipv4_pools=args.pools,
-                           cni_version=args.cni_version, chain=not args.no_chain)
-    print(f"installed {plugin} and {conf}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("install-cni", help="install the CNI plugin and its network configuration")
-    p.add_argument("--bin-dir", default="/opt/cni/bin")
-    p.add_argument("--conf-dir", default="/etc/cni/net.d")
-    p.add_argument("--plugin-dir", help=f"where the built plugins are (default: ${PLUGIN_DIR_ENV}, "
-                                        "else the source tree's build/cni)")
-    p.add_argument("--mtu", type=int, default=int(os.environ.get("ROUTED_MTU", "0") or 0),
-                   help="pod MTU in the conflist; 0 (default): the agent derives it from the uplink")
-    p.add_argument("--cni-socket", default="/var/run/routed/cni.sock")
-    p.add_argument("--spool-dir", default="/var/lib/routed/cni-spool")
-    p.add_argument("--pools", nargs="*", default=[], help="IPv4 pool names (default: all matching the node)")
-    p.add_argument("--cni-version", default="1.0.0")
-    p.add_argument("--no-chain", action="store_true", help="do not chain portmap and bandwidth")
-    p.set_defaults(func=run)

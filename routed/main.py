@@ -1,16 +1,17 @@
-"""The `routed` program: node agent, lab and installer subcommands."""
+"""The `routed` program: node agent, controller, BGP speaker, lab and installer subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-import traceback
 
-from routed.errors import RoutedError
+from routed.runtime import command
 
-# Each subcommand lives in its own module exposing register(subparsers).
-SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.install", "routed.dataplane.cleanup", "bgp.speaker", "routed.controller.cli")
+# Each subcommand lives in its own CLI module exposing register(subparsers); no other
+# module imports them (tests/unit/test_imports.py).
+SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.cli", "routed.dataplane.cleanup", "bgp.cli",
+               "routed.controller.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,15 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except RoutedError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"routed: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return command.run("routed", lambda: args.func(args), fmt=getattr(args, "output", "table"), debug=args.debug)
 
 
 if __name__ == "__main__":

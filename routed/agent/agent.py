@@ -22,17 +22,18 @@ from routed.datastore import schema, uninstall
 from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
 from routed.errors import DatastoreUnavailable, RoutedError
+from routed.runtime.health import HealthServer
 from routed.version import version
 
 from . import node as nodeinfo
 from .bgp import BGPController
 from .cniserver import CNIServer
 from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
-from .health import HealthServer
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
 from .metrics import Family, Metrics
 from .podnet import HostDataplane
+from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool
 
 log = logging.getLogger("routed.agent")
@@ -50,6 +51,7 @@ class AgentConfig:
     state_dir: str = "/var/lib/routed"
     health_host: str = "127.0.0.1"
     health_port: int = 9099
+    liveness_ttl: int = 30  # seconds the controller waits after the agent stops before it may GC the node
     block_grace: float = 300.0
     resync: float = 30.0
     bgp: bool = True
@@ -113,6 +115,8 @@ class Agent:
         # served meanwhile), assume the largest overhead in use.
         self._encapsulations = {"vxlan"}
         self.refresh_mtu(read_pools=False)
+        self.presence = NodePresence(self.kv, self.store, c.node_name, self.address, self._register_again,
+                                     c.liveness_ttl, after=self.registered)
         self.pending = PendingReleases(Path(c.state_dir) / "pending-releases")
         self.last_adds = LastAdds(Path(c.state_dir) / "last-add")
         self.policy = self._start_policy() if c.policy else None
@@ -140,6 +144,7 @@ class Agent:
         self._define_metrics()
         self._spawn("register", self._register_until_done)
         self._spawn("uninstall", self._watch_uninstall)
+        self._spawn("node-presence", self.presence.run)  # once registered
         log.info("agent for node %s (%s) started%s", c.node_name, self.address,
                  f" in netns {c.netns}" if c.netns else "")
 
@@ -306,6 +311,9 @@ class Agent:
         node = self.store.find(r.Node, self.config.node_name)
         if node is not None:
             self.labels = dict(node.metadata.labels or {})
+
+    def _register_again(self, remembered: r.Node | None) -> r.Node:
+        return nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels, remembered)
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bgp import decide, exabgp, peers as peering
 from bgp.order import address_key, network_key
-from bgp.speaker import write_config
+from bgp.speaker import group_shared, write_config
 from ipam.origins import Origins
 from routed import resources as r
 from routed.datastore import keys
@@ -67,7 +67,7 @@ class HelperLink:
         self.path.unlink(missing_ok=True)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(self.path))
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, 0o660 if group_shared(self.path.parent) else 0o600)
         self._server.listen(4)
         threading.Thread(target=self._accept, name="bgp-helper-accept", daemon=True).start()
 
@@ -166,6 +166,11 @@ class BGPController:
         self.programmed: list[decide.Route] = []
         self.dropped_total: dict[str, int] = {}  # peer -> routes over maxPrefixes, ever (a counter)
         self._limits_sent: dict[str, int] | None = None  # what bgp.helper was told last
+        # What bgp.helper said before the first sync, replayed in order after it: an agent
+        # restarting under a running ExaBGP gets the helper's snapshot (sessions up, their
+        # routes) at once, and before its peers are known every state and route in it
+        # would be dropped as from no peer of ours. None once synced.
+        self._before_sync: list[dict] | None = []
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------
@@ -183,8 +188,7 @@ class BGPController:
                 kind, payload = "tick", None
             try:
                 if kind in ("resync", "etcd", "origins"):
-                    self.events.put((kind, payload))
-                    resync, ipam_changed = self._drain_etcd()
+                    resync, ipam_changed = self._drain_etcd((kind, payload))
                     if resync or time.monotonic() >= next_resync:
                         self.sync()
                         next_resync = time.monotonic() + self.resync
@@ -205,17 +209,15 @@ class BGPController:
                 log.exception("bgp: unexpected error")
         self.link.stop()
 
-    def _drain_etcd(self) -> tuple[bool, bool]:
-        """Apply every queued etcd change: block changes go to IPAM's index one by one;
-        resource changes make one resync. Helper messages stay queued in order.
-        Returns (resources changed, IPAM changed)."""
+    def _drain_etcd(self, first: tuple[str, object]) -> tuple[bool, bool]:
+        """Apply the etcd change just taken (first), then every one queued after it, in
+        order (a block change queued behind IPAM's listing applies to that listing, not to
+        nothing): block changes go to IPAM's index one by one; resource changes make one
+        resync. Helper messages stay queued in order. Returns (resources changed, IPAM changed)."""
         resync = ipam_changed = False
         keep = []
-        while True:
-            try:
-                item = self.events.get_nowait()
-            except queue.Empty:
-                break
+        item = first
+        while item is not None:
             kind, payload = item
             if kind == "resync":
                 resync = True
@@ -230,6 +232,10 @@ class BGPController:
                 resync |= payload.type == "resync" or payload.kv.key.startswith(keys.RESOURCES)
             else:
                 keep.append(item)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                item = None
         for item in keep:
             self.events.put(item)
         if ipam_changed:
@@ -318,6 +324,9 @@ class BGPController:
             self.node_addresses = {n.metadata.name: a for n in nodes if (a := peering.node_address(n))}
         self._send_limits()
         self.refresh()
+        early, self._before_sync = self._before_sync, None
+        for msg in early or ():
+            self.on_helper(msg)
 
     def _send_limits(self) -> None:
         with self._lock:
@@ -356,6 +365,9 @@ class BGPController:
     # -- what ExaBGP tells us ---------------------------------------------------------------
 
     def on_helper(self, msg: dict) -> None:
+        if self._before_sync is not None:
+            self._before_sync.append(msg)
+            return
         kind = msg.get("type")
         if kind == "snapshot":
             # A new helper: ExaBGP (re)started or we did. It knows nothing we announced.

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
-import sys
 import threading
-import time
 
 from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
 from routed.k8s import api_source
-
-
-class LogfmtFormatter(logging.Formatter):
-    """One structured line per event: ts=... level=... logger=... msg="..."."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage().replace('"', "'")
-        line = (f'ts={time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))}'
-                f'.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} msg="{msg}"')
-        if record.exc_info:
-            line += ' exc="' + self.formatException(record.exc_info).replace("\n", " | ").replace('"', "'") + '"'
-        return line
+from routed.runtime import logs
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -41,21 +27,19 @@ def parse_labels(text: str) -> dict[str, str]:
 def run(args) -> int:
     from .agent import Agent, AgentConfig
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler], force=True)
-    # pyroute2 logs every netlink message at debug: under a burst of pods that alone
-    # slowed the agent to seconds per ADD. Its warnings still show.
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.log_level)
+    if args.liveness_ttl < 3:
+        raise RoutedError("--liveness-ttl must be at least 3 seconds")
     etcd = EtcdConfig.from_env(endpoints=args.etcd_endpoints)
     config = AgentConfig(
+        liveness_ttl=args.liveness_ttl,
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
         health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
         bgp=args.bgp, policy=args.policy, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
         cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
-        cleanup_on_stop=args.cleanup_on_stop, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir, mtu=args.mtu, resync=args.resync,
+        cleanup_on_stop=args.cleanup_on_stop, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir,
+        mtu=args.mtu, resync=args.resync,
         kube=api_source(args.kube_server, args.kubeconfig))
     agent = Agent(config)
     agent.start()
@@ -92,6 +76,8 @@ def register(sub) -> None:
                    help="pod MTU; 0 (default): the uplink's MTU less the pools' encapsulation overhead")
     p.add_argument("--resync", type=float, default=30.0,
                    help="seconds between full reconciles (routes, BGP peers, MTU, labels)")
+    p.add_argument("--liveness-ttl", type=int, default=int(env("ROUTED_LIVENESS_TTL", "30")), metavar="SECONDS",
+                   help="TTL of this node's liveness lease in etcd (the controller keeps live nodes)")
     p.add_argument("--block-grace", type=float, default=300.0, help="seconds an empty block is kept")
     p.add_argument("--bgp", action=argparse.BooleanOptionalAction,
                    default=env("ROUTED_BGP", "true").lower() == "true", help="run the BGP controller")
@@ -121,6 +107,5 @@ def register(sub) -> None:
                    help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster "
                         "when KUBERNETES_SERVICE_HOST is set, else no Kubernetes")
     p.add_argument("--kubeconfig", default=None, metavar="FILE", help="Kubernetes API from a kubeconfig")
-    p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+    logs.add_argument(p, env("ROUTED_LOG_LEVEL", "info"))
     p.set_defaults(func=run)

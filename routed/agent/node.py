@@ -18,12 +18,17 @@ def parse_node_ip(text: str) -> str:
     return str(iface)
 
 
-def register(store, name: str, address: str, labels: dict[str, str]) -> r.Node:
+def register(store, name: str, address: str, labels: dict[str, str], remembered: r.Node | None = None) -> r.Node:
     """Create or update this node's Node resource. What an operator set on it (AS number,
-    route reflector cluster ID, other labels) is kept; the address and our labels win."""
+    route reflector cluster ID, other labels) is kept; the address and our labels win.
+    When the Node is gone, `remembered` (what the agent last saw of it) is what is kept."""
     existing = store.find(r.Node, name)
-    doc = existing.to_dict() if existing else {"apiVersion": r.API_VERSION, "kind": "Node",
-                                                "metadata": {"name": name}, "spec": {}}
+    base = existing or remembered
+    doc = base.to_dict() if base else {"apiVersion": r.API_VERSION, "kind": "Node",
+                                        "metadata": {"name": name}, "spec": {}}
+    if existing is None:  # a new object (also one registered again): it gets its own identity
+        for identity in ("uid", "creationTimestamp"):
+            doc["metadata"].pop(identity, None)
     doc["metadata"].pop("resourceVersion", None)
     doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **labels}
     bgp = doc["spec"].get("bgp") or {}

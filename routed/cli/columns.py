@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from routed import resources as r
-
-from .render import Table
+from routed.render import Table
 
 
 def _pool(p):

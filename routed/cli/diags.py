@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from routed.errors import RoutedError
+from routed.render import Output, Table
 
 from . import version as versions
-from .node import add_agent_argument, agent_get
-from .render import Output, Table
+from .agentapi import add_agent_argument, agent_get
 
 # Our route protocols (see DESIGN: 201 pods and blackholes, 202 routes learnt over BGP).
 PROTO_PODS, PROTO_BGP = 201, 202

@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 from routed import resources as r
 from routed.errors import Conflict, NotFound, RoutedError
+from routed.render import Output, Table
 
 from .columns import resource_table
-from .render import Output, Table
 
 _CONFIGURE_RETRIES = 5
 

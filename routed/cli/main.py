@@ -1,20 +1,17 @@
-"""routedctl: the operator's CLI. Commands return data; render() formats it.
-
-Errors print one line naming the problem and exit 1; --debug adds the traceback.
-"""
+"""routedctl: the operator's CLI. Commands return data; routed.render formats it, and
+routed.runtime.command prints it or the one-line error (--debug adds the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import traceback
 
 from routed.datastore.config import EtcdConfig
-from routed.errors import RoutedError
+from routed.render import FORMATS
+from routed.runtime import command
 
 from . import resources
-from .render import FORMATS, render
 
 # gRPC's C core writes its own lines to stderr (TLS alerts, "absl::InitializeLog"
 # warnings) before our one-line error; the error already says what failed. Set before
@@ -100,31 +97,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
         args.debug = args.debug or extra.debug
     ctx = Context(args, stdin=stdin)
     try:
-        out = args.func(ctx, args)
-        text, notes = render(out, args.output or out.default_format)
-        if text:
-            print(text, file=stdout)
-        if notes:
-            print(notes, file=stderr)
-        return out.exit_code
-    except RoutedError as err:
-        if args.debug:
-            traceback.print_exc(file=stderr)
-        print(f"routedctl: {err}", file=stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `routedctl get ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as err:  # a bug: still one line, the traceback on request
-        if args.debug:
-            traceback.print_exc(file=stderr)
-        print(f"routedctl: internal error: {type(err).__name__}: {err} (rerun with --debug)", file=stderr)
-        return 1
+        return command.run("routedctl", lambda: args.func(ctx, args), fmt=args.output, debug=args.debug,
+                           stdout=stdout, stderr=stderr)
     finally:
         ctx.close()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,9 +8,9 @@ import sys
 from routed import resources as r
 from routed.resources import calico
 from routed.errors import InvalidResource, NotFound, RoutedError
+from routed.render import Output
 
 from .columns import resource_table
-from .render import Output
 
 
 def read_resources(path: str, stdin=None) -> list[r.Resource]:

@@ -9,8 +9,8 @@ import time
 from routed import resources as r
 from routed.datastore import uninstall
 from routed.errors import RoutedError
+from routed.render import Output, Table
 
-from .render import Output, Table
 
 
 def run(ctx, args) -> Output:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from routed import resources as r
 from routed.datastore import keys
 from routed.errors import RoutedError
+from routed.render import Output, Table
 from routed.version import version as client_version
 
-from .node import add_agent_argument, agent_json
-from .render import Output, Table
+from .agentapi import add_agent_argument, agent_json
 
 # The layout routed's keys follow (routed/datastore/keys.py): the version is the root's last part.
 LAYOUT = keys.ROOT.strip("/")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 
 from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
 from routed.k8s import api_source
+from routed.runtime import logs
 
 
 def run(args) -> int:
-    from routed.agent.cli import LogfmtFormatter
-    from routed.agent.health import HealthServer
     from routed.k8s.client import KubeClient
+    from routed.runtime.health import HealthServer
 
     from routed.datastore.resources import ResourceStore
 
@@ -24,19 +23,16 @@ def run(args) -> int:
     from .leader import LeaderElector
     from .policysync import PolicySync
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler], force=True)
+    logs.setup(args.log_level)
     source = api_source(args.kube_server, args.kubeconfig)
-    if source is None:
-        raise RoutedError("the controller needs the Kubernetes API: run it in a pod, "
-                          "or pass --kube-server URL or --kubeconfig FILE")
     if args.grace < 0 or args.interval <= 0:
         raise RoutedError("--grace must be >= 0 and --interval > 0 seconds")
     kv = EtcdConfig.from_env(endpoints=args.etcd_endpoints).connect()
     stop = threading.Event()
     _check_schema(kv, stop)
-    kube = KubeClient.connect(**source)
+    # Without Kubernetes only the nodes whose agents stopped are collected (by their
+    # liveness leases): which pods exist, only the API knows.
+    kube = KubeClient.connect(**source) if source is not None else None
     gc = GarbageCollector(kv, kube, grace=args.grace)
 
     def shutdown(*_):
@@ -72,8 +68,9 @@ def run(args) -> int:
                           lambda: (True, "leading" if leading() else "standby"), metrics)
     health.start()
     logging.getLogger("routed.controller").info(
-        "controller started: grace %gs, every %gs, %s", args.grace, args.interval,
-        f"leader election as {elector.identity}" if elector else "no leader election")
+        "controller started: grace %gs, every %gs, %s, %s", args.grace, args.interval,
+        f"leader election as {elector.identity}" if elector else "no leader election",
+        "with Kubernetes" if kube is not None else "without Kubernetes: nodes by liveness only, pods not collected")
     try:
         gc.run(stop, args.interval, leading)
     finally:
@@ -111,7 +108,8 @@ def register(sub) -> None:
     p.add_argument("--leader-election", action="store_true",
                    help="work only while holding the etcd leader lease (for several replicas)")
     p.add_argument("--kube-server", default=None, metavar="URL",
-                   help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster")
+                   help="Kubernetes API without credentials (tests, kubectl proxy); default: in-cluster "
+                        "when KUBERNETES_SERVICE_HOST is set, else no Kubernetes (nodes by liveness only)")
     p.add_argument("--kubeconfig", default=None, metavar="FILE", help="Kubernetes API from a kubeconfig")
     p.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
                    help="how long a pod or node must stay missing before its addresses are released")
@@ -124,6 +122,5 @@ def register(sub) -> None:
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_CONTROLLER_HEALTH_PORT", "9098")))
     p.add_argument("--etcd-endpoints", default=None)
-    p.add_argument("--log-level", default=env("ROUTED_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+    logs.add_argument(p, env("ROUTED_LOG_LEVEL", "info"))
     p.set_defaults(func=run)

@@ -2,14 +2,18 @@
 
 One pass (run_once) does three sweeps:
 
-1. Nodes. A routed Node (or a node with block affinities) whose Kubernetes Node is gone
-   loses its affinities (IPAM.release_node: empty blocks are deleted, the others stay
-   until their last address is released) and its routed Node resource. Route
-   reflectors are never touched: the chart registers them without a Kubernetes Node.
-2. Pods. An address whose pod (namespace/pod in the block's attributes) is not in the
-   API is released by its handle, but only when it was seen missing on two consecutive
-   passes at least `grace` seconds apart, with the handle unchanged in between.
-   Handles without pod attributes (not made for a Kubernetes pod) are left alone.
+1. Nodes. A routed Node (or a node with block affinities) whose agent is not alive (its
+   liveness key, kept under the agent's lease, is gone) and, with Kubernetes, whose
+   Kubernetes Node is gone too, loses its routed Node resource and its affinities
+   (IPAM.release_node: empty blocks are deleted, the others stay until their last
+   address is released), once seen so on two passes at least `grace` seconds apart.
+   A live agent's node is never collected, whatever the API says. Route reflectors
+   are never touched: the chart registers them without a Kubernetes Node or an agent.
+2. Pods (only with Kubernetes). An address whose pod (namespace/pod in the block's
+   attributes) is not in the API is released by its handle, but only when it was seen
+   missing on two consecutive passes at least `grace` seconds apart, with the handle
+   unchanged in between. Handles without pod attributes (not made for a Kubernetes
+   pod) are left alone.
 3. Empty blocks that no node owns any more are deleted after `grace` seconds.
 
 Never freeing a live pod's address rests on the order of reads: etcd first, then a
@@ -35,10 +39,10 @@ from ipam.allocator import IPAM, EmptyBlockReaper
 from ipam.block import Block
 from ipam.check import Problem, Report, repair
 from routed import resources as r
-from routed.datastore import keys
+from routed.datastore import Compare, Op, keys
 from routed.datastore.kv import KV
 from routed.datastore.resources import ResourceStore
-from routed.errors import Conflict, CorruptData, NotFound, RoutedError
+from routed.errors import CorruptData, RoutedError
 
 log = logging.getLogger("routed.controller")
 
@@ -72,6 +76,8 @@ class _Owner:
 
 
 class GarbageCollector:
+    """kube: a routed.k8s client, or None to run without Kubernetes (nodes by liveness only)."""
+
     def __init__(self, kv: KV, kube, grace: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self.kv, self.kube, self.grace, self.clock = kv, kube, grace, clock
         self.ipam = IPAM(kv)
@@ -90,7 +96,7 @@ class GarbageCollector:
     def run_once(self) -> PassResult:
         result = PassResult()
         result.nodes = self.sweep_nodes()
-        result.handles = self.sweep_pods()
+        result.handles = self.sweep_pods() if self.kube is not None else []
         result.blocks = self.reaper.sweep()
         self.stats["passes"] += 1
         self.stats["nodes"] += len(result.nodes)
@@ -117,10 +123,13 @@ class GarbageCollector:
     def sweep_nodes(self) -> list[str]:
         routed_nodes = {n.metadata.name: n for n in self.store.list(r.Node)}
         affine = {key[len(keys.AFFINITIES):].split("/", 1)[0] for key in self.kv.keys(keys.AFFINITIES)}
-        items, _ = self.kube.list("nodes")  # after the etcd reads: see the module docstring
-        in_kubernetes = {(o.get("metadata") or {}).get("name") for o in items}
+        alive = {keys.last_segment(key) for key in self.kv.keys(keys.LIVENESS)}
+        in_kubernetes = set()
+        if self.kube is not None:
+            items, _ = self.kube.list("nodes")  # after the etcd reads: see the module docstring
+            in_kubernetes = {(o.get("metadata") or {}).get("name") for o in items}
         reflectors = {name for name, node in routed_nodes.items() if is_route_reflector(node)}
-        missing = (set(routed_nodes) | affine) - in_kubernetes - reflectors
+        missing = (set(routed_nodes) | affine) - in_kubernetes - reflectors - alive
         now, released, suspects = self.clock(), [], {}
         for name in sorted(missing):
             seen = self._nodes.get(name)
@@ -135,18 +144,22 @@ class GarbageCollector:
         return released
 
     def _release_node(self, name: str, node: r.Node | None) -> bool:
-        blocks = self.ipam.release_node(name)
+        # The Node first, in one transaction with "its agent is still not alive" and "it is
+        # the Node we saw": an agent that came back meanwhile keeps its Node and its blocks.
+        live = keys.liveness(name)
         if node is not None:
-            try:
-                # Only the Node we saw: if its agent registered it again meanwhile, keep it.
-                self.store.delete(r.Node, name, resource_version=node.metadata.resource_version)
-            except NotFound:
-                pass
-            except Conflict as err:
-                log.warning("GC: node %s: %s; keeping it", name, err)
+            nkey = keys.resource(r.Node.plural, name)
+            deleted = self.kv.txn([Compare.absent(live), Compare.mod(nkey, int(node.metadata.resource_version))],
+                                  [Op.delete(nkey)])
+            if not deleted.succeeded:
+                log.info("GC: node %s came back (its agent or its Node changed); keeping it", name)
                 return False
-        log.info("GC: node %s is gone from Kubernetes: released its blocks %s%s", name,
-                 ", ".join(blocks) or "-", " and deleted its routed Node" if node is not None else "")
+        elif self.kv.get(live) is not None:
+            return False
+        blocks = self.ipam.release_node(name)
+        log.info("GC: node %s is gone (no live agent%s): released its blocks %s%s", name,
+                 ", no Kubernetes Node" if self.kube is not None else "", ", ".join(blocks) or "-",
+                 " and deleted its routed Node" if node is not None else "")
         return True
 
     # -- pods -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Layout (all under one root so a cluster can share an etcd with other users):
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
     /routed/v1/workloads/<ns>/<pod>             a pod as policy sees it (node, labels, addresses)
+    /routed/v1/liveness/<node>                  under the node agent's lease while it runs
 
 One key sits outside the layout, so that every version of routed finds it:
 
@@ -31,6 +32,7 @@ AFFINITIES = IPAM + "affinity/"
 HANDLES = IPAM + "handles/"
 LEADER = ROOT + "leader/"
 WORKLOADS = ROOT + "workloads/"
+LIVENESS = ROOT + "liveness/"
 
 # What may stand in one key segment: resource names, node names, handle ids.
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}$")
@@ -79,6 +81,10 @@ def workload(namespace: str, pod: str) -> str:
 
 def leader(name: str) -> str:
     return LEADER + segment(name)
+
+
+def liveness(node: str) -> str:
+    return LIVENESS + segment(node, "node name")
 
 
 def last_segment(key: str) -> str:

@@ -1,16 +1,15 @@
 """`routed lab up | down | status | pod add | pod del | routes`: commands call the lab
-modules (which return data) and render what they return."""
+modules (which return data) and return it with how to show it; routed.render prints it."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from routed.cli.render import Table, format_table
 from routed.errors import RoutedError
+from routed.render import Output, Section, Table
 
 from . import cluster, kubecluster, kubeplane, pods, status
 from .cluster import Lab
@@ -62,48 +61,50 @@ class Progress:
                   force=checked == total)
 
 
-# --------------------------------------------------------------------------- rendering
+# --------------------------------------------------------------------------- how to show it
 
 
-def _section(title: str, table: Table) -> str:
-    return f"{title}\n{format_table(table)}" if table.rows else f"{title}\n  (none)"
-
-
-def render_status(data: dict) -> str:
+def status_sections(data: dict) -> list[Section]:
     lab = data["lab"]
     o = lab["options"]
-    parts = [f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}, "
-             f"ToRs {o['tor']}, etcd {lab['etcd']}"]
-    parts.append(_section("NODES", Table(
-        ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
-        [[n["name"], n["rack"], n["address"], n["netns"], n["agent"], n["speaker"],
-          f"127.0.0.1:{n['healthPort']}"] for n in data["nodes"]])))
-    parts.append(_section("TOP-OF-RACK ROUTERS", Table(
-        ["NAME", "DAEMON", "AS", "ADDRESS", "CORE", "RUNNING", "POD ROUTES"],
-        [[r["name"], r["kind"], r["as"], r["address"], r["coreAddress"] or "-", "yes" if r["running"] else "NO",
-          r["podRoutes"]] for r in data["routers"]])))
     sessions = data["sessions"]
     up = sum(s["state"] == "up" for s in sessions)
-    parts.append(_section(f"BGP SESSIONS ({up}/{len(sessions)} up)", Table(
-        ["SPEAKER", "PEER", "NAME", "TYPE", "STATE", "ACCEPTED", "INFO"],
-        [[s["speaker"], s["peer"], s["name"], s["type"], s["state"],
-          "" if s["accepted"] is None else s["accepted"], s["info"]] for s in sessions])))
-    parts.append(_section("BLOCKS", Table(
-        ["CIDR", "NODE", "IN USE", "FREE"],
-        [[b["cidr"], b["node"] or "(none)", b["inUse"], b["free"]] for b in data["blocks"]])))
-    parts.append(_section("PODS", Table(
-        ["#", "NODE", "POD", "NAMESPACE", "IP", "NETNS"],
-        [[i, p["node"], p["name"], p["namespace"], p["ip"] or "-", p["netns"] if p["present"] else "(missing)"]
-         for i, p in enumerate(data["pods"], 1)])))
+    sections = [
+        Section(f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}, "
+                f"ToRs {o['tor']}, etcd {lab['etcd']}"),
+        Section("NODES", Table(
+            ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
+            [[n["name"], n["rack"], n["address"], n["netns"], n["agent"], n["speaker"],
+              f"127.0.0.1:{n['healthPort']}"] for n in data["nodes"]])),
+        Section("TOP-OF-RACK ROUTERS", Table(
+            ["NAME", "DAEMON", "AS", "ADDRESS", "CORE", "RUNNING", "POD ROUTES"],
+            [[r["name"], r["kind"], r["as"], r["address"], r["coreAddress"] or "-",
+              "yes" if r["running"] else "NO", r["podRoutes"]] for r in data["routers"]])),
+        Section(f"BGP SESSIONS ({up}/{len(sessions)} up)", Table(
+            ["SPEAKER", "PEER", "NAME", "TYPE", "STATE", "ACCEPTED", "INFO"],
+            [[s["speaker"], s["peer"], s["name"], s["type"], s["state"],
+              "" if s["accepted"] is None else s["accepted"], s["info"]] for s in sessions])),
+        Section("BLOCKS", Table(
+            ["CIDR", "NODE", "IN USE", "FREE"],
+            [[b["cidr"], b["node"] or "(none)", b["inUse"], b["free"]] for b in data["blocks"]])),
+        Section("PODS", Table(
+            ["#", "NODE", "POD", "NAMESPACE", "IP", "NETNS"],
+            [[i, p["node"], p["name"], p["namespace"], p["ip"] or "-",
+              p["netns"] if p["present"] else "(missing)"] for i, p in enumerate(data["pods"], 1)])),
+    ]
     if "reachability" in data:
-        parts.append(render_matrix(data["reachability"]))
-    return "\n\n".join(parts)
+        sections.append(matrix_section(data["reachability"]))
+    return sections
 
 
-def render_matrix(reach: dict) -> str:
+def all_reachable(reach: dict | None) -> bool:
+    return reach is None or reach["failed"] + reach["untested"] == 0
+
+
+def matrix_section(reach: dict) -> Section:
     labels = reach["pods"]
     if len(labels) < 2:
-        return "REACHABILITY\n  (fewer than two pods: `routed lab pod add NODE NAME`)"
+        return Section("REACHABILITY", text="  (fewer than two pods: `routed lab pod add NODE NAME`)")
     blocked = reach.get("blocked", 0)
     total = reach["ok"] + reach["failed"] + blocked + reach["untested"]
     verdict = "ALL REACHABLE" if reach["ok"] == total else \
@@ -117,8 +118,8 @@ def render_matrix(reach: dict) -> str:
     for i, src in enumerate(labels, 1):
         marks = ["-" if src == dst else cell[reach["matrix"][src][dst]] for dst in labels]
         rows.append([str(i), src, *[m.rjust(width) for m in marks]])
-    table = Table(["#", "FROM \\ TO", *[str(i).rjust(width) for i in range(1, len(labels) + 1)]], rows)
-    return f"{head}\n{format_table(table)}"
+    return Section(head, Table(["#", "FROM \\ TO", *[str(i).rjust(width) for i in range(1, len(labels) + 1)]],
+                               rows))
 
 
 def annotate_routes(text: str) -> str:
@@ -141,14 +142,17 @@ def annotate_routes(text: str) -> str:
     return "\n".join(out)
 
 
-def render_routes(state: dict, names: list[str]) -> str:
-    blocks = []
+def route_sections(state: dict, names: list[str]) -> tuple[dict, list[Section]]:
+    """Each node's route table (as data) and its annotated sections."""
+    tables, sections = {}, []
     for name in names:
-        node = next(n for n in state["nodes"] if n["name"] == name)
-        text = status.node_routes(state, name)
-        blocks.append(f"$ ip -n {node['netns']} route      # {name}, rack {node['rack']}, {node['address']}\n"
-                      + annotate_routes(text))
-    return "\n\n".join(blocks)
+        node = next((n for n in state["nodes"] if n["name"] == name), None)
+        if node is None:
+            raise RoutedError(f"the lab has no node {name!r} (nodes: {', '.join(n['name'] for n in state['nodes'])})")
+        tables[name] = text = status.node_routes(state, name)
+        sections.append(Section(f"$ ip -n {node['netns']} route      # {name}, rack {node['rack']}, "
+                                f"{node['address']}", text=annotate_routes(text)))
+    return tables, sections
 
 
 def showcase_nodes(state: dict) -> list[str]:
@@ -203,7 +207,7 @@ Tear it down with: make lab-down   (or: .venv/bin/routed lab down)""")
     return 0
 
 
-def up(args) -> int:
+def up(args) -> Output | int:
     if args.kubernetes:
         return kube_up(args)
     progress = Progress()
@@ -235,16 +239,14 @@ def up(args) -> int:
     data = status.collect(lab, reach=len(state["pods"]) > 1 and not args.no_ping,
                           timeout=min(60.0, reach_timeout), progress=progress.reach)
     progress.done()
-    print(render_status(data))
+    sections = status_sections(data)
     if state["pods"]:
-        print()
-        print(render_routes(state, showcase_nodes(state)))
-    print()
-    print(f"The lab stays up (state in {lab.dir}). Try: routed lab status | routed lab pod add node1 web")
-    print(f"  ROUTED_ETCD_ENDPOINTS={state['etcd']['endpoint']} .venv/bin/routedctl ipam show --show-blocks")
-    print("Tear it down with: make lab-down   (or: .venv/bin/routed lab down)")
-    reach = data.get("reachability")
-    return 0 if reach is None or reach["ok"] == reach["ok"] + reach["failed"] + reach["untested"] else 1
+        sections += route_sections(state, showcase_nodes(state))[1]
+    sections.append(Section("", text="\n".join([
+        f"The lab stays up (state in {lab.dir}). Try: routed lab status | routed lab pod add node1 web",
+        f"  ROUTED_ETCD_ENDPOINTS={state['etcd']['endpoint']} .venv/bin/routedctl ipam show --show-blocks",
+        "Tear it down with: make lab-down   (or: .venv/bin/routed lab down)"])))
+    return Output(data=data, sections=sections, exit_code=0 if all_reachable(data.get("reachability")) else 1)
 
 
 def down(args) -> int:
@@ -257,22 +259,18 @@ def down(args) -> int:
     return 0
 
 
-def show_status(args) -> int:
+def show_status(args) -> Output:
     progress = Progress()
     data = status.collect(_lab(), reach=not args.no_ping, timeout=args.timeout,
                           progress=None if args.output == "json" else progress.reach)
     progress.done()
-    if args.output == "json":
-        print(json.dumps(data, indent=2))
-    else:
-        print(render_status(data))
-    return 0
+    return Output(data=data, sections=status_sections(data))
 
 
-def pod_add(args) -> int:
+def pod_add(args) -> Output:
     pod = pods.add(_lab(), args.node, args.name, args.namespace, _labels(args.labels))
-    print(f"pod {pod['namespace']}/{pod['name']} on {pod['node']}: {pod['ip']} (netns {pod['netns']})")
-    return 0
+    return Output(messages=[f"pod {pod['namespace']}/{pod['name']} on {pod['node']}: {pod['ip']} "
+                                      f"(netns {pod['netns']})"])
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -285,16 +283,16 @@ def _labels(text: str) -> dict[str, str]:
     return labels
 
 
-def pod_del(args) -> int:
+def pod_del(args) -> Output:
     pod = pods.delete(_lab(), args.node, args.name)
-    print(f"pod {pod['namespace']}/{pod['name']} on {pod['node']} deleted ({pod['ip']} released)")
-    return 0
+    return Output(messages=[f"pod {pod['namespace']}/{pod['name']} on {pod['node']} deleted "
+                                      f"({pod['ip']} released)"])
 
 
-def routes(args) -> int:
+def routes(args) -> Output:
     state = _lab().load()
-    print(render_routes(state, args.nodes or showcase_nodes(state)))
-    return 0
+    tables, sections = route_sections(state, args.nodes or showcase_nodes(state))
+    return Output(data=tables, sections=sections)
 
 
 def register(sub) -> None:

@@ -395,7 +395,7 @@ def test_agent_container():
     assert m["/lib/modules"]["readOnly"] is True
     for path in ("/var/run/routed", "/var/lib/routed", "/var/run/netns", "/lib/modules", "/run/xtables.lock"):
         assert cu.host_path_of(ds, agent, path) == path
-    assert args.bgp_dir.startswith("/var/run/routed/") and args.bgp_socket.startswith("/var/run/routed/")
+    assert args.bgp_socket.startswith(args.bgp_dir + "/")  # the one directory shared with the speaker
     assert args.state_dir == "/var/lib/routed"
 
 
@@ -407,7 +407,7 @@ def test_bgp_sidecar_shares_the_agents_directory():
     args = _parse_routed(cu.argv(bgp))
     assert args.command == "bgp-speaker"
     assert args.config_dir == agent_args.bgp_dir
-    assert cu.host_path_of(ds, bgp, "/var/run/routed") == "/var/run/routed"
+    assert cu.mounts(bgp)[args.config_dir]["name"] == cu.mounts(rendered.container(ds, "agent"))[args.config_dir]["name"]
     caps = bgp["securityContext"]["capabilities"]
     assert caps["drop"] == ["ALL"] and "NET_ADMIN" not in caps.get("add", [])
     assert not bgp["securityContext"].get("privileged")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from routed.lab import procs
 from tests.e2e.labutil import LabRun, up_retrying
 from tests.support.wait import eventually
 
@@ -112,7 +113,10 @@ def test_node_leaves_its_routes_are_withdrawn_and_other_pods_unaffected(lab):
         assert any(line.startswith(gone) for line in bgp_routes(lab, name)), bgp_routes(lab, name)
     # The node leaves: its agent stops, its Node resource is deleted, and its affinities are
     # released as the GC controller would.
-    os.kill(node(lab, "node3")["pids"]["agent"], signal.SIGTERM)
+    agent = node(lab, "node3")["pids"]["agent"]
+    os.kill(agent, signal.SIGTERM)
+    # An agent still running registers its Node again (it is alive): delete it once gone.
+    wait_until(lambda: not procs.alive(agent, f"{lab.dir}/"), 60, "node3's agent to stop")
     ctl(lab, "delete", "node", "node3")
     assert "node3" not in ctl(lab, "get", "nodes").stdout
     from ipam.allocator import IPAM

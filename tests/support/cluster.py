@@ -47,10 +47,13 @@ class Node:
         self.start_speaker()
         return self
 
-    def start_speaker(self) -> None:
+    def start_speaker(self, drop: list[str] | None = None) -> None:
+        """drop: a command (setpriv ...) that takes privileges away: the speaker then runs
+        inside the node's namespace already, as the chart runs it in the host network."""
         log = open(self.workdir / "speaker.log", "ab")
-        self.speaker = subprocess.Popen([ROUTED, "bgp-speaker", "--config-dir", str(self.workdir / "bgp"),
-                                         "--netns", self.ns.name], stdout=log, stderr=subprocess.STDOUT)
+        argv = [ROUTED, "bgp-speaker", "--config-dir", str(self.workdir / "bgp")]
+        argv = ["ip", "netns", "exec", self.ns.name, *drop, *argv] if drop else [*argv, "--netns", self.ns.name]
+        self.speaker = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def exabgp_pid(self) -> int | None:
         try:

@@ -40,7 +40,8 @@ def test_plugin_reads_labels_or_leaves_them_to_the_pod_cache():
 
 def test_lab_status_marks_policy_blocked_pairs():
     from routed import resources as r
-    from routed.lab.cli import render_matrix
+    from routed.lab.cli import matrix_section
+    from routed.render import Output, render
     from routed.lab.status import blocked_pairs
     from routed.policy import model
     from routed.policy.evaluate import Cluster
@@ -54,6 +55,6 @@ def test_lab_status_marks_policy_blocked_pairs():
     reach = {"pods": ["n1/a", "n1/b"], "matrix": {"n1/a": {"n1/a": None, "n1/b": True},
                                                   "n1/b": {"n1/a": "policy", "n1/b": None}},
              "ok": 1, "failed": 0, "blocked": 1, "untested": 0, "seconds": 0.1}
-    text = render_matrix(reach)
+    text, _ = render(Output(sections=[matrix_section(reach)]))
     assert "1/2 pod pairs answer ping, 1 blocked by policy (pol) (ALL REACHABLE THAT POLICY ALLOWS" in text
     assert "pol" in text.splitlines()[-1] and "NO" not in text

@@ -1,4 +1,7 @@
-"""The one place routedctl turns command results into text."""
+"""The one place command results become text, for `routedctl` and `routed lab` alike.
+
+Commands return an Output (data, and how to show it); render() formats it. With -o json
+or yaml only the data is printed."""
 
 from __future__ import annotations
 
@@ -20,11 +23,23 @@ class Table:
 
 
 @dataclass
+class Section:
+    """A titled part of a longer report (`routed lab status`): a table, or preformatted
+    text such as an annotated route table. A table without rows shows "(none)"."""
+
+    title: str
+    table: Table | None = None
+    text: str = ""
+
+
+@dataclass
 class Output:
-    """What a command returns: structured data, how to show it as a table, and notes."""
+    """What a command returns: structured data, how to show it (a table, sections), notes
+    (printed first), and the exit code."""
 
     data: object = None
     table: Table | None = None
+    sections: list[Section] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     # The format when the user names none (-o): "table" unless the data is the point.
     default_format: str = "table"
@@ -47,9 +62,19 @@ def _document(data, fmt: str) -> str:
 
 
 def _body(out: Output, fmt: str) -> str:
+    if out.sections:
+        return "\n\n".join(_section(s, fmt) for s in out.sections)
     if out.table is not None:
         return format_table(out.table, wide=(fmt == "wide"))
     return "" if out.data is None else json.dumps(out.data, indent=2)
+
+
+def _section(section: Section, fmt: str) -> str:
+    if section.table is not None:
+        body = format_table(section.table, wide=(fmt == "wide")) if section.table.rows else "  (none)"
+    else:
+        body = section.text
+    return "\n".join(p for p in (section.title, body) if p)
 
 
 def format_table(table: Table, wide: bool = False) -> str:
