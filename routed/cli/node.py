@@ -51,7 +51,28 @@ def status(ctx, args) -> Output:
     if skipped:
         messages.append(f"{len(skipped)} peer(s) left out of the BGP configuration: {', '.join(skipped)} "
                         "(see INFO)")
-    return Output(data={"peers": peers, "mtu": node["mtu"]}, table=table, messages=messages)
+    try:
+        wireguard = agent_json(args.agent, "/wireguard")
+    except RoutedError:
+        wireguard = None  # an agent from before WireGuard
+    if wireguard is not None:
+        messages += _wireguard_lines(wireguard)
+    return Output(data={"peers": peers, "mtu": node["mtu"], "wireguard": wireguard}, table=table, messages=messages)
+
+
+def _wireguard_lines(wg: dict) -> list[str]:
+    if not wg.get("enabled"):
+        return ["WireGuard: off on this node"]
+    if wg.get("error"):
+        return [f"WireGuard: on, but its state is not readable: {wg['error']}"]
+    lines = [f"WireGuard: on ({wg['device']}, {wg['provider']}, port {wg['listenPort']}), "
+             f"{len(wg['peers'])} peer(s)"]
+    for peer in wg["peers"]:
+        seen = peer["latestHandshake"]
+        lines.append(f"  peer {peer.get('node') or '?'} {peer['publicKey'][:8]}... at {peer['endpoint'] or '-'}: "
+                     f"handshake {'never' if seen is None else f'{seen}s ago'}, "
+                     f"rx {peer['rxBytes']} B, tx {peer['txBytes']} B")
+    return lines
 
 
 def _mtu_line(mtu: dict) -> str:
