@@ -72,7 +72,8 @@ def _section(title: str, table: Table) -> str:
 def render_status(data: dict) -> str:
     lab = data["lab"]
     o = lab["options"]
-    parts = [f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}, "
+    parts = [f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}"
+             f"{' + WireGuard' if o.get('wireguard') else ''}, "
              f"ToRs {o['tor']}, etcd {lab['etcd']}"]
     parts.append(_section("NODES", Table(
         ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
@@ -88,6 +89,11 @@ def render_status(data: dict) -> str:
         ["SPEAKER", "PEER", "NAME", "TYPE", "STATE", "ACCEPTED", "INFO"],
         [[s["speaker"], s["peer"], s["name"], s["type"], s["state"],
           "" if s["accepted"] is None else s["accepted"], s["info"]] for s in sessions])))
+    if "wireguard" in data:
+        parts.append(_section("WIREGUARD PEERS", Table(
+            ["NODE", "PEER", "ENDPOINT", "STATE", "RX BYTES", "TX BYTES"],
+            [[w["node"], w["peer"] or "-", w["endpoint"] or "-", w["state"], w["rx"], w["tx"]]
+             for w in data["wireguard"]])))
     parts.append(_section("BLOCKS", Table(
         ["CIDR", "NODE", "IN USE", "FREE"],
         [[b["cidr"], b["node"] or "(none)", b["inUse"], b["free"]] for b in data["blocks"]])))
@@ -205,7 +211,8 @@ def up(args) -> int:
         return kube_up(args)
     progress = Progress()
     lab = _lab()
-    options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor)
+    options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor,
+                                         wireguard=args.wireguard)
     started = time.monotonic()
     state = cluster.up(lab, options, progress.line, timeout=args.timeout)
     progress.line(f"lab up in {time.monotonic() - started:.0f}s")
@@ -296,6 +303,7 @@ def register(sub) -> None:
     p.add_argument("--encap", choices=sorted(cluster.ENCAPS), default="crosssubnet",
                    help="pool mode: crosssubnet = VXLAN across racks only (default); ipip needs a kernel with it")
     p.add_argument("--tor", choices=["bird", "frr", "gobgp"], default="bird", help="top-of-rack router daemon")
+    p.add_argument("--wireguard", action="store_true", help="pod traffic between nodes over WireGuard")
     p.add_argument("--pods", type=int, default=0, help="pods per node to add (p1..pK), then show reachability")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for BGP sessions")
     p.add_argument("--no-ping", action="store_true",
