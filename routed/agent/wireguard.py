@@ -25,7 +25,7 @@ from routed.dataplane import wireguard as wg
 from routed.dataplane.constants import WIREGUARD_PORT
 from routed.datastore.kv import KV
 from routed.errors import RoutedError
-from routed.resources.node import WIREGUARD_OPT_OUT_LABEL
+from routed.resources.node import WIREGUARD_OPT_OUT_LABEL, WIREGUARD_ROTATE_ANNOTATION
 
 from . import node as nodeinfo
 
@@ -101,7 +101,7 @@ class WireGuard:
                 nodeinfo.publish_wireguard(self.store, self.node, None)
                 self.cleanup()
             return
-        private = wg.ensure_private_key(os.path.join(self.dir, "private.key"))
+        private = self._private_key(me)
         nodeinfo.publish_wireguard(self.store, self.node,
                                    {"publicKey": wg.public_key(private), "endpoint": f"{self.ip}:{port}"})
         origins, _ = Origins.read(self.kv)
@@ -120,6 +120,28 @@ class WireGuard:
                      sorted(str(x) for x in result.removed) or "-")
         if result.failed:
             raise RoutedError("; ".join(why for _, why in result.failed))
+
+    def _private_key(self, me: r.Node) -> str:
+        """The node's private key; a new one when a rotation was asked that this node has
+        not done yet (the request it did last is kept beside the key). Peers take the new
+        public key at their next pass; until then packets between them are dropped."""
+        path = os.path.join(self.dir, "private.key")
+        asked = (me.metadata.annotations or {}).get(WIREGUARD_ROTATE_ANNOTATION)
+        done_file = os.path.join(self.dir, "rotated")
+        try:
+            with open(done_file) as f:
+                done = f.read().strip()
+        except FileNotFoundError:
+            done = None
+        if not asked or asked == done or not os.path.exists(path):
+            key = wg.ensure_private_key(path)
+        else:
+            key = wg.new_private_key(path)
+            log.info("wireguard: key rotated (request %s)", asked)
+        if asked and asked != done:
+            with open(done_file, "w") as f:
+                f.write(asked + "\n")
+        return key
 
     def cleanup(self) -> None:
         """Rules first (pod traffic goes back to the main table at once), then our table, the device."""

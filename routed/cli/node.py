@@ -82,6 +82,21 @@ def _mtu_line(mtu: dict) -> str:
             f"tunnels vxlan {tunnels['vxlan']} ipip {tunnels['ipip']} wireguard {tunnels['wireguard']}")
 
 
+def rotate_key(ctx, args) -> Output:
+    """Ask a node's agent for a new WireGuard key pair (through an annotation on its Node)."""
+    from datetime import datetime, timezone
+
+    from routed import resources as r
+    from routed.resources.node import WIREGUARD_ROTATE_ANNOTATION
+
+    asked = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    saved = ctx.store.patch(r.Node, args.name, {"metadata": {"annotations": {WIREGUARD_ROTATE_ANNOTATION: asked}}})
+    return Output(data={"node": args.name, "requested": asked, "publicKey": (
+        saved.spec.wireguard.public_key if saved.spec.wireguard else None)},
+        messages=[f"node {args.name}: WireGuard key rotation requested ({asked}); its agent makes the new key "
+                  "at its next pass and its peers follow at theirs"])
+
+
 def _reasons(by: dict) -> str:
     return ",".join(f"{reason}={n}" for reason, n in sorted(by.items())) or "-"
 
@@ -100,4 +115,7 @@ def register(sub) -> None:
     p = verbs.add_parser("status", help="BGP peers and their state, like calicoctl node status")
     add_agent_argument(p)
     p.set_defaults(func=status)
+    p = verbs.add_parser("rotate-key", help="give a node a new WireGuard key pair")
+    p.add_argument("name", help="the node")
+    p.set_defaults(func=rotate_key, writes=True)
     diags.register(verbs)

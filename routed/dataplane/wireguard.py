@@ -141,6 +141,11 @@ def ensure_private_key(path: str) -> str:
             return key
     except FileNotFoundError:
         pass
+    return new_private_key(path)
+
+
+def new_private_key(path: str) -> str:
+    """A new private key in ``path``, replacing the old one at once (key rotation)."""
     key = Tools(None, None).run("wg", "genkey", what="wg genkey").strip()
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".key-")  # mkstemp: mode 0600

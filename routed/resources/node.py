@@ -52,6 +52,9 @@ class NodeBGP(Model):
 
 
 WIREGUARD_OPT_OUT_LABEL = "routed.io/wireguard"  # "Disabled": this node does not take part
+# Set by `routedctl node rotate-key`: a value the node's agent has not acted on yet makes
+# it replace its key pair (the private key never leaves the node, so the node makes it).
+WIREGUARD_ROTATE_ANNOTATION = "routed.io/wireguard-rotate"
 
 
 def check_wireguard_key(text: str) -> str:

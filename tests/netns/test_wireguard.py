@@ -15,7 +15,7 @@ import pytest
 from routed import resources as r
 from routed.dataplane.constants import WIREGUARD_DEV, WIREGUARD_TABLE
 from tests.conftest import _require
-from tests.support.cluster import Cluster
+from tests.support.cluster import ROUTEDCTL, Cluster
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -140,3 +140,30 @@ def test_an_opted_out_node_is_reached_in_clear_unless_required(cluster):
     assert not encrypted_route(a, ip_b) and peer_nodes(a) == set()
     enable(cluster, "Required")
     cluster.wait(lambda: not reaches(pa, ip_b), what="b's pods unreachable once encryption is required")
+
+
+def test_rotate_key_gives_the_node_a_new_key_and_its_peers_follow(cluster):
+    enable(cluster)
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    (pa, _), (_, ip_b) = a.add_pod("p"), b.add_pod("p")
+    cluster.wait(lambda: encrypted_route(a, ip_b) and reaches(pa, ip_b), what="a's pod reaches b's over WireGuard")
+    old = cluster.store.get(r.Node, "b").spec.wireguard.public_key
+    done = subprocess.run([ROUTEDCTL, "--etcd-endpoints", cluster.etcd.url, "node", "rotate-key", "b"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "rotation requested" in done.stdout, done.stderr
+
+    def new_key() -> str | None:
+        key = cluster.store.get(r.Node, "b").spec.wireguard.public_key
+        return key if key != old else None
+
+    key = cluster.wait(new_key, what="b publishes a new public key")
+    cluster.wait(lambda: [p["publicKey"] for p in wireguard(a)["peers"]] == [key], what="a takes b's new key")
+    cluster.wait(lambda: reaches(pa, ip_b), what="a's pod reaches b's with the new keys")
+    # A restart does not rotate again: the request is remembered as done.
+    b.agent.stop()
+    b.agent.start()
+    cluster.wait(lambda: peer_nodes(b) == {"a"}, what="b back with its peer")
+    assert cluster.store.get(r.Node, "b").spec.wireguard.public_key == key
+    bad = subprocess.run([ROUTEDCTL, "--etcd-endpoints", cluster.etcd.url, "node", "rotate-key", "nosuch"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr, bad.stderr
