@@ -12,6 +12,7 @@ APT_PACKAGES=(
   bird2 frr gobgpd
   containernetworking-plugins podman runc containerd
   golang-go golang-github-appc-cni-dev busybox-static file debootstrap socat
+  wireguard-go wireguard-tools iperf3
 )
 
 missing=()

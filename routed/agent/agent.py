@@ -35,6 +35,7 @@ from .metrics import Family, Metrics
 from .podnet import HostDataplane
 from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool
+from .wireguard import WireGuard
 
 log = logging.getLogger("routed.agent")
 
@@ -114,6 +115,8 @@ class Agent:
         # Until the pools are read (once registered: etcd may be away now, and DEL must be
         # served meanwhile), assume the largest overhead in use.
         self._encapsulations = {"vxlan"}
+        self.wireguard = WireGuard(self.kv, self.store, c.netns, c.node_name, self.address, c.state_dir,
+                                   mtu=lambda: self.dataplane.mtus.wireguard)
         self.refresh_mtu(read_pools=False)
         self.presence = NodePresence(self.kv, self.store, c.node_name, self.address, self._register_again,
                                      c.liveness_ttl, after=self.registered)
@@ -135,6 +138,7 @@ class Agent:
                                      c.bgp_socket, c.secrets_dir, c.resync)
             self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
+        documents["/wireguard"] = self.wireguard.status
         documents["/version"] = lambda: {"version": version(), "node": c.node_name}
         documents["/node"] = lambda: {"name": c.node_name, "address": self.address,
                                       "mtu": self.dataplane.mtus.as_dict()}
@@ -278,7 +282,8 @@ class Agent:
                 Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup),
                 Every("empty-blocks", min(60.0, max(1.0, c.block_grace / 4)), reaper.sweep),
                 Every("node-labels", c.resync, self._refresh_labels),
-                Every("mtu", c.resync, self.refresh_mtu)):
+                Every("mtu", c.resync, self.refresh_mtu),
+                Every("wireguard", 3.0, self.wireguard.sync, cleanup=self.wireguard.cleanup)):
             self.controllers.start(controller)
 
     def refresh_mtu(self, read_pools: bool = True) -> None:
@@ -294,7 +299,8 @@ class Agent:
             log.warning("MTU: no interface holds %s; assuming %d", self.address, mtu.DEFAULT_UPLINK_MTU)
         family = ipaddress.ip_interface(self.address).version  # the underlay's: outer headers
         try:
-            chosen = mtu.choose(uplink, self._encapsulations, family, explicit=self.config.mtu)
+            used = self._encapsulations | ({"wireguard"} if self.wireguard.active else set())
+            chosen = mtu.choose(uplink, used, family, explicit=self.config.mtu)
         except ValueError as err:
             raise RoutedError(f"MTU: {err}") from None
         if chosen != self.dataplane.mtus:

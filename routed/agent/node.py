@@ -40,3 +40,20 @@ def register(store, name: str, address: str, labels: dict[str, str], remembered:
         return existing
     saved, _ = store.apply(node)
     return saved
+
+
+def publish_wireguard(store, name: str, wireguard: dict | None) -> None:
+    """Set (or with None, remove) the WireGuard public key and endpoint on this node's
+    Node resource; nothing is written when it already says so."""
+    existing = store.find(r.Node, name)
+    if existing is None:
+        raise RoutedError(f"node {name} is not registered")
+    doc = existing.to_dict()
+    if doc["spec"].get("wireguard") == wireguard:
+        return
+    doc["metadata"].pop("resourceVersion", None)
+    if wireguard is None:
+        doc["spec"].pop("wireguard", None)
+    else:
+        doc["spec"]["wireguard"] = wireguard
+    store.apply(r.parse(doc))

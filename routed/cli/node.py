@@ -21,7 +21,28 @@ def status(ctx, args) -> Output:
     if skipped:
         messages.append(f"{len(skipped)} peer(s) left out of the BGP configuration: {', '.join(skipped)} "
                         "(see INFO)")
-    return Output(data={"peers": peers, "mtu": node["mtu"]}, table=table, messages=messages)
+    try:
+        wireguard = agent_json(args.agent, "/wireguard")
+    except RoutedError:
+        wireguard = None  # an agent from before WireGuard
+    if wireguard is not None:
+        messages += _wireguard_lines(wireguard)
+    return Output(data={"peers": peers, "mtu": node["mtu"], "wireguard": wireguard}, table=table, messages=messages)
+
+
+def _wireguard_lines(wg: dict) -> list[str]:
+    if not wg.get("enabled"):
+        return ["WireGuard: off on this node"]
+    if wg.get("error"):
+        return [f"WireGuard: on, but its state is not readable: {wg['error']}"]
+    lines = [f"WireGuard: on ({wg['device']}, {wg['provider']}, port {wg['listenPort']}), "
+             f"{len(wg['peers'])} peer(s)"]
+    for peer in wg["peers"]:
+        seen = peer["latestHandshake"]
+        lines.append(f"  peer {peer.get('node') or '?'} {peer['publicKey'][:8]}... at {peer['endpoint'] or '-'}: "
+                     f"handshake {'never' if seen is None else f'{seen}s ago'}, "
+                     f"rx {peer['rxBytes']} B, tx {peer['txBytes']} B")
+    return lines
 
 
 def _mtu_line(mtu: dict) -> str:
@@ -29,6 +50,21 @@ def _mtu_line(mtu: dict) -> str:
     used = ", ".join(mtu["encapsulations"]) or "no encapsulation"
     return (f"MTU: uplink {mtu['uplink']}, pods {mtu['pod']} ({mtu['source']}; pools use {used}), "
             f"tunnels vxlan {tunnels['vxlan']} ipip {tunnels['ipip']} wireguard {tunnels['wireguard']}")
+
+
+def rotate_key(ctx, args) -> Output:
+    """Ask a node's agent for a new WireGuard key pair (through an annotation on its Node)."""
+    from datetime import datetime, timezone
+
+    from routed import resources as r
+    from routed.resources.node import WIREGUARD_ROTATE_ANNOTATION
+
+    asked = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    saved = ctx.store.patch(r.Node, args.name, {"metadata": {"annotations": {WIREGUARD_ROTATE_ANNOTATION: asked}}})
+    return Output(data={"node": args.name, "requested": asked, "publicKey": (
+        saved.spec.wireguard.public_key if saved.spec.wireguard else None)},
+        messages=[f"node {args.name}: WireGuard key rotation requested ({asked}); its agent makes the new key "
+                  "at its next pass and its peers follow at theirs"])
 
 
 def _reasons(by: dict) -> str:
@@ -49,4 +85,7 @@ def register(sub) -> None:
     p = verbs.add_parser("status", help="BGP peers and their state, like calicoctl node status")
     add_agent_argument(p)
     p.set_defaults(func=status)
+    p = verbs.add_parser("rotate-key", help="give a node a new WireGuard key pair")
+    p.add_argument("name", help="the node")
+    p.set_defaults(func=rotate_key, writes=True)
     diags.register(verbs)

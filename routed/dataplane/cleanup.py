@@ -91,7 +91,20 @@ def clean_dataplane(netns: str | None, report: Report) -> Report:
             report.failures.append(f"cannot remove {name}: {err}")
     for family in (4, 6):
         nat.remove(netns, family)
+    _remove_wireguard(netns, report)
     return report
+
+
+def _remove_wireguard(netns: str | None, report: Report) -> None:
+    """Our rules (their table's routes are proto ROUTE_PROTO: gone above) and the device."""
+    from routed.dataplane import wireguard
+
+    try:
+        wireguard.remove_routing(netns)
+        if wireguard.remove_device(netns):
+            report.removed.links.append(wireguard.WIREGUARD_DEV)
+    except RoutedError as err:
+        report.failures.append(f"cannot remove WireGuard: {err}")
 
 
 def clean_node(netns: str | None, conf_dir: str, bin_dir: str) -> Report:

@@ -31,3 +31,12 @@ VETH_PREFIX = "cali"
 # Encapsulation devices (encap.py creates them; routes name them as their device).
 VXLAN_DEV = "vxlan.routed"
 IPIP_DEV = "tunl0"  # the fallback device the ipip module creates in every netns
+
+# WireGuard (routed/dataplane/wireguard.py). The device name fits IFNAMSIZ (15), which
+# "wireguard.routed" does not. Pod traffic to WireGuard peers is routed by a table of
+# our own (proto ROUTE_PROTO routes), looked up through one rule of ours, tagged with
+# ROUTE_PROTO too, ahead of the main table (32766) like Calico's (99).
+WIREGUARD_DEV = "wg.routed"
+WIREGUARD_TABLE = 201
+WIREGUARD_RULE_PRIORITY = 99
+WIREGUARD_PORT = 51820

@@ -43,7 +43,8 @@ __all__ = [
     "route_replace", "route_add", "route_delete", "dump_routes", "parse_route",
     "new_veth", "new_vxlan", "new_ipip", "set_link", "get_link", "del_link", "dump_links",
     "add_address", "dump_addresses", "set_neighbour", "del_neighbour", "dump_neighbours",
-    "set_fdb", "del_fdb", "dump_fdb", "get_nsid",
+    "set_fdb", "del_fdb", "dump_fdb", "get_nsid", "new_wireguard", "Rule", "add_rule", "del_rule",
+    "dump_rules", "parse_rule",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -67,8 +68,12 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-RTN_UNICAST, RTN_BLACKHOLE = 1, 6
-ROUTE_KINDS = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE}  # what Route expresses
+RTN_UNICAST, RTN_BLACKHOLE, RTN_THROW = 1, 6, 9
+# What Route expresses. throw: end the lookup in this table, go on with the next rule.
+ROUTE_KINDS = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE, "throw": RTN_THROW}
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL = 6, 15, 21
+FR_ACT_TO_TBL = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
 RT_TABLE_MAIN = 254
@@ -406,6 +411,12 @@ def new_vxlan(name: str, *, vni: int, local: str, parent: int, port: int, addres
     ]))
 
 
+def new_wireguard(name: str) -> bytes:
+    """RTM_NEWLINK (CREATE|EXCL) of a kernel WireGuard device (EOPNOTSUPP without the
+    module: the caller falls back to wireguard-go)."""
+    return _create_link(IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _ifname(name) + _linkinfo("wireguard"))
+
+
 def new_ipip(name: str) -> bytes:
     """RTM_NEWLINK (CREATE|EXCL) of an IPIP device: makes the kernel load the ipip module
     (EOPNOTSUPP where it has none)."""
@@ -508,6 +519,59 @@ def dump_fdb(index: int) -> bytes:
     return pack_message(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, 0, NDMSG.pack(AF_BRIDGE, index, 0, 0, 0))
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A policy routing rule ``from all lookup TABLE priority PRIORITY proto PROTO``: the
+    only shape routed installs (and, read back, the only shape it recognises)."""
+
+    priority: int
+    table: int
+    proto: int
+    family: int = socket.AF_INET
+
+    def __str__(self) -> str:
+        return f"from all lookup {self.table} priority {self.priority} proto {self.proto}"
+
+
+def _rule(msg_type: int, flags: int, rule: Rule) -> bytes:
+    body = (RTMSG.pack(rule.family, 0, 0, 0, rule.table if rule.table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0)
+            + pack_attr(FRA_PRIORITY, U32.pack(rule.priority)) + pack_attr(FRA_TABLE, U32.pack(rule.table))
+            + pack_attr(FRA_PROTOCOL, bytes([rule.proto])))
+    return pack_message(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, 0, body)
+
+
+def add_rule(rule: Rule) -> bytes:
+    """RTM_NEWRULE (CREATE|EXCL): ``ip rule add priority P lookup T proto X``."""
+    return _rule(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, rule)
+
+
+def del_rule(rule: Rule) -> bytes:
+    """RTM_DELRULE of that rule (ENOENT when there is none)."""
+    return _rule(RTM_DELRULE, 0, rule)
+
+
+def dump_rules(family: int) -> bytes:
+    return pack_message(RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, 0, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+
+
+def parse_rule(payload: memoryview) -> Rule | None:
+    """A kernel rule as a Rule; None for any other shape (selectors, other actions)."""
+    family, dst_len, src_len, tos, table, _, _, action, _ = RTMSG.unpack_from(payload, 0)
+    if action != FR_ACT_TO_TBL or dst_len or src_len or tos:
+        return None
+    priority, proto, others = 0, 0, False
+    for kind, value in iter_attrs(payload, RTMSG.size):
+        if kind == FRA_PRIORITY:
+            priority = _u32(value)
+        elif kind == FRA_TABLE:
+            table = _u32(value)
+        elif kind == FRA_PROTOCOL:
+            proto = value[0]
+        else:
+            others = True  # a selector (fwmark, iif, ...): not a rule of ours
+    return None if others else Rule(priority, table, proto, family)
+
+
 def get_nsid(netns_fd: int) -> bytes:
     """RTM_GETNSID: the id under which the socket's netns knows the netns of the fd
     (what links report as IFLA_LINK_NETNSID for a peer there)."""
@@ -523,7 +587,7 @@ def parse_route(payload: memoryview, ifnames: dict[int, str]) -> Route | None:
     when it is not there), or None for what Route does not express (types other than
     unicast/blackhole, multipath, IPv4 via IPv6)."""
     family, dst_len, _, _, table, proto, _, rtype, rtm_flags = RTMSG.unpack_from(payload, 0)
-    if rtype not in (RTN_UNICAST, RTN_BLACKHOLE) or family not in (socket.AF_INET, socket.AF_INET6):
+    if rtype not in (RTN_UNICAST, RTN_BLACKHOLE, RTN_THROW) or family not in (socket.AF_INET, socket.AF_INET6):
         return None
     dst = gateway = oif = None
     for kind, value in iter_attrs(payload, RTMSG.size):
@@ -538,9 +602,10 @@ def parse_route(payload: memoryview, ifnames: dict[int, str]) -> Route | None:
     if dst is None:
         dst = "0.0.0.0" if family == socket.AF_INET else "::"
     try:
-        if rtype == RTN_BLACKHOLE:
+        if rtype in (RTN_BLACKHOLE, RTN_THROW):
             # IPv6 reports its blackholes as "dev lo": not part of what was asked for.
-            return Route(f"{dst}/{dst_len}", kind="blackhole", proto=proto, table=table)
+            kind = "blackhole" if rtype == RTN_BLACKHOLE else "throw"
+            return Route(f"{dst}/{dst_len}", kind=kind, proto=proto, table=table)
         if gateway is None and oif is None:
             return None  # multipath: not something routed programs
         return Route(f"{dst}/{dst_len}", gateway=gateway,
@@ -933,6 +998,11 @@ class Rtnl:
             if address is not None and (not index or address.index == index):
                 out.append(address)
         return out
+
+    def rules(self, family: int) -> list[Rule]:
+        """The rules of ``family`` that Rule expresses."""
+        return [rule for kind, payload in self.query(dump_rules(family), "dump rules")
+                if kind == RTM_NEWRULE and (rule := parse_rule(payload)) is not None]
 
     def neighbours(self, family: int, index: int) -> list[Neighbour]:
         """The neighbour entries of one interface (family AF_BRIDGE: its FDB)."""

@@ -70,8 +70,8 @@ def status_sections(data: dict) -> list[Section]:
     sessions = data["sessions"]
     up = sum(s["state"] == "up" for s in sessions)
     sections = [
-        Section(f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}, "
-                f"ToRs {o['tor']}, etcd {lab['etcd']}"),
+        Section(f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}"
+                f"{' + WireGuard' if o.get('wireguard') else ''}, ToRs {o['tor']}, etcd {lab['etcd']}"),
         Section("NODES", Table(
             ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
             [[n["name"], n["rack"], n["address"], n["netns"], n["agent"], n["speaker"],
@@ -92,6 +92,11 @@ def status_sections(data: dict) -> list[Section]:
             [[i, p["node"], p["name"], p["namespace"], p["ip"] or "-",
               p["netns"] if p["present"] else "(missing)"] for i, p in enumerate(data["pods"], 1)])),
     ]
+    if "wireguard" in data:
+        sections.insert(4, Section("WIREGUARD PEERS", Table(
+            ["NODE", "PEER", "ENDPOINT", "STATE", "RX BYTES", "TX BYTES"],
+            [[w["node"], w["peer"] or "-", w["endpoint"] or "-", w["state"], w["rx"], w["tx"]]
+             for w in data["wireguard"]])))
     if "reachability" in data:
         sections.append(matrix_section(data["reachability"]))
     return sections
@@ -212,7 +217,8 @@ def up(args) -> Output | int:
         return kube_up(args)
     progress = Progress()
     lab = _lab()
-    options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor)
+    options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor,
+                                         wireguard=args.wireguard)
     started = time.monotonic()
     state = cluster.up(lab, options, progress.line, timeout=args.timeout)
     progress.line(f"lab up in {time.monotonic() - started:.0f}s")
@@ -307,6 +313,7 @@ def register(sub) -> None:
     p.add_argument("--encap", choices=sorted(cluster.ENCAPS), default="crosssubnet",
                    help="pool mode: crosssubnet = VXLAN across racks only (default); ipip needs a kernel with it")
     p.add_argument("--tor", choices=["bird", "frr", "gobgp"], default="bird", help="top-of-rack router daemon")
+    p.add_argument("--wireguard", action="store_true", help="pod traffic between nodes over WireGuard")
     p.add_argument("--pods", type=int, default=0, help="pods per node to add (p1..pK), then show reachability")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for BGP sessions")
     p.add_argument("--no-ping", action="store_true",

@@ -105,6 +105,7 @@ class Options:
     racks: int = 2
     encap: str = "crosssubnet"
     tor: str = "bird"
+    wireguard: bool = False  # pod traffic between nodes over WireGuard (the cluster's switch)
     prefix: str = DEFAULT_PREFIX
     etcd_port: int = etcd.CLIENT_PORT
 
@@ -166,7 +167,8 @@ def resources(options: Options, state: dict) -> list[dict]:
     docs = [{"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": POOL_NAME},
              "spec": {"cidr": POOL_CIDR, "blockSize": 26, **ENCAPS[options.encap], "natOutgoing": True}},
             {"apiVersion": "routed.io/v1", "kind": "BGPConfiguration", "metadata": {"name": "default"},
-             "spec": {"asNumber": NODE_AS, "nodeToNodeMeshEnabled": True}}]
+             "spec": {"asNumber": NODE_AS, "nodeToNodeMeshEnabled": True,
+                      **({"wireguard": "Enabled"} if options.wireguard else {})}}]
     for rack in state["racks"]:
         docs.append({"apiVersion": "routed.io/v1", "kind": "BGPPeer", "metadata": {"name": rack["tor"]},
                      "spec": {"peerIP": rack["gateway"], "asNumber": rack["as"],
@@ -533,6 +535,15 @@ def node_sessions(node: dict) -> list[dict] | None:
         return None
     try:
         return json.loads(body)
+    except ValueError:
+        return None
+
+
+def node_wireguard(node: dict) -> dict | None:
+    """The agent's /wireguard document (its device and peers), None when it does not answer."""
+    code, body = agent_get(node, "/wireguard")
+    try:
+        return json.loads(body) if code == 200 else None
     except ValueError:
         return None
 

@@ -112,6 +112,23 @@ def sessions(state: dict) -> list[dict]:
     return rows
 
 
+def wireguard(state: dict) -> list[dict]:
+    """Every node's WireGuard peers: handshake (seconds ago) and bytes."""
+    rows = []
+    for n in state["nodes"]:
+        doc = cluster.node_wireguard(n)
+        if doc is None or not doc.get("enabled"):
+            rows.append({"node": n["name"], "peer": "", "endpoint": "",
+                         "state": "agent not answering" if doc is None else "off", "rx": 0, "tx": 0})
+            continue
+        for p in doc["peers"]:
+            seen = p["latestHandshake"]
+            rows.append({"node": n["name"], "peer": p.get("node") or p["publicKey"][:8], "endpoint": p["endpoint"] or "",
+                         "state": "no handshake" if seen is None else f"handshake {seen}s ago",
+                         "rx": p["rxBytes"], "tx": p["txBytes"]})
+    return rows
+
+
 def router_routes(state: dict) -> dict[str, dict[str, str]]:
     """ToR name -> {prefix: next hop} from the router's own RIB."""
     return {rack["tor"]: routers.routes(rack["kind"], cluster.router_spec(state, rack), Path(rack["dir"]),
@@ -207,6 +224,8 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
     if reach:
         out["reachability"] = reachability([p for p in pods if p["present"]], timeout=timeout, progress=progress,
                                            blocked=policy_blocked(state))
+    if state["options"].get("wireguard"):  # after the pings: their handshakes and bytes show
+        out["wireguard"] = wireguard(state)
     return out
 
 

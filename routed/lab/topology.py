@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 
+from routed.dataplane.constants import WIREGUARD_DEV
 from routed.errors import RoutedError
 
 NETNS_DIR = "/var/run/netns"
@@ -44,6 +45,9 @@ def add_netns(name: str, forward: bool = True) -> str:
 
 
 def del_netns(name: str) -> None:
+    # wireguard-go keeps a namespace alive (its sockets are in it) until its device goes.
+    if os.path.exists(f"{NETNS_DIR}/{name}"):
+        ip("-n", name, "link", "del", WIREGUARD_DEV, check=False)
     for _ in range(50):
         if not os.path.exists(f"{NETNS_DIR}/{name}"):
             return

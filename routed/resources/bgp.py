@@ -35,6 +35,13 @@ class BGPConfigurationSpec(Model):
     log_severity: Literal["Debug", "Info", "Warning", "Error", "Fatal"] = "Info"
     # The receive limit of every peer without its own: mesh, reflectors, BGPPeers with maxPrefixes 0.
     max_prefixes: int = Field(DEFAULT_MAX_PREFIXES, ge=1)
+    # Pod traffic between nodes over WireGuard (routed/agent/wireguard.py). Enabled: nodes
+    # that can (and did not opt out) encrypt between themselves, and reach the others in
+    # clear; Required: never in clear, a node without WireGuard is unreachable for pods.
+    # Read from the "default" BGPConfiguration only: one setting for the cluster. Unset:
+    # Disabled, port 51820.
+    wireguard: Literal["Enabled", "Disabled", "Required"] | None = None
+    wireguard_listen_port: int | None = Field(None, ge=1, le=65535)
 
 
 class BGPConfiguration(Resource):

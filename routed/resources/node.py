@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from typing import Literal
 
@@ -49,8 +51,51 @@ class NodeBGP(Model):
             raise field_error(f'"{text}" is not an IPv4 address (e.g. 244.0.0.1)') from None
 
 
+WIREGUARD_OPT_OUT_LABEL = "routed.io/wireguard"  # "Disabled": this node does not take part
+# Set by `routedctl node rotate-key`: a value the node's agent has not acted on yet makes
+# it replace its key pair (the private key never leaves the node, so the node makes it).
+WIREGUARD_ROTATE_ANNOTATION = "routed.io/wireguard-rotate"
+
+
+def check_wireguard_key(text: str) -> str:
+    """A WireGuard key as wg prints it: 32 bytes in standard base64 (44 characters)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32 or base64.b64encode(raw).decode() != text:
+        raise field_error(f'"{text[:60]}" is not a WireGuard key (32 bytes in base64)')
+    return text
+
+
+class NodeWireGuard(Model):
+    """What the node's agent publishes for its peers; the private key never leaves the node."""
+
+    public_key: str
+    endpoint: str  # ADDRESS:PORT, [ADDRESS]:PORT for IPv6
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, text: str) -> str:
+        return check_wireguard_key(text)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, text: str) -> str:
+        host, _, port = text.rpartition(":")
+        try:
+            address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            ok = 0 < int(port) < 65536 and (address.version == 4) == ("[" not in host)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise field_error(f'"{text}" is not ADDRESS:PORT (e.g. 192.0.2.5:51820 or [2001:db8::5]:51820)')
+        return text
+
+
 class NodeSpec(Model):
     bgp: NodeBGP | None = None
+    wireguard: NodeWireGuard | None = None
     addresses: list[str] = Field(default_factory=list)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.e2e.labutil import LabRun, router_rib
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
@@ -104,3 +105,39 @@ def test_ipip_is_refused_on_a_kernel_without_it(lab):
     out = lab.run("up", "--encap", "ipip", check=False)
     assert out.returncode == 1 and "no IPIP support" in out.stderr
     assert not lab.namespaces()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_wireguard_lab_encrypts_between_racks_and_down_stops_wireguard_go(lab):
+    lab.run("up", "--nodes", "2", "--racks", "2", "--wireguard", "--pods", "1")
+    state = lab.state()
+    ips = {p["node"]: p["ip"] for p in state["pods"]}
+
+    def via_wireguard(node: dict, other: str) -> bool:
+        return "dev wg.routed" in subprocess.run(["ip", "-n", node["netns"], "route", "get", ips[other]],
+                                                 capture_output=True, text=True).stdout
+
+    # The agents bring WireGuard up a pass after registering: until then, in clear.
+    eventually(lambda: via_wireguard(state["nodes"][0], "node2") and via_wireguard(state["nodes"][1], "node1"),
+               "pod routes through wg.routed on both nodes", timeout=60)
+    status = lab.status()
+    full_mesh(status, 2)
+    peers = {(w["node"], w["peer"]): w for w in status["wireguard"]}
+    assert set(peers) == {("node1", "node2"), ("node2", "node1")}, status["wireguard"]
+    assert all(w["state"].startswith("handshake") and w["rx"] > 0 for w in peers.values()), peers
+    shown = lab.run("status", "--no-ping").stdout
+    assert "+ WireGuard" in shown and "WIREGUARD PEERS" in shown
+    daemons = [int(pid) for n in state["nodes"] for pid in subprocess.run(
+        ["ip", "netns", "pids", n["netns"]], capture_output=True, text=True).stdout.split()
+        if open(f"/proc/{pid}/comm").read().strip() == "wireguard-go"]
+    assert len(daemons) == 2, daemons
+    lab.down()
+    assert_gone(lab)
+    assert not [pid for pid in daemons if _alive(pid)], "wireguard-go outlived the lab"

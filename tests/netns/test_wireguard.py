@@ -1,0 +1,169 @@
+"""Pod traffic between nodes over WireGuard (wireguard-go: this kernel has no module),
+with real agents, etcd and ExaBGP in node namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+from routed import resources as r
+from routed.dataplane.constants import WIREGUARD_DEV, WIREGUARD_TABLE
+from tests.conftest import _require
+from tests.support.cluster import ROUTEDCTL, Cluster
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd, root):
+    for tool in ("wg", "wireguard-go", "tcpdump"):
+        _require(shutil.which(tool) is not None, f"{tool} (Debian packages wireguard-tools, wireguard-go, tcpdump)")
+    c = Cluster(tmp_path, etcd)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def wireguard(node) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.agent.health_port}/wireguard", timeout=3) as resp:
+        return json.loads(resp.read())
+
+
+def peer_nodes(node) -> set[str]:
+    try:
+        return {p["node"] for p in wireguard(node)["peers"]}
+    except OSError:
+        return set()
+
+
+def encrypted_route(node, ip: str) -> bool:
+    return f"dev {WIREGUARD_DEV}" in node.ns.run("ip", "route", "get", ip).stdout
+
+
+def reaches(pod, ip: str) -> bool:
+    return pod.run("ping", "-c1", "-W2", ip, check=False).returncode == 0
+
+
+def enable(cluster, mode: str = "Enabled") -> None:
+    cluster.apply({"kind": "BGPConfiguration", "metadata": {"name": "default"}, "spec": {"wireguard": mode}})
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+
+
+class Capture:
+    """tcpdump on a node's uplink, to a file; the text of what it saw."""
+
+    def __init__(self, node, path):
+        self.path = path
+        self.proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name, "tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-Z", "root",
+                                      "-w", str(path)], stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on eth0 ..." once it captures
+        assert "listening" in line, line
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        self.stats = self.proc.stderr.read()
+        read = subprocess.run(["tcpdump", "-nn", "-r", str(self.path)], capture_output=True, text=True)
+        assert read.returncode == 0, read.stderr
+        return read.stdout
+
+
+def test_pod_traffic_between_nodes_is_encrypted(cluster, tmp_path):
+    enable(cluster)
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    (pa, ip_a), (pb, ip_b) = a.add_pod("p"), b.add_pod("p")
+    cluster.wait(lambda: peer_nodes(a) == {"b"} and peer_nodes(b) == {"a"}, what="a and b peers")
+    cluster.wait(lambda: encrypted_route(a, ip_b) and encrypted_route(b, ip_a), what="pod routes via WireGuard")
+    # The device follows the uplink less WireGuard's 60 bytes; no IPIP/VXLAN under it.
+    assert f"mtu {1500 - 60}" in a.ns.run("ip", "link", "show", WIREGUARD_DEV).stdout
+    capture = Capture(a, tmp_path / "a.pcap")
+    try:
+        cluster.wait(lambda: reaches(pa, ip_b) and reaches(pb, ip_a), what="pods reach each other")
+        for _ in range(3):
+            assert reaches(pa, ip_b) and reaches(pb, ip_a)
+    finally:
+        seen = capture.stop()
+    assert ip_a not in seen and ip_b not in seen, f"pod addresses in clear on the wire:\n{seen[-2000:]}"
+    tunnel = [line for line in seen.splitlines() if f"{a.ip}.51820 > {b.ip}.51820: UDP" in line]
+    assert len(tunnel) >= 6, f"no WireGuard packets between the nodes:\n{seen[-2000:]}\n{capture.stats}"
+    # Handshakes and bytes, from the agent's document and routedctl node status.
+    (peer,) = wireguard(a)["peers"]
+    assert peer["node"] == "b" and peer["latestHandshake"] is not None and peer["rxBytes"] > 0
+    status = a.status()
+    assert status.returncode == 0, status.stderr
+    assert "b" in status.stdout and "WireGuard" in status.stdout, status.stdout
+    # Only our own rule and table: the main table has no route through the device.
+    assert WIREGUARD_DEV not in a.ns.run("ip", "route", "show", "table", "main").stdout
+    rules = a.ns.run("ip", "rule", "show").stdout
+    assert f"lookup {WIREGUARD_TABLE} proto 201" in rules, rules
+
+
+def test_restart_keeps_the_key_and_nodes_join_and_leave(cluster):
+    enable(cluster)
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    pa, _ = a.add_pod("p")
+    cluster.wait(lambda: peer_nodes(a) == {"b"}, what="a peers with b")
+    key_file = b.workdir / "state" / "wireguard" / "private.key"
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+    before = cluster.store.get(r.Node, "b").spec.wireguard.public_key
+    b.agent.stop()
+    b.agent.start()
+    cluster.wait(lambda: peer_nodes(b) == {"a"}, what="b back with its peer")
+    assert cluster.store.get(r.Node, "b").spec.wireguard.public_key == before
+    # A new node joins: every node peers with it and its pods are reachable, encrypted.
+    c = cluster.add_node("c", 3)
+    _, ip_c = c.add_pod("p")
+    cluster.wait(lambda: peer_nodes(a) == {"b", "c"} and peer_nodes(b) == {"a", "c"} and peer_nodes(c) == {"a", "b"},
+                 what="c in every peer list")
+    cluster.wait(lambda: encrypted_route(a, ip_c) and reaches(pa, ip_c), what="a's pod reaches c's pod")
+    # A node removed leaves every peer list.
+    c.stop()
+    cluster.store.delete(r.Node, "c")
+    cluster.wait(lambda: peer_nodes(a) == {"b"} and peer_nodes(b) == {"a"}, what="c gone from every peer list")
+
+
+def test_an_opted_out_node_is_reached_in_clear_unless_required(cluster):
+    enable(cluster)
+    a = cluster.add_node("a", 1)
+    b = cluster.add_node("b", 2, labels="routed.io/wireguard=Disabled")
+    (pa, _), (_, ip_b) = a.add_pod("p"), b.add_pod("p")
+    cluster.wait(lambda: wireguard(a)["enabled"] and not wireguard(b)["enabled"], what="a on, b off")
+    cluster.wait(lambda: reaches(pa, ip_b), what="a's pod reaches b's in clear")
+    assert not encrypted_route(a, ip_b) and peer_nodes(a) == set()
+    enable(cluster, "Required")
+    cluster.wait(lambda: not reaches(pa, ip_b), what="b's pods unreachable once encryption is required")
+
+
+def test_rotate_key_gives_the_node_a_new_key_and_its_peers_follow(cluster):
+    enable(cluster)
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    (pa, _), (_, ip_b) = a.add_pod("p"), b.add_pod("p")
+    cluster.wait(lambda: encrypted_route(a, ip_b) and reaches(pa, ip_b), what="a's pod reaches b's over WireGuard")
+    old = cluster.store.get(r.Node, "b").spec.wireguard.public_key
+    done = subprocess.run([ROUTEDCTL, "--etcd-endpoints", cluster.etcd.url, "node", "rotate-key", "b"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "rotation requested" in done.stdout, done.stderr
+
+    def new_key() -> str | None:
+        key = cluster.store.get(r.Node, "b").spec.wireguard.public_key
+        return key if key != old else None
+
+    key = cluster.wait(new_key, what="b publishes a new public key")
+    cluster.wait(lambda: [p["publicKey"] for p in wireguard(a)["peers"]] == [key], what="a takes b's new key")
+    cluster.wait(lambda: reaches(pa, ip_b), what="a's pod reaches b's with the new keys")
+    # A restart does not rotate again: the request is remembered as done.
+    b.agent.stop()
+    b.agent.start()
+    cluster.wait(lambda: peer_nodes(b) == {"a"}, what="b back with its peer")
+    assert cluster.store.get(r.Node, "b").spec.wireguard.public_key == key
+    bad = subprocess.run([ROUTEDCTL, "--etcd-endpoints", cluster.etcd.url, "node", "rotate-key", "nosuch"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr, bad.stderr
