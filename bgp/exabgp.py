@@ -1,6 +1,6 @@
 """ExaBGP 5.0 configuration and environment for one node (pure rendering).
 
-Facts this rests on (seen with ExaBGP 5.0.15, see DESIGN.md): every API process needs
+Facts this rests on (seen with ExaBGP 5.0.15, see docs/design.md): every API process needs
 `encoder json`; state and received updates reach the process only with
 `api { neighbor-changes; receive { parsed; update; } }`; ExaBGP listens only when
 tcp.bind is set; started as root it drops to `nobody` unless told not to.
