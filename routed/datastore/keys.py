@@ -7,7 +7,7 @@ Layout (all under one root so a cluster can share an etcd with other users):
     /routed/v1/ipam/blocks/<block>              allocation state of one block
     /routed/v1/ipam/affinity/<node>/<block>     the node a block is affine to
     /routed/v1/ipam/handles/<handle>            the blocks a handle holds addresses in
-    /routed/v1/workloads/<ns>/<pod>             a pod as policy sees it (node, labels, addresses)
+    /routed/v1/workloads/<node>/<ns>/<pod>      a pod as policy sees it (labels, addresses), by its node
     /routed/v1/liveness/<node>                  under the node agent's lease while it runs
 
 One key sits outside the layout, so that every version of routed finds it:
@@ -75,8 +75,10 @@ def handle(handle_id: str) -> str:
     return HANDLES + segment(handle_id, "handle")
 
 
-def workload(namespace: str, pod: str) -> str:
-    return f"{WORKLOADS}{segment(namespace, 'namespace')}/{segment(pod, 'pod name')}"
+def workload(node: str, namespace: str, pod: str) -> str:
+    # Under the node, as Calico keys its workload endpoints: a node writes only its own
+    # records, and two nodes never overwrite each other's (the lab names pods per node).
+    return f"{WORKLOADS}{segment(node, 'node name')}/{segment(namespace, 'namespace')}/{segment(pod, 'pod name')}"
 
 
 def leader(name: str) -> str:

@@ -37,11 +37,21 @@ def cmdline(pid: int) -> list[str]:
 
 
 def alive(pid: int | None, marker: str) -> bool:
-    """pid runs (not a zombie) and its command line mentions marker (a path of the lab)."""
+    """pid runs (not a zombie) and its command line mentions marker (a path of the lab).
+
+    An empty command line counts as alive: Popen returns once exec has closed the
+    close-on-exec pipe, a moment before the kernel has set up the new command line, and
+    on a busy machine `lab up` looked there and reported a healthy agent as exited."""
     if not pid:
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat[stat.rfind(")") + 2:].startswith(("Z", "X")):
+        return False
     args = cmdline(pid)
-    return bool(args) and any(marker in a for a in args)
+    return not args or any(marker in a for a in args)
 
 
 def children() -> dict[int, list[int]]:

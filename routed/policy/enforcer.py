@@ -99,12 +99,12 @@ class PolicyEnforcer:
             ports = named_ports(obj)
         addresses = tuple(str(ipaddress.ip_interface(str(ip)).ip) for ip in ips)
         ep = model.Endpoint(namespace, pod, labels, addresses, interface, self.node, tuple(ports))
-        self.kv.put(keys.workload(namespace, pod), endpoint_json(ep, container).encode())
+        self.kv.put(keys.workload(self.node, namespace, pod), endpoint_json(ep, container).encode())
         self.sync()
 
     def removed(self, namespace: str, pod: str, container: str) -> None:
         """Forget the pod, unless its record is already a newer sandbox's."""
-        key = keys.workload(namespace, pod)
+        key = keys.workload(self.node, namespace, pod)
         item = self.kv.get(key)
         if item is not None and json.loads(item.value).get("container", "") in ("", container):
             self.kv.delete(key, mod_revision=item.mod_revision)

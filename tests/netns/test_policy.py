@@ -79,7 +79,7 @@ def cluster(tmp_path_factory):
                                              "labels": netpol.pod_labels(name)})
             code, _, raw = cni("ADD", conf, container=f"c-{ns}-{pod}", netns=netns.path, pod=(ns, pod))
             assert code == 0, raw
-            record = json.loads(kv.get(keys.workload(ns, pod)).value)
+            record = json.loads(kv.get(keys.workload("node-1", ns, pod)).value)
             assert record["labels"] == netpol.pod_labels(name) and record["interface"] == host_veth_name(ns, pod)
             pods[name] = Pod(name, netns)
         yield type("Cluster", (), {"etcd": etcd, "kv": kv, "store": store, "host": host, "agent": agent,
@@ -105,7 +105,7 @@ def _set_labels(cluster, case: netpol.Case) -> None:
     ports = [[n, netpol.PROTOS[p], port] for n, p, port in netpol.named_ports()]
     for name in netpol.ALL:
         ns, pod = name.split("/")
-        key = keys.workload(ns, pod)
+        key = keys.workload("node-1", ns, pod)
         doc = json.loads(cluster.kv.get(key).value)
         want = {**netpol.pod_labels(name), **case.pod_labels.get(name, {})}
         if doc["labels"] != want or doc["ports"] != ports:
@@ -198,6 +198,6 @@ def test_a_deleted_pod_leaves_every_set_and_an_unknown_cali_interface_is_closed(
         assert cni("DEL", conf, container="c-tmp", netns=netns.path, pod=("x", "tmp"))[0] == 0
         after = cluster.host.run("nft", "list", "table", "inet", nft.TABLE).stdout
         assert "10.66.9.9" not in after and host_veth_name("x", "tmp") not in after
-        assert cluster.kv.get(keys.workload("x", "tmp")) is None
+        assert cluster.kv.get(keys.workload("node-1", "x", "tmp")) is None
     finally:
         netns.delete()
