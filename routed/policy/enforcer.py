@@ -19,6 +19,7 @@ unless pods were added or removed since the last full one.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import logging
@@ -86,6 +87,38 @@ class _Change:
     error: Exception | None = None
 
 
+class LibNft:
+    """``nft -f`` in-process through libnftables (what the nft command wraps): ~0.01 ms
+    for a pod's few elements against ~3 ms to start nft. Its netlink socket is opened
+    when the context is made, in ``netns``, and stays there whatever thread calls."""
+
+    def __init__(self, netns: str | None):
+        from routed.dataplane.netns import in_netns
+
+        lib = ctypes.CDLL("libnftables.so.1")  # OSError when missing: the caller falls back to nft
+        lib.nft_ctx_new.restype, lib.nft_ctx_new.argtypes = ctypes.c_void_p, [ctypes.c_uint32]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype, lib.nft_ctx_get_error_buffer.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        with in_netns(netns):
+            self._ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._lib, self._lock = lib, threading.Lock()  # a context is not for two threads at once
+
+    def __call__(self, text: str) -> None:
+        with self._lock:
+            if self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode()) != 0:
+                error = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode().strip()
+                raise PolicyError(f"nft -f: {error.splitlines()[0] if error else 'failed'}")
+
+
+def _runner(netns: str | None):
+    try:
+        return LibNft(netns)
+    except OSError:  # no libnftables: the nft command (or its clear error)
+        return lambda text: apply_ruleset(netns, text)
+
+
 def remove_table(netns: str | None) -> None:
     apply_ruleset(netns, f"table {nft.FAMILY} {nft.TABLE}\ndelete table {nft.FAMILY} {nft.TABLE}\n")
 
@@ -100,7 +133,7 @@ class PolicyEnforcer:
         self.interval = resync
         self.failures = 0
         self.pod_info = pod_info  # routed.k8s.podinfo.PodInfo: labels and named ports of our pods
-        self.apply = apply or (lambda text: apply_ruleset(netns, text))
+        self.apply = apply or _runner(netns)
         self._lock = threading.Lock()  # the state below
         self._nft = threading.Lock()  # one nft transaction at a time; its holder commits what is queued
         self._policies: list[model.Policy] = []
