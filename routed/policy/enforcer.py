@@ -278,7 +278,8 @@ class PolicyEnforcer:
                 self.apply("\n".join(cmds) + "\n")
                 self._drift = True
         except Exception as err:
-            self._table, self._drift = None, True  # the kernel did not take it: the next change renders it all
+            # The kernel did not take it: forget what it holds, so the next change renders it all.
+            self._table, self._programmed, self._drift = None, {}, True
             _finish(pending, err)
             raise
         self.rule_count = table.ruleset.rule_count if table else self.rule_count

@@ -116,3 +116,23 @@ def test_concurrent_adds_share_transactions():
     assert len(applied) == 1 + 2, [len(a) for a in applied]  # the full sync, the first ADD, all others at once
     assert enforcer._table.ruleset == PolicyEnforcer(kv, store, "node-1", None).desired()
     assert sum(nft.TABLE in line for line in applied[-1].splitlines()) >= 29 * 2
+
+
+def test_a_failed_transaction_fails_the_add_and_the_next_change_renders_it_all():
+    from routed.policy.enforcer import PolicyError
+
+    kv, store, enforcer, applied = _cluster()
+
+    def failing(text):
+        raise PolicyError("nft -f: no")
+
+    enforcer.apply = failing
+    try:
+        _add(enforcer, 1, {"pod": "b"})
+        raise AssertionError("the ADD did not fail")
+    except PolicyError:
+        pass
+    enforcer.apply = applied.append
+    _add(enforcer, 1, {"pod": "b"})  # the runtime tries again: the kernel's table is unknown, so all of it
+    assert "delete table" in applied[-1] and '"cali0001"' in applied[-1]
+    assert enforcer._table.ruleset == PolicyEnforcer(kv, store, "node-1", None).desired()
