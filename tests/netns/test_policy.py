@@ -218,10 +218,12 @@ def _listing(host) -> dict:
 
 
 def test_an_added_pod_programs_what_a_full_render_gives(cluster):
-    # q selects nobody until the new pod comes: its ADD creates chains and a set.
+    # No pod has both p and q until the new one comes: its ADD creates a group chain. (q
+    # selects x/c too, so that the digest _install waits for says the agent has q.)
     _install(cluster, netpol.Case("incremental", [
         netpol.knp("p", "x", {"pod": "a"}, ingress=[{"from": [netpol.pods(pod="b")]}]),
-        netpol.knp("q", "x", {"role": "new"}, ingress=[{"from": [netpol.pods(pod="c")]}])], []))
+        netpol.knp("q", "x", {"role": "new"}, ingress=[{"from": [netpol.pods(pod="c")]}])], [],
+        pod_labels={"x/c": {"role": "new"}}))
     netns = Netns("pol")
     try:
         conf = cluster.agent.conf(runtimeConfig={"IPs": ["10.66.9.10/32"], "labels": {"pod": "a", "role": "new"}})
