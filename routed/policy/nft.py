@@ -25,6 +25,7 @@ to the next tier. Bit 0x20000 is cleared on entry, and is nobody else's in pract
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _ICMP = {1: "icmp", 58: "icmpv6"}
 _SIDE = {"source": ("saddr", "sport"), "destination": ("daddr", "dport")}
 _DIR = {INGRESS: "i", EGRESS: "e"}
+_BASE = ("egress", "ingress")
 
 
 @dataclass
@@ -59,10 +61,12 @@ class Ruleset:
         not the table exists."""
         out = []
         for name, (kind, elements) in sorted(self.sets.items()):
-            out.append(f"  set {name} {{ type {kind};{_elements(elements)} }}")
+            out.append(f"  {_set_decl(name, kind, elements)}")
         for name, elements in sorted(self.maps.items()):
             out.append(f"  map {name} {{ type ifname : verdict;{_elements(elements)} }}")
-        for name, rules in self.chains.items():
+        # Chains in name order (nft resolves jumps to chains further down), so that a table
+        # built pod by pod renders as the same text as one compiled at once.
+        for name, rules in sorted(self.chains.items(), key=lambda item: (item[0] not in _BASE, item[0])):
             out.append(f"  chain {name} {{")
             out.extend(f"    {rule}" for rule in rules)
             out.append("  }")
@@ -71,6 +75,10 @@ class Ruleset:
         digest = hashlib.sha1(body.encode()).hexdigest()[:16]
         return "\n".join([f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
                           f"table {FAMILY} {TABLE} {{", f'  comment "routed {digest}"', body, "}"]) + "\n"
+
+
+def _set_decl(name: str, kind: str, elements: list[str]) -> str:
+    return f"set {name} {{ type {kind};{_elements(elements)} }}"
 
 
 def _elements(elements: list[str]) -> str:
@@ -86,27 +94,33 @@ class _Compiler:
                  namespaces: Mapping[str, Mapping[str, str]], families: set[int]):
         self.policies, self.endpoints, self.namespaces, self.families = policies, endpoints, namespaces, families
         self.out = Ruleset()
+        self.specs: dict[str, tuple[Selection, int, str | None]] = {}  # set -> (selection, version, named port)
 
     # -- sets ---------------------------------------------------------------------------
 
-    def _members(self, selection: Selection) -> list[Endpoint]:
-        return [ep for ep in self.endpoints if not selection.constrains or selection.matches(ep, self.namespaces)]
+    def _elements(self, name: str, endpoints: Iterable[Endpoint]) -> set[str]:
+        """What ``endpoints`` put into set ``name``."""
+        selection, version, port = self.specs[name]
+        members = [ep for ep in endpoints if not selection.constrains or selection.matches(ep, self.namespaces)]
+        if port is None:
+            return {a for ep in members for a in ep.addresses if _version(a) == version}
+        return {f"{a} . {n.protocol} . {n.port}" for ep in members for n in ep.ports if n.name == port
+                for a in ep.addresses if _version(a) == version}
 
     def address_set(self, selection: Selection, version: int) -> str:
         name = f"s{selection.key}{version}"
         if name not in self.out.sets:
-            addrs = sorted({a for ep in self._members(selection) for a in ep.addresses if _version(a) == version})
-            self.out.sets[name] = (_ADDR_TYPE[version], addrs)
+            self.specs[name] = (selection, version, None)
+            self.out.sets[name] = (_ADDR_TYPE[version], sorted(self._elements(name, self.endpoints)))
         return name
 
     def named_port_set(self, selection: Selection, port: str, version: int) -> str:
         digest = hashlib.sha1(f"{selection.key}/{port}".encode()).hexdigest()[:12]
         name = f"n{digest}{version}"
         if name not in self.out.sets:
-            elements = sorted({f"{a} . {n.protocol} . {n.port}" for ep in self._members(selection)
-                               for n in ep.ports if n.name == port
-                               for a in ep.addresses if _version(a) == version})
-            self.out.sets[name] = (f"{_ADDR_TYPE[version]} . inet_proto . inet_service", elements)
+            self.specs[name] = (selection, version, port)
+            self.out.sets[name] = (f"{_ADDR_TYPE[version]} . inet_proto . inet_service",
+                                   sorted(self._elements(name, self.endpoints)))
         return name
 
     # -- rules --------------------------------------------------------------------------
@@ -209,6 +223,67 @@ class _Compiler:
         return out
 
 
+class NodeTable:
+    """A compiled table that pods can be added to and removed from one at a time: each
+    change returns the few nft commands (one transaction) that make the kernel's table
+    follow, and the Ruleset stays what a full compile of the same pods gives (a removal
+    may leave a chain or set nobody uses any more, until the next full render)."""
+
+    def __init__(self, policies: list[Policy], endpoints: Iterable[Endpoint],
+                 namespaces: Mapping[str, Mapping[str, str]], local: Iterable[Endpoint]):
+        endpoints = list(endpoints)
+        self._c = _Compiler(policies, endpoints, namespaces, _families(policies, endpoints))
+        self.ruleset = self._c.compile(list(local))
+
+    def covers(self, ep: Endpoint) -> bool:
+        """False if adding ep needs a full compile (an address family the rules lack)."""
+        return {_version(a) for a in ep.addresses} <= self._c.families
+
+    def add(self, ep: Endpoint, local: bool) -> list[str]:
+        """Commands that add ep: its addresses to the sets that select it, and if it is
+        local its interface to the maps (and any new group chain) and to @pods."""
+        c, out = self._c, self.ruleset
+        sets, chains = set(out.sets), list(out.chains)
+        c.endpoints.append(ep)
+        elements = [(name, e) for name in sorted(sets - {"pods"}) for e in sorted(c._elements(name, [ep]))]
+        if local:
+            for direction, mapname in ((EGRESS, "egress-map"), (INGRESS, "ingress-map")):
+                chain = c.group_chain(applicable(c.policies, ep, direction, c.namespaces), direction)
+                elements.append((mapname, f"{_quote(ep.interface)} : {'jump ' + chain if chain else 'accept'}"))
+            elements.append(("pods", _quote(ep.interface)))
+        head = f"{FAMILY} {TABLE}"
+        cmds = [f"add {_set_decl(name, *out.sets[name])}".replace("add set ", f"add set {head} ", 1)
+                for name in sorted(set(out.sets) - sets)]
+        new_chains = [name for name in out.chains if name not in chains]
+        cmds += [f"add chain {head} {name}" for name in new_chains]
+        cmds += [f"add rule {head} {name} {rule}" for name in new_chains for rule in out.chains[name]]
+        for name, e in elements:
+            held = out.maps[name] if name in out.maps else out.sets[name][1]
+            i = bisect.bisect_left(held, e)
+            if i == len(held) or held[i] != e:
+                held.insert(i, e)
+                cmds.append(f"add element {head} {name} {{ {e} }}")
+        return cmds
+
+    def remove(self, ep: Endpoint, local: bool) -> list[str]:
+        """Commands that take ep's elements out (its chains stay until a full render)."""
+        c, out = self._c, self.ruleset
+        if ep in c.endpoints:
+            c.endpoints.remove(ep)
+        elements = [(name, e) for name in sorted(set(out.sets) - {"pods"}) for e in sorted(c._elements(name, [ep]))]
+        if local:
+            prefix = f"{_quote(ep.interface)} : "
+            elements += [(m, e) for m in ("egress-map", "ingress-map") for e in out.maps[m] if e.startswith(prefix)]
+            elements.append(("pods", _quote(ep.interface)))
+        cmds = []
+        for name, e in elements:
+            held = out.maps[name] if name in out.maps else out.sets[name][1]
+            if e in held:
+                held.remove(e)
+                cmds.append(f"delete element {FAMILY} {TABLE} {name} {{ {e.split(' : ')[0]} }}")
+        return cmds
+
+
 def _base_chain(hook: str, offset: int, iface: str) -> list[str]:
     return [
         f"type filter hook {hook} priority filter + {offset}; policy accept;",
@@ -252,13 +327,16 @@ def compile_node(policies: list[Policy], endpoints: Iterable[Endpoint], namespac
                  local: Iterable[Endpoint]) -> Ruleset:
     """The table for the pods in ``local`` (this node's, with interfaces), given every
     endpoint of the cluster (the addresses sets are made of)."""
-    endpoints = list(endpoints)
+    return NodeTable(policies, endpoints, namespaces, local).ruleset
+
+
+def _families(policies: list[Policy], endpoints: list[Endpoint]) -> set[int]:
     families = {_version(a) for ep in endpoints for a in ep.addresses} or {4}
     for p in policies:
         for d in (INGRESS, EGRESS):
             for r in p.rules(d) or ():
                 families |= {n.version for n in (*r.source.nets, *r.destination.nets)}
-    return _Compiler(policies, endpoints, namespaces, families).compile(list(local))
+    return families
 
 
-__all__ = ["Ruleset", "compile_node", "TABLE", "FAMILY"]
+__all__ = ["Ruleset", "NodeTable", "compile_node", "TABLE", "FAMILY"]

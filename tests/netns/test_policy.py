@@ -201,3 +201,39 @@ def test_a_deleted_pod_leaves_every_set_and_an_unknown_cali_interface_is_closed(
         assert cluster.kv.get(keys.workload("node-1", "x", "tmp")) is None
     finally:
         netns.delete()
+
+
+def _listing(host) -> dict:
+    """The kernel's table, without what differs between equal tables: handles, the
+    order of chains, sets and elements, and the digest comment."""
+    out: dict = {}
+    for item in json.loads(host.run("nft", "-j", "list", "table", "inet", nft.TABLE).stdout)["nftables"]:
+        kind, obj = next(iter(item.items()))
+        obj = {k: v for k, v in obj.items() if k not in ("handle", "comment")}
+        if kind in ("set", "map"):
+            obj["elem"] = sorted(json.dumps(e, sort_keys=True) for e in obj.get("elem", []))
+        key = (kind, obj["chain"]) if kind == "rule" else (kind, obj.get("name"))
+        out.setdefault(repr(key), []).append(obj)
+    return out
+
+
+def test_an_added_pod_programs_what_a_full_render_gives(cluster):
+    # No pod has both p and q until the new one comes: its ADD creates a group chain. (q
+    # selects x/c too, so that the digest _install waits for says the agent has q.)
+    _install(cluster, netpol.Case("incremental", [
+        netpol.knp("p", "x", {"pod": "a"}, ingress=[{"from": [netpol.pods(pod="b")]}]),
+        netpol.knp("q", "x", {"role": "new"}, ingress=[{"from": [netpol.pods(pod="c")]}])], [],
+        pod_labels={"x/c": {"role": "new"}}))
+    netns = Netns("pol")
+    try:
+        conf = cluster.agent.conf(runtimeConfig={"IPs": ["10.66.9.10/32"], "labels": {"pod": "a", "role": "new"}})
+        code, _, raw = cni("ADD", conf, container="c-new", netns=netns.path, pod=("x", "new"))
+        assert code == 0, raw
+        incremental = _listing(cluster.host)  # that ADD re-renders nothing: tests/unit/test_policy_incremental.py
+        from routed.policy.enforcer import PolicyEnforcer
+
+        PolicyEnforcer(cluster.kv, cluster.store, "node-1", cluster.host.name).sync()  # the full render
+        assert incremental == _listing(cluster.host)
+        assert cni("DEL", conf, container="c-new", netns=netns.path, pod=("x", "new"))[0] == 0
+    finally:
+        netns.delete()
