@@ -171,6 +171,7 @@ class BGPController:
         # routes) at once, and before its peers are known every state and route in it
         # would be dropped as from no peer of ours. None once synced.
         self._before_sync: list[dict] | None = []
+        self.judged_total = 0  # passes over every received route (program()): a counter
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------
@@ -530,6 +531,7 @@ class BGPController:
                 return  # judged against an empty IPAM, every pool route would go
             by_prefix = self._accepted()
             pools = list(self.pools)
+            self.judged_total += 1
         routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
         result = self.dataplane.sync_learned(routes)
         self.programmed = routes
@@ -555,6 +557,9 @@ class BGPController:
                        "Received routes not installed, by peer and reason.", rejected),
                 Family("routed_bgp_dropped_routes_total", "counter",
                        "Routes not kept because the peer was at its maxPrefixes.", dropped),
+                Family("routed_bgp_route_judgements_total", "counter",
+                       "Passes that judged every received route again and synced the kernel's.",
+                       [({}, self.judged_total)]),
                 Family("routed_bgp_peers_skipped", "gauge",
                        "BGP peers left out of the configuration (missing secret, bad password, ...).",
                        [({}, skipped)])]
