@@ -36,6 +36,7 @@ from .metrics import Family
 log = logging.getLogger("routed.bgp")
 
 BATCH = 200  # prefixes per ExaBGP command: ~1,500/s batched against ~800/s one by one
+PROGRAM_EVERY = 0.25  # seconds: the longest received routes wait for the kernel while UPDATEs keep coming
 
 
 @dataclass
@@ -172,6 +173,10 @@ class BGPController:
         # would be dropped as from no peer of ours. None once synced.
         self._before_sync: list[dict] | None = []
         self.judged_total = 0  # passes over every received route (program()): a counter
+        # Received routes changed since the last program(): a burst of UPDATEs (a reflector
+        # sends one per next hop, so 1,000 nodes are 1,000 UPDATEs) is judged once, not once each.
+        self._routes_changed = False
+        self._programmed_at = 0.0
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------
@@ -204,6 +209,9 @@ class BGPController:
                     log.warning("bgp.helper disconnected (ExaBGP restarting?)")
                 elif kind == "tick":
                     self._expire_stale()
+                if self._routes_changed and (self.events.empty() or
+                                             time.monotonic() - self._programmed_at >= PROGRAM_EVERY):
+                    self.program()
             except RoutedError as err:
                 log.warning("bgp: %s", err)
             except Exception:
@@ -386,13 +394,13 @@ class BGPController:
                     self.received[peer] = {}
                     for prefix, info in routes.items():
                         self._learn(peer, prefix, info.get("next-hop", ""), info.get("attribute", {}))
-            self.program()
+            self._routes_changed = True
         elif kind == "state":
             self._on_state(msg)
-            self.program()
+            self._routes_changed = True
         elif kind == "update":
             self._on_update(msg)
-            self.program()
+            self._routes_changed = True
         elif kind == "notification":
             peer = _peer_of(msg)
             if peer in self.status:
@@ -532,6 +540,7 @@ class BGPController:
             by_prefix = self._accepted()
             pools = list(self.pools)
             self.judged_total += 1
+            self._routes_changed, self._programmed_at = False, time.monotonic()
         routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
         result = self.dataplane.sync_learned(routes)
         self.programmed = routes

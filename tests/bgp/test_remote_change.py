@@ -14,10 +14,11 @@ import pytest
 
 from ipam.allocator import IPAM
 from routed.datastore import keys
-from tests.bgp.routers import module_cluster
+from tests.bgp.routers import Announce, GoBgp, Neighbor, RouterSpec, module_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
+BURST = 300  # routes a peer sends at once, each with its own next hop: one UPDATE each
 REMOTE_PODS = 40  # each is an ADD and a DEL: 80 block writes, 80 handle writes
 
 
@@ -84,3 +85,23 @@ def test_remote_pod_adds_and_dels_cost_no_reads_and_a_new_block_arrives_by_watch
         # withdraw/announce split): a handful, whatever the number of remote pods.
         assert judged <= 4, f"a judged its routes {judged:.0f} times for {remote_events} remote changes"
         assert {k: v for k, v in after.items() if 'op="watch"' in k[1]} == watches, "a watch was opened again"
+
+
+def test_a_burst_of_updates_is_judged_as_a_batch_not_once_per_update(tmp_path_factory):
+    """A reflector for N nodes sends N UPDATEs (one per next hop); judging every received
+    route once per UPDATE made a joining node's work grow as N squared."""
+    with module_cluster(tmp_path_factory.mktemp("burst")) as cluster:
+        cluster.apply({"kind": "BGPPeer", "metadata": {"name": "burst"},
+                       "spec": {"peerIP": "192.0.2.3", "asNumber": 65001}})
+        cluster.add_router("burst", GoBgp, RouterSpec("192.0.2.3", 65001, [Neighbor("192.0.2.11", 64512)], [
+            Announce(f"198.18.{i // 250}.{i % 250}/32", next_hop=f"198.19.{i // 250}.{1 + i % 250}") for i in range(BURST)]))
+        a = cluster.add_node("a", 11)
+
+        def received() -> int:
+            peer = a.peer("192.0.2.3")
+            return peer["accepted"] + peer["rejected"]
+
+        cluster.wait(lambda: received() == BURST, what=f"a to receive all {BURST} routes")
+        judged = counters(a)[("routed_bgp_route_judgements_total", "")]
+        print(f"{BURST} routes in as many UPDATEs: a judged its routes {judged:.0f} times")
+        assert judged < BURST / 3, f"a judged its routes {judged:.0f} times for {BURST} UPDATEs"
