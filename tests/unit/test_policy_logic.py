@@ -163,3 +163,23 @@ def test_table_shape():
     assert rs.sets["pods"][1] == ['"cali00000000000"', '"cali00000000001"', '"cali00000000002"']
     assert all("hook forward" in rs.chains[c][0] for c in ("egress", "ingress"))
     assert "hook input" not in text and "hook output" not in text  # the host's own traffic is never policed
+
+
+def test_workload_records_follow_the_watch_and_never_go_back_in_time():
+    """The enforcer's copy of the workload records (issue 16: no re-list per remote pod)."""
+    from routed.datastore.kv import KeyValue, WatchEvent
+    from routed.policy.enforcer import Workloads
+
+    w = Workloads([KeyValue("/w/a", b"a1", 5)])
+    w.apply(WatchEvent("put", 6, kv=KeyValue("/w/b", b"b1", 6)))
+    assert sorted(w.items()) == [("/w/a", b"a1"), ("/w/b", b"b1")]
+    w.set("/w/c", 9, b"c9")  # our own ADD, before the watch brings it
+    w.apply(WatchEvent("delete", 7, kv=KeyValue("/w/c", b"", 7)))  # an older DEL of c
+    assert ("/w/c", b"c9") in w.items()
+    w.set("/w/a", 10, None)  # our own DEL: gone at once
+    w.apply(WatchEvent("put", 8, kv=KeyValue("/w/a", b"a8", 8)))  # older than the DEL
+    assert [k for k, _ in w.items()] == ["/w/b", "/w/c"]
+    w.apply(WatchEvent("delete", 10, kv=KeyValue("/w/a", b"", 10)))  # the DEL itself: tombstone gone
+    assert "/w/a" not in w._items
+    w.apply(WatchEvent("resync", 11, items=[KeyValue("/w/z", b"z", 11)]))
+    assert w.items() == [("/w/z", b"z")]
