@@ -30,6 +30,9 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import note, private_etcd
+from routed.datastore import keys
+from routed.policy import model
+from routed.policy.enforcer import endpoint_json
 
 SIZES = (100, 300, 1000)
 SUBNET = "10.96.0.0/16"  # the real node (.0.1), the reflector, the speaker and every simulated node
@@ -157,13 +160,15 @@ def _route_count(node) -> int:
 
 
 def _add_pods(ipam, n: int, seconds: float) -> float:
-    """Pod ADDs on simulated nodes (round robin) at ADDS_PER_SECOND for seconds; returns the rate reached."""
+    """Pod ADDs (addresses and the pod's workload record, as CNI writes them) on simulated nodes (round robin) at ADDS_PER_SECOND for seconds; returns the rate reached."""
     start, k = time.monotonic(), 0
     while (now := time.monotonic()) - start < seconds:
         due = start + k / ADDS_PER_SECOND
         if now < due:
             time.sleep(due - now)
-        ipam.allocate(f"sim.{k % n}.load{k}.eth0", f"sim{k % n}")
+        ip = ipam.allocate(f"sim.{k % n}.load{k}.eth0", f"sim{k % n}").ips[0]
+        endpoint = model.Endpoint("default", f"load{k}", {"app": "load"}, (str(ip),), "eth0", f"sim{k % n}", ())
+        ipam.kv.put(keys.workload("default", f"load{k}"), endpoint_json(endpoint, f"c{k}").encode())
         k += 1
     return k / (time.monotonic() - start)
 
