@@ -104,12 +104,24 @@ class Origins:
             return True
         if not event.kv.key.startswith(keys.BLOCKS):
             return False
+        # Most block changes are another node's pod ADD/DEL inside its own block: they
+        # change no originator, and saying so spares every agent a re-judgement of all
+        # its routes per remote pod (issue 16: a remote change costs O(1)).
+        before = self._state_of(event.kv.key)
         if event.type == "put":
             self._put_item(event.kv)
         else:
             self.unreadable.pop(event.kv.key, None)
             self._delete_key(event.kv.key)
-        return True
+        return self._state_of(event.kv.key) != before
+
+    def _state_of(self, key: str) -> tuple:
+        """What one block key contributes to the answers: its prefixes and whether it is unreadable."""
+        try:
+            cidr = str(keys.cidr_from_segment(keys.last_segment(key)))
+        except ValueError:
+            cidr = None
+        return self._by_block.get(cidr), self.unreadable.get(key)
 
     def _delete_key(self, key: str) -> None:
         try:

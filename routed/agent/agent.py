@@ -215,6 +215,12 @@ class Agent:
             "routed_controller_errors_total", "counter", "Controller passes that failed, by controller.",
             [({"controller": name}, n) for name, n in sorted(self.controllers.errors().items())])])
         m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
+        requests = getattr(self.kv, "requests", None)  # EtcdKV counts what it sends
+        if requests is not None:
+            m.collectors.append(lambda: [Family(
+                "routed_etcd_requests_total", "counter", "Requests this agent sent to etcd, by operation "
+                "and the part of the key layout they address.",
+                [({"op": op, "keys": where}, n) for (op, where), n in sorted(dict(requests).items())])])
 
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
         """One CNI request; requests for one container never interleave (a DEL waits for

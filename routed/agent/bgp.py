@@ -36,6 +36,7 @@ from .metrics import Family
 log = logging.getLogger("routed.bgp")
 
 BATCH = 200  # prefixes per ExaBGP command: ~1,500/s batched against ~800/s one by one
+PROGRAM_EVERY = 0.25  # seconds: the longest received routes wait for the kernel while UPDATEs keep coming
 
 
 @dataclass
@@ -171,6 +172,11 @@ class BGPController:
         # routes) at once, and before its peers are known every state and route in it
         # would be dropped as from no peer of ours. None once synced.
         self._before_sync: list[dict] | None = []
+        self.judged_total = 0  # passes over every received route (program()): a counter
+        # Received routes changed since the last program(): a burst of UPDATEs (a reflector
+        # sends one per next hop, so 1,000 nodes are 1,000 UPDATEs) is judged once, not once each.
+        self._routes_changed = False
+        self._programmed_at = 0.0
         self._lock = threading.Lock()
 
     # -- loop -------------------------------------------------------------------------
@@ -203,6 +209,9 @@ class BGPController:
                     log.warning("bgp.helper disconnected (ExaBGP restarting?)")
                 elif kind == "tick":
                     self._expire_stale()
+                if self._routes_changed and (self.events.empty() or
+                                             time.monotonic() - self._programmed_at >= PROGRAM_EVERY):
+                    self.program()
             except RoutedError as err:
                 log.warning("bgp: %s", err)
             except Exception:
@@ -385,13 +394,13 @@ class BGPController:
                     self.received[peer] = {}
                     for prefix, info in routes.items():
                         self._learn(peer, prefix, info.get("next-hop", ""), info.get("attribute", {}))
-            self.program()
+            self._routes_changed = True
         elif kind == "state":
             self._on_state(msg)
-            self.program()
+            self._routes_changed = True
         elif kind == "update":
             self._on_update(msg)
-            self.program()
+            self._routes_changed = True
         elif kind == "notification":
             peer = _peer_of(msg)
             if peer in self.status:
@@ -530,6 +539,8 @@ class BGPController:
                 return  # judged against an empty IPAM, every pool route would go
             by_prefix = self._accepted()
             pools = list(self.pools)
+            self.judged_total += 1
+            self._routes_changed, self._programmed_at = False, time.monotonic()
         routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
         result = self.dataplane.sync_learned(routes)
         self.programmed = routes
@@ -555,6 +566,9 @@ class BGPController:
                        "Received routes not installed, by peer and reason.", rejected),
                 Family("routed_bgp_dropped_routes_total", "counter",
                        "Routes not kept because the peer was at its maxPrefixes.", dropped),
+                Family("routed_bgp_route_judgements_total", "counter",
+                       "Passes that judged every received route again and synced the kernel's.",
+                       [({}, self.judged_total)]),
                 Family("routed_bgp_peers_skipped", "gauge",
                        "BGP peers left out of the configuration (missing secret, bad password, ...).",
                        [({}, skipped)])]

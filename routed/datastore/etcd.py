@@ -13,6 +13,7 @@ import queue
 import random
 import threading
 import time
+from collections import Counter
 from urllib.parse import urlparse
 
 import grpc
@@ -20,6 +21,7 @@ from pyetcd.etcdrpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 from routed.errors import DatastoreUnavailable
 
+from . import keys
 from .kv import Compare, KeyValue, Listing, Op, QueuedWatch, SingleKeyWrites, TxnResult, WatchEvent, prefix_end
 
 _TARGETS = {"version": rpc_pb2.Compare.VERSION, "create": rpc_pb2.Compare.CREATE,
@@ -51,6 +53,28 @@ def _kv(pb) -> KeyValue:
     return KeyValue(pb.key.decode(), pb.value, pb.mod_revision, pb.create_revision, pb.version, pb.lease)
 
 
+def area(key: bytes) -> str:
+    """Which part of routed's layout a request's key falls in ("ipam/blocks",
+    "resources/nodes", "uninstall", ...): few values, enough to tell whose reads they are."""
+    text = key.decode(errors="replace")
+    if not text.startswith(keys.ROOT):
+        return "other"
+    parts = text[len(keys.ROOT):].split("/")
+    if parts[0] in ("ipam", "resources") and len(parts) > 1 and parts[1]:
+        return "/".join(parts[:2])
+    return parts[0] or "all"  # "all": a range or watch over all of routed's keys
+
+
+def _request_area(request) -> str:
+    if isinstance(request, rpc_pb2.TxnRequest):  # where its first compare (or op) points
+        first = request.compare[0].key if request.compare else b""
+        if not first and request.success:
+            op = request.success[0]
+            first = getattr(op, op.WhichOneof("request") or "request_range").key
+        return area(first)
+    return area(getattr(request, "key", b""))
+
+
 def _reason(err: grpc.RpcError) -> str:
     """gRPC's details are long; keep the part a user can act on."""
     detail = err.details() or str(err.code())
@@ -79,6 +103,10 @@ class EtcdKV(SingleKeyWrites):
         self._channel: grpc.Channel | None = None
         self._stubs: dict[str, object] = {}
         self._closed = False
+        # Requests sent, by (op, area of its key): read by the agent's metrics and the
+        # scale tests ("what does a remote change cost this client"). += on a Counter
+        # under the GIL is cheap; an occasional lost count under a race is acceptable.
+        self.requests: Counter = Counter()
 
     @property
     def endpoint(self) -> str:
@@ -119,7 +147,10 @@ class EtcdKV(SingleKeyWrites):
 
     _ROUNDS = 3  # times every endpoint is tried, within the call's budget
 
+    _OPS = {"Range": "range", "Txn": "txn", "Compact": "compact", "LeaseGrant": "lease", "LeaseRevoke": "lease"}
+
     def _call(self, stub: str, method: str, request):
+        self.requests[(self._OPS.get(method, method), _request_area(request))] += 1
         return self._attempts(stub, lambda service, timeout: getattr(service, method)(request, timeout=timeout))
 
     def _attempts(self, stub: str, call):
@@ -238,6 +269,7 @@ class EtcdKV(SingleKeyWrites):
                 return max(resp.TTL, 0)
             return 0
 
+        self.requests[("lease", "other")] += 1
         return self._attempts("lease", once)
 
     def lease_revoke(self, lease_id: int) -> None:
@@ -328,6 +360,7 @@ class EtcdWatch(QueuedWatch):
     def _stream_once(self) -> bool:
         """Follow one stream until it ends; True if it delivered anything."""
         service, endpoint = self._kv._stub("watch")
+        self._kv.requests[("watch", area(_b(self._prefix)))] += 1
         ended, silent, heard = threading.Event(), threading.Event(), [time.monotonic()]
         self._stream = service.Watch(self._requests(ended, heard, silent), metadata=_REQUIRE_LEADER)
         delivered = False

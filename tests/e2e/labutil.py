@@ -102,11 +102,11 @@ def router_rib(kind: str, rack: dict) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
 
 
-def up_retrying(run: LabRun, *args: str) -> subprocess.CompletedProcess:
+def up_retrying(run: LabRun, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`routed lab up`, tried a second time (after `down`) only when the first attempt failed
     with an agent that exited at start without a word in its log: seen now and then on a
     loaded 2-core machine, a fault of the lab's start and not what a fault test looks at."""
-    first = run.run("up", *args, check=False)
+    first = run.run("up", *args, check=False, timeout=timeout)
     if first.returncode == 0:
         return first
     if "The lab is half built" not in first.stderr or not any(
@@ -115,4 +115,4 @@ def up_retrying(run: LabRun, *args: str) -> subprocess.CompletedProcess:
                              f"stdout:\n{first.stdout[-4000:]}\nstderr:\n{first.stderr[-4000:]}\n{run.logs()}")
     print(f"routed lab up failed once, trying again:\n{first.stderr[-1500:]}", file=sys.stderr)
     run.down()
-    return run.run("up", *args)
+    return run.run("up", *args, timeout=timeout)

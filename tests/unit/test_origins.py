@@ -111,3 +111,16 @@ def test_a_watch_that_lost_its_place_starts_over_from_the_listing():
     assert origins.apply(WatchEvent("resync", 5, items=listing))
     assert origins.originator("10.244.0.0/26") is None and origins.originator("10.244.0.64/26") == "b"
     assert origins.prefixes_of("c") == {"10.244.0.128/32"}
+
+
+def test_a_pod_added_or_deleted_inside_its_nodes_block_changes_no_answer():
+    """Issue 16: another node's pod ADD/DEL must not make agents re-judge every route."""
+    origins = Origins([A, B])
+    busier = block("10.244.0.64/26", "b", ["b", "b", "b"])
+    assert not origins.apply(put(busier))  # two more pods of b in b's block
+    assert not origins.apply(put(B))  # and gone again
+    lent = block("10.244.0.64/26", "b", ["b", "a"])
+    assert origins.apply(put(lent))  # a borrowed address: a new /32 to announce
+    assert origins.originator("10.244.0.65/32") == "a"
+    assert origins.apply(put(block("10.244.1.0/26", "c")))  # a new block
+    assert not origins.apply(put(block("10.244.1.0/26", "c")))  # the same block written again

@@ -163,3 +163,4 @@ def test_table_shape():
     assert rs.sets["pods"][1] == ['"cali00000000000"', '"cali00000000001"', '"cali00000000002"']
     assert all("hook forward" in rs.chains[c][0] for c in ("egress", "ingress"))
     assert "hook input" not in text and "hook output" not in text  # the host's own traffic is never policed
+
