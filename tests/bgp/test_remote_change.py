@@ -67,8 +67,8 @@ def test_remote_pod_adds_and_dels_cost_no_reads_and_a_new_block_arrives_by_watch
         for i in range(REMOTE_PODS):  # what b's CNI ADD and DEL write: addresses, and the pod's record
             ip = ipam.allocate(f"remote.p{i}.eth0", "b").ips[0]
             endpoint = model.Endpoint("default", f"p{i}", {"app": "remote"}, (str(ip),), "eth0", "b", ())
-            cluster.kv.put(keys.workload("default", f"p{i}"), endpoint_json(endpoint, f"c{i}").encode())
-            cluster.kv.delete(keys.workload("default", f"p{i}"))
+            cluster.kv.put(keys.workload("b", "default", f"p{i}"), endpoint_json(endpoint, f"c{i}").encode())
+            cluster.kv.delete(keys.workload("b", "default", f"p{i}"))
             ipam.release_handle(f"remote.p{i}.eth0")
         # Then b's block fills and b claims a new one: its route must reach a's kernel,
         # which needs a's IPAM index to have followed every event before it.
