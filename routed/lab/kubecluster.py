@@ -43,7 +43,9 @@ API_VIP = "10.96.0.1"
 CNI_PLUGINS = ("loopback", "portmap", "bandwidth")  # containerd needs loopback; the chart chains the others
 DEBIAN_CNI = Path("/usr/lib/cni")
 # The node paths the chart's DaemonSet mounts from the host, private to each node.
-NODE_PATHS = ("/etc/cni/net.d", "/opt/cni/bin", "/var/lib/routed", "/var/run/routed")
+# /var/run/netns too: containerd creates a file there for every pod sandbox, and on the
+# host's filesystem those files outlived the node (empty, "invalid" to `ip netns`).
+NODE_PATHS = ("/etc/cni/net.d", "/opt/cni/bin", "/var/lib/routed", "/var/run/routed", "/var/run/netns")
 
 
 def _quiet(_: str) -> None:
@@ -226,7 +228,8 @@ class KubeCluster:
         d = Path(node["dir"])
         name = node["name"]
         report(f"{name}: containerd and kubelet in {node['netns']} at {node['ip']}")
-        for sub in ("etc-cni-net.d", "opt-cni-bin", "var-lib-routed", "var-run-routed", "kubelet", "logs", "pods"):
+        for sub in ("etc-cni-net.d", "opt-cni-bin", "var-lib-routed", "var-run-routed", "var-run-netns", "kubelet", "logs",
+                    "pods"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         for plugin in CNI_PLUGINS:
             shutil.copy2(DEBIAN_CNI / plugin, d / "opt-cni-bin" / plugin)
