@@ -10,7 +10,7 @@ from routed.runtime import command
 
 # Each subcommand lives in its own CLI module exposing register(subparsers); no other
 # module imports them (tests/unit/test_imports.py).
-SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.cli", "routed.dataplane.cleanup", "bgp.cli",
+SUBCOMMANDS = ("routed.lab.cli", "routed.agent.cli", "cni.cli", "routed.dataplane.cli", "bgp.cli",
                "routed.controller.cli")
 
 

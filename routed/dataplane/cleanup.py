@@ -114,7 +114,7 @@ def clean_node(netns: str | None, conf_dir: str, bin_dir: str) -> Report:
 
 
 def describe(report: Report) -> list[str]:
-    """Lines for a person: what went, what could not."""
+    """Lines for a person (the command's output, the agent's log): what went, what could not."""
     done = report.removed
     lines = [f"removed {path}" for path in done.files]
     counts = {proto: sum(r.proto == proto for r in done.routes) for proto in OUR_PROTOS}
@@ -123,17 +123,3 @@ def describe(report: Report) -> list[str]:
     lines += [f"removed device {name}" for name in done.links]
     lines.append("removed the natOutgoing chains, if any")
     return lines + [f"failed: {why}" for why in report.failures]
-
-
-def run(args) -> int:
-    report = clean_node(args.netns or None, args.conf_dir, args.bin_dir)
-    print("\n".join(describe(report)))
-    return 1 if report.failures else 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("cleanup-node", help="take routed off this node: conflist, plugin, routes, devices, NAT")
-    p.add_argument("--conf-dir", default="/etc/cni/net.d")
-    p.add_argument("--bin-dir", default="/opt/cni/bin")
-    p.add_argument("--netns", default=os.environ.get("ROUTED_NETNS"), help="network namespace playing the node")
-    p.set_defaults(func=run)
