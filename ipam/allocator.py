@@ -519,15 +519,18 @@ class IPAM:
 
     # -- blocks of a node ---------------------------------------------------------------
 
-    def release_node(self, node: str) -> list[str]:
+    def release_node(self, node: str, unless_alive: str | None = None) -> list[str]:
         """A node is gone: its empty blocks are deleted; the others lose their affinity and
-        stay until their last address is released (then release_empty_blocks takes them)."""
+        stay until their last address is released (then release_empty_blocks takes them).
+        With unless_alive (the node's liveness key), every transaction also requires that
+        key to be absent: an agent that comes back half-way keeps the rest of its blocks."""
+        guard = [Compare.absent(unless_alive)] if unless_alive else []
         done = []
         for aitem in self.kv.list(keys.affinity(node)).items:
             (cidr,) = _block_cidrs([aitem]) or (None,)
             for _ in range(RETRIES if cidr else 0):
                 bitem = self.kv.get(keys.block(cidr))
-                compare = [Compare.mod(aitem.key, aitem.mod_revision),
+                compare = [*guard, Compare.mod(aitem.key, aitem.mod_revision),
                            Compare.mod(keys.block(cidr), bitem.mod_revision if bitem else 0)]
                 ops = [Op.delete(aitem.key)]
                 block = self._block(bitem) if bitem is not None else None
@@ -542,6 +545,8 @@ class IPAM:
                 if self.kv.txn(compare, ops).succeeded:
                     done.append(str(cidr))
                     break
+                if unless_alive and self.kv.get(unless_alive) is not None:
+                    return done  # back: what was not released yet stays its own
                 aitem = self.kv.get(aitem.key)
                 if aitem is None:
                     break

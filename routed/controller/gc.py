@@ -156,7 +156,7 @@ class GarbageCollector:
                 return False
         elif self.kv.get(live) is not None:
             return False
-        blocks = self.ipam.release_node(name)
+        blocks = self.ipam.release_node(name, unless_alive=live)
         log.info("GC: node %s is gone (no live agent%s): released its blocks %s%s", name,
                  ", no Kubernetes Node" if self.kube is not None else "", ", ".join(blocks) or "-",
                  " and deleted its routed Node" if node is not None else "")

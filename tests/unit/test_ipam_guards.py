@@ -233,3 +233,20 @@ def test_the_cni_add_checks_a_fixed_address_against_the_agents_node_labels(store
     conf["runtimeConfig"]["ips"] = ["10.40.0.6/32"]
     with pytest.raises(NoMatchingPool, match='does not select node "node-2"'):
         plugin.cmd_add(spec.parse_request(env, json.dumps(conf)), ctx)
+
+
+# -- GC vs an agent that comes back ----------------------------------------------------------
+
+
+def test_releasing_a_node_whose_agent_came_back_keeps_its_blocks(store, kv):
+    """The controller decides a node is gone, then releases it; an agent that registers
+    liveness in between keeps every block and affinity (each txn re-checks it)."""
+    store.create(pool("p", "10.21.0.0/24", 26))
+    ipam = IPAM(kv)
+    ipam.allocate("net.a.eth0", "node-1")
+    kv.put(keys.liveness("node-1"), "{}")  # the agent is back
+    assert ipam.release_node("node-1", unless_alive=keys.liveness("node-1")) == []
+    assert len(kv.keys(keys.affinity("node-1"))) == 1
+    kv.delete(keys.liveness("node-1"))
+    assert len(ipam.release_node("node-1", unless_alive=keys.liveness("node-1"))) == 1
+    assert kv.keys(keys.affinity("node-1")) == []
