@@ -1,7 +1,7 @@
 """The page `routed lab status --html` writes, opened in real headless Chromium: drawn
 (not blank), every node, ToR, session and pod pair in the DOM the browser built, and the
 reachability matrix's four answers in the colours and places the data says. No lab here
-(tests/e2e/test_lab_picture.py draws a real one)."""
+(tests/e2e/test_lab_html.py draws a real one)."""
 
 from __future__ import annotations
 
