@@ -22,7 +22,6 @@ CELL = 22  # matrix cell side, px
 GAP = 2  # frame visible between cells, px
 CHAR, SMALL_CHAR = 7.3, 6.7  # px per character of 12px / 11px DejaVu Sans Mono: layout without measuring text
 NODE_W, LINE_H, POD_LINES = 170, 15, 6
-HEAD_LINES = 4  # name, address, agent, exabgp; the pods below
 REACH_WORDS = {"ok": "reachable", "no": "unreachable", "policy": "blocked by policy", "untested": "not tried"}
 
 
@@ -104,16 +103,19 @@ def links(sessions: list[dict]) -> dict[frozenset, dict]:
 
 def topology(data: dict) -> str:
     groups = racks(data)
+    tunnels = wireguard_lines(data.get("wireguard"))
     pods_of: dict[str, list[dict]] = {}
     for p in data["pods"]:
         pods_of.setdefault(p["node"], []).append(p)
     tallest = max([min(len(pods_of.get(n["name"], [])), POD_LINES + 1) for n in data["nodes"]] + [0])
-    node_h = HEAD_LINES * LINE_H + 16 + tallest * LINE_H
+    head_lines = 4 + bool(tunnels)  # name, address, agent, exabgp[, WireGuard]; the pods below
+    node_h = head_lines * LINE_H + 16 + tallest * LINE_H
     top, tor_y, node_y = 10, 60, 150
-    rack_h = node_y - tor_y + node_h + 34
-    mesh_room = 12 * sum(not (pair & _tor_names(data)) for pair in links(data["sessions"])) + 20
+    rack_h = node_y - tor_y + node_h + 34  # from above the ToR's top to 8px below the nodes
+    arcs = sum(not (pair & _tor_names(data)) for pair in links(data["sessions"]))
+    mesh_room = 0.75 * (16 + 12 * arcs) + 16  # a cubic curve reaches 3/4 of its control points' depth
     width = 20 + sum(max(len(nodes), 1) * (NODE_W + 20) + 20 for _, _, nodes in groups)
-    height = tor_y + rack_h + mesh_room
+    height = node_y + node_h + mesh_room
     where: dict[str, tuple[float, float, float]] = {}  # speaker -> (centre x, top y, bottom y)
     shapes, x = [], 20
     for name, tor, nodes in groups:
@@ -126,7 +128,7 @@ def topology(data: dict) -> str:
             where[tor["name"]] = (tx, tor_y, tor_y + 52)
         for i, node in enumerate(nodes):
             nx = x + 10 + i * (NODE_W + 20)
-            shapes.append(_node(node, pods_of.get(node["name"], []), nx, node_y, node_h))
+            shapes.append(_node(node, pods_of.get(node["name"], []), tunnels.get(node["name"]), nx, node_y, node_h))
             where[node["name"]] = (nx + NODE_W / 2, node_y, node_y + node_h)
         x += w
     lines, dip = [], 0
@@ -155,7 +157,21 @@ def topology(data: dict) -> str:
             '<p class="legend"><span><svg width="30" height="8"><line x1="0" y1="4" x2="30" y2="4" '
             f'stroke="{COLOURS["up"]}" stroke-width="2"/></svg> session up</span><span><svg width="30" height="8">'
             f'<line x1="0" y1="4" x2="30" y2="4" stroke="{COLOURS["down"]}" stroke-width="2"/></svg> not up</span>'
-            "<span>solid: to a ToR, dashed: node to node (mesh)</span></p>")
+            "<span>straight: a node and its ToR (BGPPeer), dashed: node to node (mesh), "
+            "arc above: ToR to ToR (the core); hover a line for its kinds</span></p>")
+
+
+def wireguard_lines(rows: list[dict] | None) -> dict[str, str]:
+    """node -> "wireguard 2/3 peers up" (handshakes), or why not, from the WireGuard rows."""
+    out: dict[str, list[dict]] = {}
+    for w in rows or []:
+        out.setdefault(w["node"], []).append(w)
+    lines = {}
+    for node, peers in out.items():
+        real = [p for p in peers if p["peer"]]
+        shook = sum(p["state"].startswith("handshake") for p in real)
+        lines[node] = f"wireguard {shook}/{len(real)} peers up" if real else f"wg {peers[0]['state']}"
+    return lines
 
 
 def _tor_names(data: dict) -> set[str]:
@@ -174,16 +190,17 @@ def _tor(tor: dict, cx: float, y: float) -> str:
                       for i, t in enumerate(small)) + "</g>")
 
 
-def _node(node: dict, pods: list[dict], x: float, y: float, h: float) -> str:
+def _node(node: dict, pods: list[dict], tunnels: str | None, x: float, y: float, h: float) -> str:
     healthy = node["agent"] == "ready" and node["speaker"] == "running"
     lines = [(node["name"], "name"), (node["address"], "small"), (f"agent {node['agent']}", "small"),
-             (f"exabgp {node['speaker']}", "small")]
+             (f"exabgp {node['speaker']}", "small")] + ([(tunnels, "small")] if tunnels else [])
+    head = len(lines)
     shown = pods if len(pods) <= POD_LINES + 1 else pods[:POD_LINES]  # "+1 more" would take the same line
     lines += [(f"{p['name']} {p['ip'] or '-'}", "small") for p in shown]
     if len(pods) > len(shown):
         lines.append((f"+{len(pods) - len(shown)} more pods", "small"))
     texts = "".join(f'<text class="{cls}" x="{x + 8}" '
-                    f'y="{y + 16 + i * LINE_H + (6 if i >= HEAD_LINES else 0)}">{escape(_fit(t))}</text>'
+                    f'y="{y + 16 + i * LINE_H + (6 if i >= head else 0)}">{escape(_fit(t))}</text>'
                     for i, (t, cls) in enumerate(lines))
     return (f'<g data-node="{escape(node["name"])}" data-agent="{escape(node["agent"])}">'
             f'<rect class="node {"healthy" if healthy else "sick"}" x="{x}" y="{y}" width="{NODE_W}" height="{h}" '

@@ -108,8 +108,10 @@ def test_wireguard_peers_only_when_on():
     data["wireguard"] = [{"node": "node1", "peer": "node2", "endpoint": "10.10.1.12:51820",
                           "state": "handshake 3s ago", "rx": 920, "tx": 1032},
                          {"node": "node3", "peer": "", "endpoint": "", "state": "agent not answering", "rx": 0, "tx": 0}]
-    rows = Page(picture.page(data)).having("data-wg-node")
+    page = Page(picture.page(data))
+    rows = page.having("data-wg-node")
     assert rows["node1"]["data-wg-peer"] == "node2" and rows["node3"]["data-state"] == "agent not answering"
+    assert {"wireguard 1/1 peers up", "wg agent not answering"} <= set(page.text)  # in the nodes' boxes
 
 
 def test_without_a_matrix_or_pods_or_answers():
