@@ -269,6 +269,8 @@ def down(args) -> int:
 
 
 def show_status(args) -> Output:
+    if args.html and not Path(args.html).parent.is_dir():  # said before the matrix takes its seconds
+        raise RoutedError(f"--html {args.html}: no directory {str(Path(args.html).parent)!r} to write it in")
     progress = Progress()
     data = status.collect(_lab(), reach=not args.no_ping, timeout=args.timeout,
                           progress=None if args.output == "json" else progress.reach)

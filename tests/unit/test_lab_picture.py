@@ -3,6 +3,7 @@ atomic write. The page in a real browser: tests/integration/test_lab_picture_bro
 
 from __future__ import annotations
 
+import argparse
 import os
 from html.parser import HTMLParser
 
@@ -10,7 +11,7 @@ import pytest
 
 from routed.errors import RoutedError
 from routed.lab import picture
-from routed.lab.cli import write_atomically
+from routed.lab.cli import show_status, write_atomically
 from tests.support.labstatus import sample_status
 
 
@@ -151,3 +152,10 @@ def test_write_atomically_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
         write_atomically(str(tmp_path), "x")
     write_atomically(str(target), "new")
     assert target.read_text() == "new"
+
+
+def test_status_refuses_a_page_it_cannot_write_before_measuring(tmp_path):
+    args = argparse.Namespace(html=str(tmp_path / "missing" / "lab.html"), no_ping=False, timeout=15.0,
+                              output="table")
+    with pytest.raises(RoutedError, match=r"^--html .*lab.html: no directory '.*missing' to write it in$"):
+        show_status(args)
