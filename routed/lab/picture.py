@@ -95,9 +95,11 @@ def links(sessions: list[dict]) -> dict[frozenset, dict]:
     for s in sessions:
         if not s["name"]:  # an agent that does not answer has no sessions to draw
             continue
-        link = out.setdefault(frozenset((s["speaker"], s["name"])), {"up": True, "kinds": set()})
+        link = out.setdefault(frozenset((s["speaker"], s["name"])), {"up": True, "kinds": set(), "views": []})
         link["up"] = link["up"] and s["state"] == "up"
         link["kinds"].add(s["type"])
+        if s["state"] != "up":
+            link["views"].append(f"{s['speaker']} says {s['state']} {s['info']}".rstrip())
     return out
 
 
@@ -141,7 +143,9 @@ def topology(data: dict) -> str:
         state = "up" if link["up"] else "down"
         attrs = f'class="session {state}{" mesh" if mesh else ""}" data-session="{escape(a)}~{escape(b)}" ' \
                 f'data-state="{state}"'
-        tip = f"<title>{escape(a)} - {escape(b)}: {state} ({escape(', '.join(sorted(link['kinds'])))})</title>"
+        why = "; ".join(link["views"])
+        tip = f"<title>{escape(a)} - {escape(b)}: {state} ({escape(', '.join(sorted(link['kinds'])))})" \
+              f"{escape(': ' + why) if why else ''}</title>"
         (ax, at, ab), (bx, bt, bb) = where[a], where[b]
         if mesh:  # below the nodes, each arc a little deeper so they stay apart
             dip += 1
@@ -202,7 +206,8 @@ def _node(node: dict, pods: list[dict], tunnels: str | None, x: float, y: float,
     texts = "".join(f'<text class="{cls}" x="{x + 8}" '
                     f'y="{y + 16 + i * LINE_H + (6 if i >= head else 0)}">{escape(_fit(t))}</text>'
                     for i, (t, cls) in enumerate(lines))
-    return (f'<g data-node="{escape(node["name"])}" data-agent="{escape(node["agent"])}">'
+    why = f"<title>{escape(node['why'])}</title>" if node.get("why") else ""
+    return (f'<g data-node="{escape(node["name"])}" data-agent="{escape(node["agent"])}">{why}'
             f'<rect class="node {"healthy" if healthy else "sick"}" x="{x}" y="{y}" width="{NODE_W}" height="{h}" '
             f'rx="4"/>{texts}</g>')
 

@@ -62,6 +62,7 @@ def test_every_rack_tor_node_session_and_pair_is_drawn():
         "node1~node2": "down", "node1~node3": "up", "node2~node3": "up", "node1~rack1-tor": "up",
         "node2~rack1-tor": "up", "node3~rack2-tor": "up", "rack1-tor~rack2-tor": "up"}
     assert "mesh" in lines["node1~node3"]["class"] and "mesh" not in lines["node1~rack1-tor"]["class"]
+    assert "node1 - node2: down (mesh): node1 says active" in page.text  # the line's tooltip
     # Each end's view in the table, with its peer kind.
     rows = [a for t, a in page.elements if t == "tr" and "data-speaker" in a]
     assert len(rows) == len(data["sessions"])
@@ -127,7 +128,11 @@ def test_without_a_matrix_or_pods_or_answers():
     data["sessions"] = [s for s in data["sessions"] if s["speaker"] != "node3"] + [
         {"speaker": "node3", "peer": "", "name": "", "type": "", "state": "agent not answering", "since": "",
          "info": "", "accepted": 0}]
+    data["nodes"][2]["why"] = "connection refused"
+    data["pods"] += [{"node": "node1", "name": f"x{i}", "namespace": "default", "ip": f"10.244.98.{i}",
+                      "netns": f"rl-spod-node1-x{i}", "present": True} for i in range(10)]
     page = Page(picture.page(data))
+    assert "connection refused" in page.text and "+5 more pods" in page.text
     assert "sick" in [a for t, a in page.elements if t == "rect" and a.get("class", "").startswith("node")][2]["class"]
     assert "node3~rack2-tor" in page.having("data-session")  # the ToR's view still draws it
 
