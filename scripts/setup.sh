@@ -13,6 +13,9 @@ APT_PACKAGES=(
   containernetworking-plugins podman runc containerd
   golang-go golang-github-appc-cni-dev busybox-static file debootstrap socat
   wireguard-go wireguard-tools iperf3
+  # `routed lab status --html` is checked in a real browser: Chromium's headless shell
+  # (no GUI libraries) and a font so the screenshot shows text.
+  chromium-headless-shell fonts-dejavu-core
 )
 
 missing=()

@@ -55,6 +55,16 @@ def root():
 
 
 @pytest.fixture
+def browser():
+    """Real headless Chromium (scripts/setup.sh installs Debian's chromium-headless-shell)."""
+    from tests.support.browser import Browser, chromium
+
+    binary = chromium()
+    _require(binary is not None, "Chromium (Debian package chromium-headless-shell)")
+    return Browser(binary)
+
+
+@pytest.fixture
 def pods():
     """make() -> a new namespace playing a pod; all removed at the end."""
     from tests.support.netns import Netns

@@ -3,15 +3,18 @@ modules (which return data) and return it with how to show it; routed.render pri
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from routed.errors import RoutedError
 from routed.render import Output, Section, Table
 
-from . import cluster, kubecluster, kubeplane, pods, status
+from . import cluster, kubecluster, kubeplane, picture, pods, status
 from .cluster import Lab
 from .kubecluster import KubeCluster
 
@@ -266,11 +269,34 @@ def down(args) -> int:
 
 
 def show_status(args) -> Output:
+    if args.html and not Path(args.html).parent.is_dir():  # said before the matrix takes its seconds
+        raise RoutedError(f"--html {args.html}: no directory {str(Path(args.html).parent)!r} to write it in")
     progress = Progress()
     data = status.collect(_lab(), reach=not args.no_ping, timeout=args.timeout,
                           progress=None if args.output == "json" else progress.reach)
     progress.done()
-    return Output(data=data, sections=status_sections(data))
+    out = Output(data=data, sections=status_sections(data))
+    if args.html:
+        write_atomically(args.html, picture.page(data))
+        out.messages.append(f"the lab drawn in {args.html} (open it in a browser; it fetches nothing)")
+    return out
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A reader (a browser reloading the page) sees the old file or the new one, never half of one."""
+    target = Path(path)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
+                                         delete=False) as f:
+            tmp = f.name
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as err:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise RoutedError(f"--html {path}: {err.strerror or err}") from None
 
 
 def pod_add(args) -> Output:
@@ -324,6 +350,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--no-ping", action="store_true", help="skip the reachability matrix")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds the reachability matrix may take")
+    p.add_argument("--html", metavar="FILE", help="also draw the lab (racks, sessions, matrix) into FILE, "
+                   "one self-contained HTML page")
     p.set_defaults(func=show_status)
     pod = verbs.add_parser("pod", help="add or delete a pod (CNI ADD/DEL exactly as kubelet)")
     pverbs = pod.add_subparsers(dest="pod_verb", required=True, metavar="VERB")

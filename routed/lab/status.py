@@ -215,7 +215,7 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
     out = {"lab": {"dir": str(lab.dir), "prefix": state["prefix"], "options": state["options"],
                    "etcd": state["etcd"]["endpoint"], "created": state.get("created", "")},
            "nodes": nodes(lab, state, registered),
-           "routers": [{"name": rack["tor"], "kind": rack["kind"], "as": rack["as"], "netns": rack["tor_ns"],
+           "routers": [{"name": rack["tor"], "rack": rack["index"], "kind": rack["kind"], "as": rack["as"], "netns": rack["tor_ns"],
                         "address": rack["gateway"], "coreAddress": rack["core_ip"],
                         "running": all(procs.alive(p, lab.marker) for p in rack["pids"].values()),
                         "routes": tor_routes[rack["tor"]], "podRoutes": in_pools(tor_routes[rack["tor"]])}
