@@ -31,7 +31,7 @@ from .cniserver import CNIServer
 from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
-from .metrics import Family, Metrics
+from routed.runtime.metrics import Family, Metrics, etcd_families
 from .podnet import HostDataplane
 from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool
@@ -215,12 +215,9 @@ class Agent:
             "routed_controller_errors_total", "counter", "Controller passes that failed, by controller.",
             [({"controller": name}, n) for name, n in sorted(self.controllers.errors().items())])])
         m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
-        requests = getattr(self.kv, "requests", None)  # EtcdKV counts what it sends
-        if requests is not None:
-            m.collectors.append(lambda: [Family(
-                "routed_etcd_requests_total", "counter", "Requests this agent sent to etcd, by operation "
-                "and the part of the key layout they address.",
-                [({"op": op, "keys": where}, n) for (op, where), n in sorted(dict(requests).items())])])
+        m.gauge("routed_cni_spool_depth", "DELs the CNI shim spooled while the agent was away, waiting for "
+                "their replay.", lambda: sum(1 for _ in Path(self.config.spool_dir).glob("*.req")))
+        m.collectors.append(lambda: etcd_families(self.kv))
 
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
         """One CNI request; requests for one container never interleave (a DEL waits for
