@@ -31,7 +31,7 @@ from .cniserver import CNIServer
 from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
-from routed.runtime.metrics import Family, Metrics, etcd_families
+from routed.runtime.metrics import Family, Metrics, Server, etcd_families
 from .podnet import HostDataplane
 from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool
@@ -52,6 +52,8 @@ class AgentConfig:
     state_dir: str = "/var/lib/routed"
     health_host: str = "127.0.0.1"
     health_port: int = 9099
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0  # a listener for /metrics alone (Prometheus); 0: none
     liveness_ttl: int = 30  # seconds the controller waits after the agent stops before it may GC the node
     block_grace: float = 300.0
     resync: float = 30.0
@@ -146,6 +148,7 @@ class Agent:
                                    live=self.alive)
         self.health.start()
         self._define_metrics()
+        self.metrics_server = Server(self.metrics, c.metrics_host, c.metrics_port) if c.metrics_port else None
         self._spawn("register", self._register_until_done)
         self._spawn("uninstall", self._watch_uninstall)
         self._spawn("node-presence", self.presence.run)  # once registered
@@ -387,6 +390,8 @@ class Agent:
         if self.pod_info is not None:
             self.pod_info.stop()
         self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.controllers.stop(cleanup=self.config.cleanup_on_stop)
         for thread in self._threads:
             thread.join(timeout=5)

@@ -11,6 +11,7 @@ from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
 from routed.k8s import api_source
 from routed.runtime import logs
+from routed.runtime.metrics import add_arguments as add_metrics_arguments
 
 
 def run(args) -> int:
@@ -18,7 +19,7 @@ def run(args) -> int:
     from routed.datastore.resources import ResourceStore
     from routed.k8s.client import KubeClient
     from routed.runtime.health import HealthServer
-    from routed.runtime.metrics import Metrics, etcd_families
+    from routed.runtime.metrics import Metrics, Server, etcd_families
 
     from .gc import GarbageCollector
     from .leader import LeaderElector
@@ -71,6 +72,7 @@ def run(args) -> int:
     health = HealthServer(args.health_host, args.health_port,
                           lambda: (True, "leading" if leading() else "standby"), metrics.render)
     health.start()
+    exposed = Server(metrics, args.metrics_host, args.metrics_port) if args.metrics_port else None
     logging.getLogger("routed.controller").info(
         "controller started: grace %gs, every %gs, %s, %s", args.grace, args.interval,
         f"leader election as {elector.identity}" if elector else "no leader election",
@@ -80,6 +82,8 @@ def run(args) -> int:
     finally:
         stop.set()
         health.stop()
+        if exposed is not None:
+            exposed.stop()
         if election is not None:
             election.join(timeout=10)  # it revokes the lease as it stops: a standby takes over now
         kv.close()
@@ -125,6 +129,7 @@ def register(sub) -> None:
     p.add_argument("--identity", default=None, help="this replica's name in the election (default: $POD_NAME)")
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_CONTROLLER_HEALTH_PORT", "9098")))
+    add_metrics_arguments(p, env)
     p.add_argument("--etcd-endpoints", default=None)
     logs.add_argument(p, env("ROUTED_LOG_LEVEL", "info"))
     p.set_defaults(func=run)

@@ -13,6 +13,7 @@ TYPE counter, named *_total, and nothing else is (checked when declared).
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -99,6 +100,29 @@ class _Collectors:
                 continue
             for family in families:
                 yield family.prometheus()
+
+
+def add_arguments(parser: argparse.ArgumentParser, env) -> None:
+    """--metrics-host/--metrics-port of a program (agent, controller); env: os.environ.get."""
+    parser.add_argument("--metrics-host", default=env("ROUTED_METRICS_HOST", "0.0.0.0"),
+                        help="address /metrics is served on for Prometheus (with --metrics-port)")
+    parser.add_argument("--metrics-port", type=int, default=int(env("ROUTED_METRICS_PORT", "0") or 0),
+                        help="port of a listener serving /metrics alone; 0 (default): none (the health "
+                             "port on the loopback serves /metrics too)")
+
+
+class Server:
+    """/metrics alone on its own address, for a Prometheus elsewhere in the cluster. The
+    health port stays on the loopback: it also answers /bgp/peers, /node, ... which are
+    for the node's own tools (routedctl), not for the network."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int):
+        self._server, _ = prometheus_client.start_http_server(port, host, registry=metrics.registry)
+        self.port = self._server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def etcd_families(kv) -> list[Family]:
