@@ -23,6 +23,7 @@ from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
 from routed.errors import DatastoreUnavailable, RoutedError
 from routed.runtime.health import HealthServer
+from routed.runtime.metrics import Family, Metrics, Server, etcd_families
 from routed.version import version
 
 from . import node as nodeinfo
@@ -31,7 +32,6 @@ from .cniserver import CNIServer
 from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
-from routed.runtime.metrics import Family, Metrics, Server, etcd_families
 from .podnet import HostDataplane
 from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool

@@ -22,6 +22,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from routed.errors import RoutedError
+
 # `*_created` series (a timestamp per counter and histogram) only double what a scrape
 # already shows through resets; Calico's and most exporters' scrapes do not have them.
 prometheus_client.disable_created_metrics()
@@ -117,7 +119,11 @@ class Server:
     for the node's own tools (routedctl), not for the network."""
 
     def __init__(self, metrics: Metrics, host: str, port: int):
-        self._server, _ = prometheus_client.start_http_server(port, host, registry=metrics.registry)
+        try:
+            self._server, _ = prometheus_client.start_http_server(port, host, registry=metrics.registry)
+        except OSError as err:
+            raise RoutedError(f"cannot serve /metrics on {host}:{port} (--metrics-host, --metrics-port): "
+                              f"{err.strerror or err}") from None
         self.port = self._server.server_port
 
     def stop(self) -> None:

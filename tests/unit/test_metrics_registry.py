@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from routed.runtime.metrics import Family, Metrics, etcd_families
+from routed.errors import RoutedError
+from routed.runtime.metrics import Family, Metrics, Server, etcd_families
 
 
 def parsed(metrics: Metrics) -> dict:
@@ -50,3 +53,16 @@ def test_etcd_requests_and_errors_by_label():
     families = {f.name: f for f in etcd_families(KV())}
     assert families["routed_etcd_requests_total"].samples == [({"op": "range", "keys": "ipam/blocks"}, 4)]
     assert families["routed_etcd_request_errors_total"].samples == [({"code": "unavailable"}, 2)]
+
+
+def test_the_metrics_listener_serves_the_registry_and_a_taken_port_is_one_clear_error():
+    metrics = Metrics()
+    metrics.gauge("routed_depth", "Depth.", lambda: 4)
+    server = Server(metrics, "127.0.0.1", 0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+            assert "routed_depth 4.0" in resp.read().decode()
+        with pytest.raises(RoutedError, match=rf"cannot serve /metrics on 127.0.0.1:{server.port} .*in use"):
+            Server(metrics, "127.0.0.1", server.port)
+    finally:
+        server.stop()
