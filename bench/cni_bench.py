@@ -228,13 +228,13 @@ def _concurrent_lines(ours, ref):
 
 
 def _agent_seconds(agent) -> dict[str, tuple[float, int]]:
-    """(sum of seconds, count) per CNI command, from the agent's /metrics."""
+    """(sum of seconds, count) per CNI command (its results summed), from the agent's /metrics."""
     found: dict[str, list] = {}
     for line in agent.metrics().splitlines():
         for kind, index in (("_sum{", 0), ("_count{", 1)):
             if line.startswith("routed_cni_request_seconds" + kind):
                 command = line.split('command="')[1].split('"')[0]
-                found.setdefault(command, [0.0, 0])[index] = float(line.rsplit(" ", 1)[1])
+                found.setdefault(command, [0.0, 0])[index] += float(line.rsplit(" ", 1)[1])
     return {k: (v[0], int(v[1])) for k, v in found.items()}
 
 

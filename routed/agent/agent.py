@@ -23,6 +23,7 @@ from routed.datastore.config import EtcdConfig
 from routed.datastore.resources import ResourceStore
 from routed.errors import DatastoreUnavailable, RoutedError
 from routed.runtime.health import HealthServer
+from routed.runtime.metrics import Family, Metrics, Server, etcd_families
 from routed.version import version
 
 from . import node as nodeinfo
@@ -31,7 +32,6 @@ from .cniserver import CNIServer
 from .controllers import BlockRoutes, Controllers, Every, Loop, NatOutgoing
 from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
-from .metrics import Family, Metrics
 from .podnet import HostDataplane
 from .presence import NodePresence
 from .spool import LastAdds, PendingReleases, replay_shim_spool
@@ -52,6 +52,8 @@ class AgentConfig:
     state_dir: str = "/var/lib/routed"
     health_host: str = "127.0.0.1"
     health_port: int = 9099
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0  # a listener for /metrics alone (Prometheus); 0: none
     liveness_ttl: int = 30  # seconds the controller waits after the agent stops before it may GC the node
     block_grace: float = 300.0
     resync: float = 30.0
@@ -146,6 +148,7 @@ class Agent:
                                    live=self.alive)
         self.health.start()
         self._define_metrics()
+        self.metrics_server = Server(self.metrics, c.metrics_host, c.metrics_port) if c.metrics_port else None
         self._spawn("register", self._register_until_done)
         self._spawn("uninstall", self._watch_uninstall)
         self._spawn("node-presence", self.presence.run)  # once registered
@@ -215,12 +218,9 @@ class Agent:
             "routed_controller_errors_total", "counter", "Controller passes that failed, by controller.",
             [({"controller": name}, n) for name, n in sorted(self.controllers.errors().items())])])
         m.gauge("routed_cni_requests_in_flight", "CNI requests being served.", self.cni.in_flight.count)
-        requests = getattr(self.kv, "requests", None)  # EtcdKV counts what it sends
-        if requests is not None:
-            m.collectors.append(lambda: [Family(
-                "routed_etcd_requests_total", "counter", "Requests this agent sent to etcd, by operation "
-                "and the part of the key layout they address.",
-                [({"op": op, "keys": where}, n) for (op, where), n in sorted(dict(requests).items())])])
+        m.gauge("routed_cni_spool_depth", "DELs the CNI shim spooled while the agent was away, waiting for "
+                "their replay.", lambda: sum(1 for _ in Path(self.config.spool_dir).glob("*.req")))
+        m.collectors.append(lambda: etcd_families(self.kv))
 
     def handle_cni(self, env: dict, stdin: str) -> tuple[int, str]:
         """One CNI request; requests for one container never interleave (a DEL waits for
@@ -390,6 +390,8 @@ class Agent:
         if self.pod_info is not None:
             self.pod_info.stop()
         self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.controllers.stop(cleanup=self.config.cleanup_on_stop)
         for thread in self._threads:
             thread.join(timeout=5)

@@ -31,12 +31,17 @@ from routed.datastore import keys
 from routed.errors import RoutedError
 from routed.resources.bgp import secret_ref_ok
 
-from .metrics import Family
+from routed.runtime.metrics import Family
 
 log = logging.getLogger("routed.bgp")
 
 BATCH = 200  # prefixes per ExaBGP command: ~1,500/s batched against ~800/s one by one
 PROGRAM_EVERY = 0.25  # seconds: the longest received routes wait for the kernel while UPDATEs keep coming
+
+
+# What ExaBGP reports of a session, and ours: "idle" (configured, nothing heard yet) and
+# "skipped" (left out of ExaBGP's configuration: peer_status's info says why).
+SESSION_STATES = frozenset({"idle", "connected", "up", "down", "skipped"})
 
 
 @dataclass
@@ -556,13 +561,31 @@ class BGPController:
                     for s in sorted(self.status.values(), key=lambda s: address_key(s.address))]
 
     def metrics(self) -> list[Family]:
+        now = time.time()
         with self._lock:
             statuses = sorted(self.status.values(), key=lambda s: s.address)
             rejected = [({"peer": s.address, "reason": reason}, n)
                         for s in statuses for reason, n in sorted(s.rejected_by.items())]
             dropped = [({"peer": peer}, n) for peer, n in sorted(self.dropped_total.items())]
             skipped = sum(1 for s in statuses if s.error)
-        return [Family("routed_bgp_rejected_routes", "gauge",
+            received = [({"peer": s.address}, len(self.received.get(s.address, {}))) for s in statuses]
+        # Every state a session can be in, 1 for the one it is in: alerts need no absent() tricks.
+        states = [({"peer": s.address, "state": state}, int(s.state == state))
+                  for s in statuses for state in sorted(SESSION_STATES | {s.state})]
+        return [Family("routed_bgp_session_up", "gauge", "1 while the BGP session with the peer is established, by "
+                       "peer, its type (mesh, global, node, ...) and name.",
+                       [({"peer": s.address, "type": s.kind, "name": s.name}, int(s.state == "up"))
+                        for s in statuses]),
+                Family("routed_bgp_session_state", "gauge", "The BGP session's state, one series per state (1: the "
+                       "state it is in).", states),
+                Family("routed_bgp_session_uptime_seconds", "gauge", "Seconds since the session was established "
+                       "(0 while it is not).",
+                       [({"peer": s.address}, now - s.since if s.state == "up" else 0) for s in statuses]),
+                Family("routed_bgp_received_routes", "gauge", "Routes the peer sent that are kept, by peer.",
+                       received),
+                Family("routed_bgp_accepted_routes", "gauge", "Received routes judged fit to install, by peer.",
+                       [({"peer": s.address}, s.accepted) for s in statuses]),
+                Family("routed_bgp_rejected_routes", "gauge",
                        "Received routes not installed, by peer and reason.", rejected),
                 Family("routed_bgp_dropped_routes_total", "counter",
                        "Routes not kept because the peer was at its maxPrefixes.", dropped),

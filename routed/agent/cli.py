@@ -12,6 +12,7 @@ from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
 from routed.k8s import api_source
 from routed.runtime import logs
+from routed.runtime.metrics import add_arguments as add_metrics_arguments
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -35,7 +36,8 @@ def run(args) -> int:
         liveness_ttl=args.liveness_ttl,
         node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
-        health_host=args.health_host, health_port=args.health_port, block_grace=args.block_grace,
+        health_host=args.health_host, health_port=args.health_port, metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port, block_grace=args.block_grace,
         bgp=args.bgp, policy=args.policy, bgp_dir=args.bgp_dir, bgp_socket=args.bgp_socket, secrets_dir=args.secrets_dir,
         cni_workers=args.cni_workers, cni_read_timeout=args.cni_read_timeout, stuck_after=args.stuck_after,
         cleanup_on_stop=args.cleanup_on_stop, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir,
@@ -72,6 +74,7 @@ def register(sub) -> None:
     p.add_argument("--state-dir", default=env("ROUTED_STATE_DIR", "/var/lib/routed"))
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_HEALTH_PORT", "9099")))
+    add_metrics_arguments(p, env)
     p.add_argument("--mtu", type=int, default=int(env("ROUTED_MTU", "0") or 0),
                    help="pod MTU; 0 (default): the uplink's MTU less the pools' encapsulation overhead")
     p.add_argument("--resync", type=float, default=30.0,

@@ -21,12 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from prometheus_client import Counter, Histogram
+
 from cni import wire
+from routed.runtime.metrics import LATENCY_BUCKETS, Metrics
 
 from .liveness import InFlight
-from .metrics import Metrics
 
 log = logging.getLogger("routed.cni")
+
+# The command label takes these; anything else a client sends is "other" (no label per string).
+COMMANDS = {"ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"}
 
 
 class CNIServer:
@@ -34,7 +39,11 @@ class CNIServer:
                  workers: int = 16, read_timeout: float = 10.0):
         self.path = Path(path)
         self.handle = handle
-        self.metrics = metrics
+        labels = ("command", "result")
+        self.requests = Counter("routed_cni_requests_total", "CNI requests served, by command and result.",
+                                labels, registry=metrics.registry)
+        self.latency = Histogram("routed_cni_request_seconds", "Time to serve a CNI request, by command and "
+                                 "result.", labels, buckets=LATENCY_BUCKETS, registry=metrics.registry)
         self.workers, self.read_timeout = workers, read_timeout
         self.in_flight = InFlight()
         self._sock: socket.socket | None = None
@@ -115,12 +124,17 @@ class CNIServer:
                 code, out = self.handle(env, stdin)
         except wire.BadRequest as err:
             code, out = 1, json.dumps({"cniVersion": "1.1.0", "code": 6, "msg": f"bad request from the shim: {err}"})
-        self.metrics.observe_cni(command, code, time.monotonic() - started)
+        self._observe(command, code, time.monotonic() - started)
         try:
             conn.settimeout(self.read_timeout)
             conn.sendall(wire.encode_answer(code, out))
         except OSError:
             log.warning("CNI %s: the shim went away before the answer", command)
+
+    def _observe(self, command: str, code: int, seconds: float) -> None:
+        labels = (command if command in COMMANDS else "other", "ok" if code == 0 else "error")
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
 
     def stop(self) -> None:
         self._stopping.set()

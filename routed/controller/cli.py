@@ -11,16 +11,19 @@ from routed.datastore.config import EtcdConfig
 from routed.errors import RoutedError
 from routed.k8s import api_source
 from routed.runtime import logs
+from routed.runtime.metrics import add_arguments as add_metrics_arguments
 
 
 def run(args) -> int:
+    from ipam.usage import snapshot
+    from routed.datastore.resources import ResourceStore
     from routed.k8s.client import KubeClient
     from routed.runtime.health import HealthServer
-
-    from routed.datastore.resources import ResourceStore
+    from routed.runtime.metrics import Metrics, Server, etcd_families
 
     from .gc import GarbageCollector
     from .leader import LeaderElector
+    from .metrics import ipam_families
     from .policysync import PolicySync
 
     logs.setup(args.log_level)
@@ -51,22 +54,25 @@ def run(args) -> int:
     def leading() -> bool:
         return elector is None or elector.leading.is_set()
 
-    def metrics() -> str:
-        lines = [f"# TYPE routed_controller_leader gauge\nrouted_controller_leader {int(leading())}"]
-        for name, what in (("passes", "GC passes"), ("nodes", "deleted nodes released"),
-                           ("handles", "deleted pods' handles released"), ("blocks", "empty blocks deleted"),
-                           ("errors", "GC passes skipped on an error")):
-            lines.append(f"# HELP routed_gc_{name}_total {what}.\n# TYPE routed_gc_{name}_total counter\n"
-                         f"routed_gc_{name}_total {gc.stats[name]}")
-        return "\n".join(lines) + "\n"
+    metrics = Metrics()
+    metrics.gauge("routed_controller_leader", "1 while this replica leads (does the work), 0 on standby.",
+                  lambda: int(leading()))
+    for name, what in (("passes", "GC passes."), ("nodes", "Deleted nodes released."),
+                       ("handles", "Deleted pods' handles released."), ("blocks", "Empty blocks deleted."),
+                       ("errors", "GC passes skipped on an error.")):
+        metrics.counter(f"routed_gc_{name}_total", what, lambda name=name: gc.stats[name])
+    metrics.collectors.append(lambda: etcd_families(kv))
+    # IPAM from the leader only: every replica reporting it would count it twice in a sum.
+    metrics.collectors.append(lambda: ipam_families(snapshot(kv)) if leading() else [])
 
     policy = PolicySync(ResourceStore(kv), kube)
     policy_thread = threading.Thread(target=policy.run, args=(stop, args.policy_interval, leading),
                                      name="policy-sync", daemon=True)
     policy_thread.start()
     health = HealthServer(args.health_host, args.health_port,
-                          lambda: (True, "leading" if leading() else "standby"), metrics)
+                          lambda: (True, "leading" if leading() else "standby"), metrics.render)
     health.start()
+    exposed = Server(metrics, args.metrics_host, args.metrics_port) if args.metrics_port else None
     logging.getLogger("routed.controller").info(
         "controller started: grace %gs, every %gs, %s, %s", args.grace, args.interval,
         f"leader election as {elector.identity}" if elector else "no leader election",
@@ -76,6 +82,8 @@ def run(args) -> int:
     finally:
         stop.set()
         health.stop()
+        if exposed is not None:
+            exposed.stop()
         if election is not None:
             election.join(timeout=10)  # it revokes the lease as it stops: a standby takes over now
         kv.close()
@@ -121,6 +129,7 @@ def register(sub) -> None:
     p.add_argument("--identity", default=None, help="this replica's name in the election (default: $POD_NAME)")
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=int(env("ROUTED_CONTROLLER_HEALTH_PORT", "9098")))
+    add_metrics_arguments(p, env)
     p.add_argument("--etcd-endpoints", default=None)
     logs.add_argument(p, env("ROUTED_LOG_LEVEL", "info"))
     p.set_defaults(func=run)

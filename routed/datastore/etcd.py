@@ -107,6 +107,7 @@ class EtcdKV(SingleKeyWrites):
         # scale tests ("what does a remote change cost this client"). += on a Counter
         # under the GIL is cheap; an occasional lost count under a race is acceptable.
         self.requests: Counter = Counter()
+        self.errors: Counter = Counter()  # failed attempts by gRPC status name, lower case (metrics)
 
     @property
     def endpoint(self) -> str:
@@ -179,6 +180,7 @@ class EtcdKV(SingleKeyWrites):
                 return call(service, min(share, left))
             except grpc.RpcError as err:
                 code = err.code()
+                self.errors[code.name.lower()] += 1
                 if code not in _FAILOVER or (code == grpc.StatusCode.CANCELLED and self._closed):
                     raise DatastoreUnavailable(f"etcd at {endpoint} refused the request: {_reason(err)}") from None
                 failures[endpoint] = (f"no answer within {min(share, left):.1f}s"
@@ -380,6 +382,8 @@ class EtcdWatch(QueuedWatch):
                     self.next_revision = ev.kv.mod_revision + 1
                     delivered = True
         except grpc.RpcError as err:
+            if not self._stop.is_set():  # our own cancel on close is no error
+                self._kv.errors[err.code().name.lower()] += 1
             if silent.is_set() or err.code() in _FAILOVER - {grpc.StatusCode.CANCELLED}:
                 self._kv._failover(endpoint)
             raise

@@ -194,7 +194,8 @@ def kube_up(args) -> int:
     kube.up(images, progress.line)
     progress.line(f"routed: helm install {images['routed'].ref} into kube-system")
     # A lab's GC acts within seconds (a cluster's default grace is 5 minutes).
-    values = kubecluster.chart_values(kube, controller={"replicas": 1, "extraArgs": ["--grace=2", "--interval=2"]})
+    values = kubecluster.chart_values(kube, controller={"replicas": 1, "extraArgs": ["--grace=2", "--interval=2"]},
+                                      metrics={"enabled": True})
     kubecluster.install_routed(kube, values)
     kube.kubectl("-n", "kube-system", "rollout", "status", "daemonset/routed", "--timeout=600s")
     progress.line(f"Kubernetes lab up in {time.monotonic() - started:.0f}s")

@@ -140,13 +140,61 @@ def lint(values: dict | None = None) -> dict:
 # --- validation -----------------------------------------------------------------------
 
 
+# The custom resources the chart may render (Prometheus Operator's, monitoring.coreos.com/v1).
+# kubernetes-validate knows only Kubernetes' own kinds, so these are checked against the
+# part of their CRD schema the chart writes, strictly (an unknown or misspelt field is a
+# problem, as --strict makes it for the others); tests/chart also checks what they select.
+_DURATION = {"type": "string",
+             "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": _STRINGS,
+    "matchExpressions": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+        "properties": {"key": {"type": "string"}, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                       "values": {"type": "array", "items": {"type": "string"}}}}}}}
+_ENDPOINT = {"type": "object", "additionalProperties": False, "required": ["port"], "properties": {
+    "port": {"type": "string"}, "path": {"type": "string"}, "interval": _DURATION, "scrapeTimeout": _DURATION}}
+
+
+def _monitor(endpoints: str) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {
+                "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"type": "string"},
+                "metadata": {"type": "object", "required": ["name", "namespace"], "properties": {
+                    "name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRINGS}},
+                "spec": {"type": "object", "additionalProperties": False, "required": ["selector", endpoints],
+                         "properties": {
+                             "selector": _SELECTOR,
+                             "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                                 "any": {"type": "boolean"},
+                                 "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                             endpoints: {"type": "array", "minItems": 1, "items": _ENDPOINT}}}}}
+
+
+CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): _monitor("endpoints"),
+               ("monitoring.coreos.com/v1", "PodMonitor"): _monitor("podMetricsEndpoints")}
+
+
+def _crd_problems(doc: dict, what: str) -> list[str]:
+    import jsonschema  # kubernetes-validate's own dependency
+
+    schema = CRD_SCHEMAS[(doc.get("apiVersion"), doc.get("kind"))]
+    return [f"{what}: {'.'.join(map(str, err.path))}: {err.message}"
+            for err in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
 def validation_errors(docs: list[dict]) -> list[str]:
     """kubernetes-validate --strict against Kubernetes 1.32, as a list of problems.
-    A kind without a schema is a problem here (the CLI would only warn)."""
+    A kind without a schema is a problem here (the CLI would only warn), except the
+    custom resources of CRD_SCHEMAS, checked against those."""
     kv = require_kubernetes_validate()
     problems = []
     for doc in docs:
         what = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if (doc.get("apiVersion"), doc.get("kind")) in CRD_SCHEMAS:
+            problems += _crd_problems(doc, what)
+            continue
         try:
             kv.validate(doc, KUBE_VERSION, strict=True)
         except kv.ValidationError as err:

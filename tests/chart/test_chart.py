@@ -60,6 +60,15 @@ VALUE_SETS = {
                    "agent": {"extraArgs": ["--log-level=debug"],
                              "extraEnv": [{"name": "ROUTED_NODE_IP", "value": "192.0.2.7/24"}]}},
     "no-controller-no-pool": {"controller": {"enabled": False}, "ipPool": {"create": False}},
+    "metrics": {"metrics": {"enabled": True}},
+    "metrics-servicemonitor": {"metrics": {"enabled": True, "agent": {"bindAddress": "0.0.0.0", "port": 19091},
+                                           "serviceMonitor": {"enabled": True, "interval": "15s",
+                                                              "labels": {"release": "kube-prometheus-stack"}},
+                                           "dashboard": {"annotations": {"grafana_folder": "Networking"}}}},
+    "metrics-podmonitor": {"metrics": {"enabled": True, "podMonitor": {"enabled": True, "scrapeTimeout": "5s"},
+                                       "dashboard": {"enabled": False}}},
+    "metrics-no-controller": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}},
+                              "controller": {"enabled": False}},
 }
 for _encap in ("VXLAN", "IPIP", "None"):
     for _mode in ("Always", "CrossSubnet"):
@@ -154,6 +163,11 @@ BAD_VALUES = {
     "pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "unknown-key": ({"ippool": {"cidr": "10.1.0.0/16"}}, "ippool"),
     "log-level": ({"agent": {"logLevel": "verbose"}}, "/agent/logLevel"),
+    "metrics-port": ({"metrics": {"agent": {"port": 0}}}, "/metrics/agent/port"),
+    "metrics-bind-name": ({"metrics": {"controller": {"bindAddress": "node-a"}}}, "/metrics/controller/bindAddress"),
+    "metrics-interval": ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
+                         "/metrics/serviceMonitor/interval"),
+    "metrics-unknown": ({"metrics": {"servicemonitor": {"enabled": True}}}, "servicemonitor"),
 }
 
 
@@ -167,6 +181,9 @@ def test_schema_refuses_bad_values(case):
 @pytest.mark.parametrize("values, expected", [
     ({"ipPool": {"cidr": "10.244.0.0/27"}}, "smaller than one block"),
     ({"bgp": {"peers": [TOR_PEERS[0], TOR_PEERS[0]]}}, "used twice"),
+    ({"metrics": {"serviceMonitor": {"enabled": True}}}, "need metrics.enabled"),
+    ({"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+     "enable one"),
 ])
 def test_template_refuses_inconsistent_values(values, expected):
     assert expected in cu.render_error(values)
@@ -711,3 +728,109 @@ def test_values_file_and_schema_agree():
     for key, value in chart.values.items():
         if isinstance(value, dict):
             assert set(value) <= set(schema["properties"][key]["properties"]), key
+
+
+# --- metrics: listeners, Services, monitors, the dashboard -------------------------------
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In) against labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def _metrics_workloads(rendered) -> dict[str, dict]:
+    """component -> the workload whose pods serve /metrics."""
+    found = {"agent": rendered.daemonset()}
+    if rendered.all("Deployment"):
+        found["controller"] = rendered.get("Deployment", "routed-controller")
+    return found
+
+
+def test_metrics_are_off_by_default():
+    rendered = cu.render()
+    assert not [d for d in rendered.docs if d["kind"] in ("Service", "ServiceMonitor", "PodMonitor")]
+    assert not [d for d in rendered.all("ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+    for component, workload in _metrics_workloads(rendered).items():
+        container = rendered.container(workload, component)
+        assert _parse_routed(cu.argv(container)).metrics_port == 0
+        assert "ports" not in container and "ROUTED_METRICS_HOST" not in cu.env_of(container)
+
+
+@pytest.mark.parametrize("name", ["metrics", "metrics-servicemonitor", "metrics-podmonitor"])
+def test_each_metrics_service_reaches_a_listener_the_program_opens(name):
+    """The Service's targetPort is the container's port named metrics, which is the port
+    the program is told to listen on (parsed by routed's own argument parser)."""
+    values = VALUE_SETS[name]["metrics"]
+    rendered = cu.render(VALUE_SETS[name])
+    for component, workload in _metrics_workloads(rendered).items():
+        container = rendered.container(workload, component)
+        args = _parse_routed(cu.argv(container))
+        port = values.get(component, {}).get("port", {"agent": 9091, "controller": 9094}[component])
+        assert args.metrics_port == port
+        assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        bind = values.get(component, {}).get("bindAddress", "")
+        assert cu.env_of(container)["ROUTED_METRICS_HOST"] == (bind or {"fieldRef": {"fieldPath": "status.podIP"}})
+        assert args.health_host == "127.0.0.1" or component == "controller"  # health stays on the loopback
+        service = rendered.get("Service", f"routed-{component}-metrics")
+        assert service["spec"]["clusterIP"] == "None"  # one endpoint per pod (per node for the agent)
+        assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics",
+                                             "protocol": "TCP"}]
+        selected = [w for w in rendered.docs if w["kind"] in ("DaemonSet", "Deployment")
+                    and _selects({"matchLabels": service["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])]
+        assert selected == [workload], [w["metadata"]["name"] for w in selected]
+
+
+def test_the_service_monitor_selects_both_metrics_services_and_names_their_port():
+    rendered = cu.render(VALUE_SETS["metrics-servicemonitor"])
+    monitor = rendered.get("ServiceMonitor", "routed")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # what Prometheus selects by
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [cu.NAMESPACE]}
+    selected = [s["metadata"]["name"] for s in rendered.all("Service")
+                if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+    assert sorted(selected) == ["routed-agent-metrics", "routed-controller-metrics"]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                             "scrapeTimeout": "10s"}]
+    assert not rendered.all("PodMonitor")
+    without = cu.render(VALUE_SETS["metrics-no-controller"])
+    assert [s["metadata"]["name"] for s in without.all("Service")] == ["routed-agent-metrics"]
+
+
+def test_the_pod_monitor_selects_the_agent_and_controller_pods_by_their_metrics_port():
+    rendered = cu.render(VALUE_SETS["metrics-podmonitor"])
+    monitor = rendered.get("PodMonitor", "routed")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [cu.NAMESPACE]}
+    workloads = [w for w in rendered.docs if w["kind"] in ("DaemonSet", "Deployment", "Job")]
+    selected = {w["metadata"]["name"]: w for w in workloads
+                if _selects(monitor["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])}
+    assert sorted(selected) == ["routed", "routed-controller"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["scrapeTimeout"] == "5s"
+    for workload in selected.values():
+        ports = [p["name"] for c in cu.pod_spec(workload)["containers"] for p in c.get("ports", [])]
+        assert ports == [endpoint["port"]], workload["metadata"]["name"]
+    assert not rendered.all("ServiceMonitor")
+    assert not [d for d in rendered.all("ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+
+
+def test_the_dashboard_ships_as_a_configmap_grafanas_sidecar_loads():
+    rendered = cu.render(VALUE_SETS["metrics-servicemonitor"])
+    configmap = rendered.get("ConfigMap", "routed-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Networking"}
+    shipped = json.loads(configmap["data"]["routed.json"])
+    assert shipped == json.loads((cu.CHART / "dashboards" / "routed.json").read_text())
+    assert shipped["uid"] and shipped["panels"]  # which metrics it asks for: tests/bgp/test_metrics.py
+
+
+def test_notes_say_where_metrics_are():
+    notes = cu.render(VALUE_SETS["metrics-servicemonitor"]).notes
+    for expected in ("routed-agent-metrics:19091", "routed-controller-metrics:9094", "ServiceMonitor routed",
+                     "grafana_dashboard"):
+        assert expected in notes, notes
+    assert "metrics.enabled=true" in cu.render().notes

@@ -19,6 +19,7 @@ $ROUTED_IMAGE_DIR/routed.tar (default build/image). The lab's controller runs wi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -144,6 +145,38 @@ def test_install_makes_every_node_ready(kube_cluster, release):
     pods = get(kube_cluster, "-n", "kube-system", "pods", "-l", "app.kubernetes.io/component=agent")["items"]
     for pod in pods:  # the agent and its ExaBGP sidecar
         assert sorted(c["name"] for c in pod["status"]["containerStatuses"] if c["ready"]) == ["agent", "bgp"]
+
+
+def test_every_agents_and_the_controllers_metrics_are_reachable_through_their_services(kube_cluster, release):
+    """metrics.enabled (the lab installs with it): each metrics Service has a ready endpoint
+    per agent (the node's address, host network) and for the controller (its pod's
+    address), and /metrics answers there from another node, as Prometheus would scrape."""
+    eventually(lambda: ds_ready(kube_cluster), "the routed DaemonSet Ready", timeout=300)
+    node = kube_cluster.nodes()[0]
+
+    def endpoints(service: str) -> list[str]:
+        slices = get(kube_cluster, "-n", "kube-system", "endpointslices", "-l",
+                     f"kubernetes.io/service-name={service}")["items"]
+        return sorted(address for s in slices for e in s.get("endpoints") or []
+                      if (e.get("conditions") or {}).get("ready") for address in e["addresses"])
+
+    def scrape(address: str, port: int) -> str:
+        done = subprocess.run(["ip", "netns", "exec", node["netns"], "curl", "-sf", "--max-time", "5",
+                               f"http://{address}:{port}/metrics"], capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else ""
+
+    agents = eventually(lambda: endpoints("routed-agent-metrics") == sorted(n["ip"] for n in kube_cluster.nodes())
+                        and endpoints("routed-agent-metrics"), "an agent metrics endpoint per node", timeout=120,
+                        details=describe(kube_cluster, "-n", "kube-system", "service", "routed-agent-metrics"))
+    for address in agents:
+        text = eventually(lambda: scrape(address, 9091), f"/metrics at {address}:9091", timeout=60)
+        assert "# TYPE routed_bgp_session_up gauge" in text and "routed_cni_request_seconds" in text, text[:2000]
+    (controller,) = eventually(lambda: endpoints("routed-controller-metrics"), "the controller's metrics endpoint",
+                               timeout=120)
+    assert ipaddress.ip_address(controller) in ipaddress.ip_network(POOL)  # a pod address: routed's own network
+    text = eventually(lambda: 'routed_ipam_pool_size{pool="default-ipv4-ippool"}' in scrape(controller, 9094)
+                      and scrape(controller, 9094), "the leader's IPAM metrics", timeout=120)
+    assert "routed_controller_leader 1.0" in text, text[:2000]
 
 
 def test_pods_spread_get_routed_addresses_and_reach_each_other(kube_cluster, release, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from routed.agent.liveness import Heartbeats, InFlight, verdict
 from routed.agent.locks import KeyedLocks
-from routed.agent.metrics import Metrics
+from routed.runtime.metrics import Metrics
 from routed.agent.spool import _spooled_at
 
 
@@ -85,7 +85,7 @@ def test_counters_are_named_total_and_gauges_are_not():
     with pytest.raises(ValueError):
         metrics.gauge("routed_things_total", "x", lambda: 1)
     metrics.counter("routed_errors_total", "Errors.", lambda: 2)
-    assert "# TYPE routed_errors_total counter\nrouted_errors_total 2\n" in metrics.render()
+    assert "# TYPE routed_errors_total counter\nrouted_errors_total 2.0\n" in metrics.render()
 
 
 @pytest.mark.parametrize("name, at", [("abc-eth0-1700000000000000000.req", 1700000000000000000),

@@ -1,11 +1,15 @@
-"""The etcd client counts what it sends by operation and key area (routed_etcd_requests_total)."""
+"""The etcd client counts what it sends by operation and key area (routed_etcd_requests_total), and
+the errors it meets by gRPC status (routed_etcd_request_errors_total)."""
 
 from __future__ import annotations
 
+import pytest
 from pyetcd.etcdrpc import rpc_pb2
 
 from routed.datastore import keys
-from routed.datastore.etcd import _request_area, area
+from routed.datastore.etcd import EtcdKV, _request_area, area
+from routed.errors import DatastoreUnavailable
+from tests.support.etcd import free_port
 
 
 def test_a_key_is_counted_in_its_part_of_the_layout():
@@ -24,3 +28,15 @@ def test_a_transaction_is_counted_where_it_compares_or_writes():
     assert _request_area(rpc_pb2.TxnRequest(success=[put])) == "ipam/handles"
     assert _request_area(rpc_pb2.TxnRequest()) == "other"
     assert _request_area(rpc_pb2.RangeRequest(key=keys.resource("ippools").encode())) == "resources/ippools"
+
+
+def test_a_member_that_refuses_is_counted_as_an_error_by_its_grpc_status():
+    """routed_etcd_request_errors_total{code}: a real gRPC channel to a port nobody listens on."""
+    kv = EtcdKV([f"http://127.0.0.1:{free_port()}"], timeout=1.0)
+    try:
+        with pytest.raises(DatastoreUnavailable):
+            kv.get(keys.SCHEMA)
+        assert kv.requests[("range", "other")] == 1
+        assert kv.errors["unavailable"] >= 1, kv.errors
+    finally:
+        kv.close()

@@ -147,3 +147,42 @@ ConfigMap, so `helm template` and `helm install` fail with a clear message.
 {{- $names = append $names .name -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The /metrics listener of a component: its arguments, environment and port, when
+metrics.enabled. include "routed.metricsArgs" (list . "agent"); "" binds the pod's IP
+(status.podIP; for the host-network agent, the node's address).
+*/}}
+{{- define "routed.metricsArgs" -}}
+{{- $ := index . 0 -}}
+{{- $listener := index $.Values.metrics (index . 1) -}}
+{{- if $.Values.metrics.enabled }}
+- --metrics-port={{ $listener.port }}
+{{- end }}
+{{- end -}}
+
+{{- define "routed.metricsEnv" -}}
+{{- $ := index . 0 -}}
+{{- $listener := index $.Values.metrics (index . 1) -}}
+{{- if $.Values.metrics.enabled }}
+- name: ROUTED_METRICS_HOST
+{{- if $listener.bindAddress }}
+  value: {{ $listener.bindAddress | quote }}
+{{- else }}
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "routed.metricsPorts" -}}
+{{- $ := index . 0 -}}
+{{- $listener := index $.Values.metrics (index . 1) -}}
+{{- if $.Values.metrics.enabled }}
+ports:
+  - name: metrics
+    containerPort: {{ $listener.port }}
+    protocol: TCP
+{{- end }}
+{{- end -}}
