@@ -113,11 +113,25 @@ class HostDataplane:
                         return f"{addr.address}/{addr.prefixlen}"
         raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
 
+    def default_route_address6(self) -> str | None:
+        """The first global IPv6 address (with prefix) of the interface the IPv6 default
+        route uses; None when there is no such route (the node is IPv4 only)."""
+        with Rtnl(self.netns) as sock:
+            names = sock.links()
+            index = {name: i for i, name in names.items()}
+            for route in sock.routes(socket.AF_INET6, table=254, ifnames=names):
+                if route.dst == "::/0" and route.dev in index:
+                    for addr in sock.addresses(socket.AF_INET6, index=index[route.dev]):
+                        if not ipaddress.IPv6Address(addr.address).is_link_local:
+                            return f"{addr.address}/{addr.prefixlen}"
+        return None
+
     def address_with_prefix(self, ip: str) -> str | None:
         """``ip`` with the prefix of the interface address that is ``ip`` (the subnet
         decides CrossSubnet), None when no interface holds it."""
+        family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
         with Rtnl(self.netns) as sock:
-            for addr in sock.addresses(socket.AF_INET):
+            for addr in sock.addresses(family):
                 if addr.address == ip:
                     return f"{ip}/{addr.prefixlen}"
         return None

@@ -1,0 +1,88 @@
+"""IPv6 end to end across nodes (issue 15): two dual-stack nodes (real etcd, agents, ExaBGP)
+register both addresses, run an IPv4 and a separate IPv6 mesh session, announce their IPv6
+blocks on the IPv6 session with their own IPv6 address as next hop, install the other's
+IPv6 block directly, and their dual-stack pods reach each other over both families."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from routed import resources as r
+from tests.bgp.routers import module_cluster, ping
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+DUAL = {"ipam": {"assign_ipv4": True, "assign_ipv6": True}}
+SUBNET6 = "2001:db8:2::/64"
+
+
+def pod_ip6(pod) -> str:
+    out = pod.run("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global").stdout
+    return out.split()[3].split("/")[0]
+
+
+def v6_routes(node) -> str:
+    return node.ns.run("ip", "-6", "route", "show", "proto", "202").stdout
+
+
+def v6_block(node) -> str:
+    out = node.ns.run("ip", "-6", "route", "show", "proto", "201").stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("blackhole fd00:10:"))
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory):
+    with module_cluster(tmp_path_factory.mktemp("dual")) as cluster:
+        cluster.apply({"kind": "IPPool", "metadata": {"name": "v4"}, "spec": {"cidr": "10.244.0.0/16"}})
+        cluster.apply({"kind": "IPPool", "metadata": {"name": "v6"},
+                       "spec": {"cidr": "fd00:10::/48", "blockSize": 122}})
+        a, b = (cluster.add_node(name, i, subnet6=SUBNET6) for name, i in (("a", 1), ("b", 2)))
+        yield cluster, a, b
+
+
+def test_nodes_register_both_addresses(dual):
+    cluster, a, b = dual
+    for node in (a, b):
+        bgp = cluster.store.find(r.Node, node.name).spec.bgp
+        assert (bgp.ipv4_address, bgp.ipv6_address) == (node.address, node.address6)
+
+
+def test_pods_reach_each_other_over_ipv6_across_nodes(dual):
+    cluster, a, b = dual
+    for node, other in ((a, b), (b, a)):
+        for address in (other.ip, other.ip6):
+            cluster.wait(lambda: any(p["address"] == address and p["state"] == "up" for p in node.peers()),
+                         what=f"{node.name}'s mesh session with {address}")
+    pods = {node.name: node.add_pod("p", DUAL) for node in (a, b)}
+    for node in (a, b):
+        cluster.wait(lambda: "blackhole fd00:10:" in node.ns.run("ip", "-6", "route", "show", "proto", "201").stdout,
+                     what=f"{node.name}'s IPv6 block")
+    blocks = {node.name: v6_block(node) for node in (a, b)}
+    # The other's IPv6 block, direct (same subnet), via its registered IPv6 address.
+    cluster.wait(lambda: f"{blocks['a']} via {a.ip6} dev eth0" in v6_routes(b), what="b to learn a's IPv6 block")
+    cluster.wait(lambda: f"{blocks['b']} via {b.ip6} dev eth0" in v6_routes(a), what="a to learn b's IPv6 block")
+    (pod_a, ip_a), (pod_b, ip_b) = pods["a"], pods["b"]
+    ip6_a, ip6_b = pod_ip6(pod_a), pod_ip6(pod_b)
+    cluster.wait(lambda: ping(pod_a.run, ip6_b) and ping(pod_b.run, ip6_a), what="pods to ping each other over IPv6")
+    assert ping(pod_a.run, ip_b) and ping(pod_b.run, ip_a)  # and IPv4 still
+    # The IPv4 session carries no IPv6 route and the IPv6 session no IPv4 route.
+    v4_blocks = [blk for blk in a.blocks() if blk.startswith("10.244.")]
+    assert v4_blocks and f"{v4_blocks[0]} via {a.ip} dev eth0" in b.routes()
+    by_address = {p["address"]: p for p in b.peers()}
+    assert by_address[a.ip]["accepted"] == len(v4_blocks) and by_address[a.ip6]["accepted"] == 1, by_address
+    assert "Traceback" not in a.agent.log.read_text() + b.agent.log.read_text()
+
+
+def test_node_status_shows_both_families(dual):
+    cluster, a, b = dual
+    cluster.wait(lambda: sum(p["state"] == "up" for p in a.peers()) == 2, what="a's two sessions")
+    status = a.status("json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["node"]["addresses"] == {"ipv4": a.address, "ipv6": a.address6}, doc["node"]
+    assert [(p["address"], p["family"]) for p in doc["peers"]] == [(b.ip, "IPv4"), (b.ip6, "IPv6")]
+    wide = a.status("wide")
+    assert wide.returncode == 0, wide.stderr
+    assert a.address6 in wide.stdout and "IPv6" in wide.stdout, wide.stdout
