@@ -122,6 +122,7 @@ class Agent:
         # Until the pools are read (once registered: etcd may be away now, and DEL must be
         # served meanwhile), assume the largest overhead in use.
         self._encapsulations = {"vxlan"}
+        self._vxlan6 = bool(self.address6)
         self.wireguard = WireGuard(self.kv, self.store, c.netns, c.node_name, self.address, c.state_dir,
                                    mtu=lambda: self.dataplane.mtus.wireguard)
         self.refresh_mtu(read_pools=False)
@@ -140,7 +141,7 @@ class Agent:
         self.cni.start()
         self.bgp = None
         if c.bgp:
-            self.dataplane.use_uplink(self.address)
+            self.dataplane.use_uplink(self.address, self.address6)
             self.bgp = BGPController(self.kv, self.store, self.dataplane, c.node_name, self.address, c.bgp_dir,
                                      c.bgp_socket, c.secrets_dir, c.resync, node_address6=self.address6)
             self.metrics.collectors.append(self.bgp.metrics)
@@ -318,7 +319,9 @@ class Agent:
         New pods and the tunnel devices (at the next route sync) get the result."""
         if read_pools:
             try:
-                self._encapsulations = mtu.pool_encapsulations(self.store.list(r.IPPool))
+                pools = self.store.list(r.IPPool)
+                self._encapsulations = mtu.pool_encapsulations(pools)
+                self._vxlan6 = bool(self.address6) and mtu.vxlan_over_ipv6(pools)
             except RoutedError as err:
                 log.warning("MTU: pools not readable (%s); keeping %s", err, sorted(self._encapsulations))
         uplink = self.dataplane.uplink_mtu(self.address)
@@ -327,7 +330,8 @@ class Agent:
         family = ipaddress.ip_interface(self.address).version  # the underlay's: outer headers
         try:
             used = self._encapsulations | ({"wireguard"} if self.wireguard.active else set())
-            chosen = mtu.choose(uplink, used, family, explicit=self.config.mtu)
+            chosen = mtu.choose(uplink, used, family, explicit=self.config.mtu, dual_stack=bool(self.address6),
+                                vxlan_over_ipv6=self._vxlan6)
         except ValueError as err:
             raise RoutedError(f"MTU: {err}") from None
         if chosen != self.dataplane.mtus:

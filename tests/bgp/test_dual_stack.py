@@ -10,6 +10,7 @@ import json
 import pytest
 
 from routed import resources as r
+from routed.dataplane.encap import vtep_gateway6
 from tests.bgp.routers import module_cluster, ping
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -86,3 +87,38 @@ def test_node_status_shows_both_families(dual):
     wide = a.status("wide")
     assert wide.returncode == 0, wide.stderr
     assert a.address6 in wide.stdout and "IPv6" in wide.stdout, wide.stdout
+
+
+def test_an_ipv6_vxlan_pool_crosses_over_vxlan_on_ipv6(dual):
+    """vxlanMode Always on an IPv6 pool: vxlan-v6.routed between the nodes' IPv6 addresses,
+    MTU uplink - 70, and a full-size IPv6 packet crosses without fragmentation."""
+    cluster, a, b = dual
+    cluster.apply({"kind": "IPPool", "metadata": {"name": "v6x"},
+                   "spec": {"cidr": "fd00:20::/48", "blockSize": 122, "vxlanMode": "Always"}})
+    for node in (a, b):  # pods get 1500 - 70 once the agents have seen the pool
+        cluster.wait(lambda: json.loads(node.status("json").stdout)["mtu"]["pod"] == 1430,
+                     what=f"{node.name}'s pod MTU for VXLAN over IPv6")
+    conf = {"ipam": {"assign_ipv4": True, "assign_ipv6": True, "ipv6_pools": ["v6x"]}}
+    pods = {node.name: node.add_pod("x", conf)[0] for node in (a, b)}
+    ip6 = {name: pod_ip6(pod) for name, pod in pods.items()}
+    assert all(address.startswith("fd00:20:") for address in ip6.values()), ip6
+
+    def block_of(node):
+        out = node.ns.run("ip", "-6", "route", "show", "proto", "201").stdout
+        return next(line.split()[1] for line in out.splitlines() if line.startswith("blackhole fd00:20:"))
+
+    for node, other in ((a, b), (b, a)):
+        # Via the other's VTEP link-local address: IPv6 refuses its uplink address onlink there.
+        gateway = vtep_gateway6(other.ip6)
+        cluster.wait(lambda: f"{block_of(other)} via {gateway} dev vxlan-v6.routed" in v6_routes(node),
+                     what=f"{node.name} to route {other.name}'s VXLAN IPv6 block over vxlan-v6.routed")
+    link = a.ns.run("ip", "-d", "-j", "link", "show", "vxlan-v6.routed").stdout
+    (info,) = json.loads(link)
+    assert info["mtu"] == 1430 and info["linkinfo"]["info_data"]["local6"] == a.ip6, info
+    cluster.wait(lambda: ping(pods["a"].run, ip6["b"]) and ping(pods["b"].run, ip6["a"]),
+                 what="pods to ping each other over VXLAN on IPv6")
+    # 1430 - 40 (IPv6) - 8 (ICMPv6): a full-size packet, never fragmented.
+    full = pods["a"].run("ping", "-6", "-c", "1", "-W", "2", "-M", "do", "-s", "1382", ip6["b"], check=False)
+    assert full.returncode == 0, full.stdout + full.stderr
+    # The IPv4 mesh is untouched by the IPv6 device.
+    assert "vxlan" not in b.routes()
