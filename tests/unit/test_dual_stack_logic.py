@@ -114,3 +114,11 @@ def test_ipv6_kernel_routes_per_pool_mode(prefix, next_hop, expected):
 def test_the_global_next_hop_wins_over_a_link_local_one():
     by_hop = {"2001:db8::1": ["global"], "fe80::1": ["link-local"], "junk": ["x"]}
     assert [hop for hop, _ in link_local_first(by_hop)] == ["fe80::1", "2001:db8::1", "junk"]
+
+
+@pytest.mark.parametrize("v6", ["fe80::1/64", "ff02::1/64", "::1/128", "::/0", "::ffff:10.0.0.1/128", "10.0.0.1/24",
+                                "2001:db8::1"])
+def test_a_node_resource_with_an_unroutable_ipv6_address_is_refused(v6):
+    with pytest.raises(Exception) as err:
+        node("a", "192.0.2.1/24", v6)
+    assert "ipv6Address" in str(err.value) or "IPv6" in str(err.value), err.value
