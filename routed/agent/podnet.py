@@ -107,25 +107,25 @@ class HostDataplane:
 
     def default_route_address(self) -> str:
         """The first IPv4 address (with prefix) of the interface the default route uses."""
-        with Rtnl(self.netns) as sock:
-            names = sock.links()
-            index = {name: i for i, name in names.items()}
-            for route in sock.routes(socket.AF_INET, table=254, ifnames=names):
-                if route.dst == "0.0.0.0/0" and route.dev in index:
-                    for addr in sock.addresses(socket.AF_INET, index=index[route.dev]):
-                        return f"{addr.address}/{addr.prefixlen}"
-        raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
+        found = self._default_route_address(socket.AF_INET, "0.0.0.0/0")
+        if found is None:
+            raise RoutedError("cannot autodetect the node address: no IPv4 default route; "
+                              "pass --node-ip ADDR/PREFIX")
+        return found
 
     def default_route_address6(self) -> str | None:
         """The first global IPv6 address (with prefix) of the interface the IPv6 default
         route uses; None when there is no such route (the node is IPv4 only)."""
+        return self._default_route_address(socket.AF_INET6, "::/0")
+
+    def _default_route_address(self, family: int, default: str) -> str | None:
         with Rtnl(self.netns) as sock:
             names = sock.links()
             index = {name: i for i, name in names.items()}
-            for route in sock.routes(socket.AF_INET6, table=254, ifnames=names):
-                if route.dst == "::/0" and route.dev in index:
-                    for addr in sock.addresses(socket.AF_INET6, index=index[route.dev]):
-                        if not ipaddress.IPv6Address(addr.address).is_link_local:
+            for route in sock.routes(family, table=254, ifnames=names):
+                if route.dst == default and route.dev in index:
+                    for addr in sock.addresses(family, index=index[route.dev]):
+                        if family == socket.AF_INET or not ipaddress.ip_address(addr.address).is_link_local:
                             return f"{addr.address}/{addr.prefixlen}"
         return None
 

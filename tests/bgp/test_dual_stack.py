@@ -11,6 +11,7 @@ import pytest
 
 from routed import resources as r
 from routed.dataplane.encap import vtep_gateway6
+from routed.lab import topology
 from tests.bgp.routers import module_cluster, ping
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -78,12 +79,13 @@ def test_pods_reach_each_other_over_ipv6_across_nodes(dual):
 
 def test_node_status_shows_both_families(dual):
     cluster, a, b = dual
-    cluster.wait(lambda: sum(p["state"] == "up" for p in a.peers()) == 2, what="a's two sessions")
+    cluster.wait(lambda: sum(p["state"] == "up" and p["name"] == "b" for p in a.peers()) == 2,
+                 what="a's two sessions with b")
     status = a.status("json")
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["node"]["addresses"] == {"ipv4": a.address, "ipv6": a.address6}, doc["node"]
-    assert [(p["address"], p["family"]) for p in doc["peers"]] == [(b.ip, "IPv4"), (b.ip6, "IPv6")]
+    assert [(p["address"], p["family"]) for p in doc["peers"] if p["name"] == "b"] == [(b.ip, "IPv4"), (b.ip6, "IPv6")]
     wide = a.status("wide")
     assert wide.returncode == 0, wide.stderr
     assert a.address6 in wide.stdout and "IPv6" in wide.stdout, wide.stdout
@@ -103,14 +105,15 @@ def test_an_ipv6_vxlan_pool_crosses_over_vxlan_on_ipv6(dual):
     ip6 = {name: pod_ip6(pod) for name, pod in pods.items()}
     assert all(address.startswith("fd00:20:") for address in ip6.values()), ip6
 
-    def block_of(node):
+    def block_of(node) -> str | None:  # None until its block route is in (the block controller's pass)
         out = node.ns.run("ip", "-6", "route", "show", "proto", "201").stdout
-        return next(line.split()[1] for line in out.splitlines() if line.startswith("blackhole fd00:20:"))
+        return next((line.split()[1] for line in out.splitlines() if line.startswith("blackhole fd00:20:")), None)
 
     for node, other in ((a, b), (b, a)):
         # Via the other's VTEP link-local address: IPv6 refuses its uplink address onlink there.
         gateway = vtep_gateway6(other.ip6)
-        cluster.wait(lambda: f"{block_of(other)} via {gateway} dev vxlan-v6.routed" in v6_routes(node),
+        cluster.wait(lambda: (block := block_of(other)) is not None
+                     and f"{block} via {gateway} dev vxlan-v6.routed" in v6_routes(node),
                      what=f"{node.name} to route {other.name}'s VXLAN IPv6 block over vxlan-v6.routed")
     link = a.ns.run("ip", "-d", "-j", "link", "show", "vxlan-v6.routed").stdout
     (info,) = json.loads(link)
@@ -122,3 +125,17 @@ def test_an_ipv6_vxlan_pool_crosses_over_vxlan_on_ipv6(dual):
     assert full.returncode == 0, full.stdout + full.stderr
     # The IPv4 mesh is untouched by the IPv6 device.
     assert "vxlan" not in b.routes()
+
+
+def test_a_node_without_the_flag_autodetects_its_ipv6_address(dual):
+    """No --node-ip6: the global address on the IPv6 default route's interface is registered,
+    and the others open an IPv6 session to it."""
+    cluster, a, b = dual
+    c = cluster.add_node("c", 3, start=False)
+    topology.add_address6(c.ns.name, "eth0", "2001:db8:2::3/64")
+    c.ns.run("ip", "-6", "route", "add", "default", "via", "2001:db8:2::fe", "dev", "eth0")
+    c.start()
+    cluster.wait(lambda: (cluster.store.find(r.Node, "c").spec.bgp.ipv6_address or "") == "2001:db8:2::3/64",
+                 what="c to register its autodetected IPv6 address")
+    cluster.wait(lambda: any(p["address"] == "2001:db8:2::3" and p["state"] == "up" for p in a.peers()),
+                 what="a's IPv6 session with c")

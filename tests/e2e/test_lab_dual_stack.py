@@ -9,21 +9,9 @@ import subprocess
 
 import pytest
 
-from tests.e2e.labutil import LabRun
+from tests.e2e.labutil import LabRun, router_rib
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
-
-
-def router_rib6(kind: str, rack: dict) -> str:
-    """The ToR's IPv6 table, straight from its own CLI."""
-    d = rack["dir"]
-    if kind == "bird":
-        cmd = ["birdc", "-s", f"{d}/bird.ctl", "show", "route"]
-    elif kind == "frr":
-        cmd = ["vtysh", "--vty_socket", d, "-d", "bgpd", "-c", "show bgp ipv6 unicast"]
-    else:
-        cmd = ["ip", "netns", "exec", rack["tor_ns"], "gobgp", "-u", "127.0.0.1", "global", "rib", "-a", "ipv6"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
 
 
 def all_ok(reach: dict, pods: int) -> None:
@@ -52,7 +40,7 @@ def test_dual_stack_lab_reaches_every_pod_over_both_families(lab: LabRun, tor, e
     blocks4 = [b["cidr"] for b in status["blocks"] if ipaddress.ip_network(b["cidr"]).version == 4]
     assert len(blocks6) == len(blocks4) == nodes
     for rack in state["racks"]:
-        rib = router_rib6(tor, rack)
+        rib = router_rib(tor, rack, "ipv6")
         missing = [b for b in blocks6 if b not in rib]
         assert not missing, f"{rack['tor']} ({tor}) lacks {missing}:\n{rib}"
         row = next(r for r in status["routers"] if r["name"] == rack["tor"])
