@@ -5,6 +5,7 @@ IPv6 block directly, and their dual-stack pods reach each other over both famili
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from routed import resources as r
 from routed.dataplane.encap import vtep_gateway6
 from routed.lab import topology
-from tests.bgp.routers import module_cluster, ping
+from tests.bgp.routers import Announce, GoBgp, Neighbor, RouterSpec, module_cluster, ping
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
@@ -125,6 +126,41 @@ def test_an_ipv6_vxlan_pool_crosses_over_vxlan_on_ipv6(dual):
     assert full.returncode == 0, full.stdout + full.stderr
     # The IPv4 mesh is untouched by the IPv6 device.
     assert "vxlan" not in b.routes()
+
+
+ROGUE6 = "2001:db8:2::66"
+
+
+def test_a_hostile_ipv6_peer_cannot_steal_ipv6_pod_traffic(dual):
+    """The IPv4 hijack checks, over IPv6: a peer (GoBGP on an IPv6 session, a global BGPPeer)
+    announcing a's IPv6 block or a pod's /128 with another next hop, or a slice of the pool,
+    is refused; b keeps routing a's block to a's IPv6 address."""
+    cluster, a, b = dual
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "rogue6"}, "spec": {"peerIP": ROGUE6, "asNumber": 64512}})
+    ns = cluster.add_netns("rogue6", [("eth0", cluster.switch, None)])
+    topology.add_address6(ns, "eth0", f"{ROGUE6}/64")
+    rogue = GoBgp(ns, cluster.workdir / "rogue6", RouterSpec(ROGUE6, 64512, [Neighbor(a.ip6, 64512),
+                                                                             Neighbor(b.ip6, 64512)],
+                                                             router_id="192.0.2.66"))
+    cluster.routers.append(rogue)
+    rogue.start()
+    rogue.wait_established([a.ip6, b.ip6])
+    block = v6_block(a)
+    pod_a = next(pod for name, pod, _ in a.pods if name == "p")
+    stolen = f"{pod_ip6(pod_a)}/128"
+    slice_ = str(next(ipaddress.ip_network("fd00:10::/48").subnets(new_prefix=120)))
+    # a's block via b (a node, not its owner); a's pod's /128 via the rogue itself; a slice
+    # of the pool that is no block, via a.
+    for prefix, hop in ((block, b.ip6), (stolen, ROGUE6), (slice_, a.ip6)):
+        rogue.announce(Announce(prefix, next_hop=hop))
+    refused = {"wrong-next-hop": 1, "next-hop-not-a-node": 1, "not-in-ipam": 1}
+    cluster.wait(lambda: b.peer(ROGUE6)["rejectedBy"] == refused,
+                 what="b to refuse every route of the rogue IPv6 peer")
+    assert b.peer(ROGUE6)["accepted"] == 0
+    assert f"{block} via {a.ip6} dev eth0" in v6_routes(b)
+    destinations = {line.split()[0] for line in v6_routes(b).splitlines()}  # a /128 shows bare
+    assert not destinations & {stolen, stolen.removesuffix("/128"), slice_}, destinations
+    assert ping(next(pod for name, pod, _ in b.pods if name == "p").run, stolen.removesuffix("/128"))
 
 
 def test_a_node_without_the_flag_autodetects_its_ipv6_address(dual):
