@@ -836,6 +836,8 @@ def test_notes_say_where_metrics_are():
                      "grafana_dashboard"):
         assert expected in notes, notes
     assert "metrics.enabled=true" in cu.render().notes
+
+
 # --- dual stack (issue 15) ------------------------------------------------------------
 
 
