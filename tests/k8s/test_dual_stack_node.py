@@ -12,7 +12,6 @@ import pytest
 from routed import resources as r
 from routed.datastore.resources import ResourceStore
 from tests.support.agent import AgentProcess
-from tests.support.kubeapi import KubeObjects
 from tests.support.netns import node_host
 
 pytestmark = pytest.mark.root
@@ -30,15 +29,6 @@ def host():
         yield ns
     finally:
         ns.delete()
-
-
-@pytest.fixture
-def kube(kube_api):
-    objects = KubeObjects(kube_api)
-    try:
-        yield objects
-    finally:
-        objects.cleanup()
 
 
 def test_the_agent_registers_both_internal_ips_of_its_kubernetes_node(tmp_path, etcd, kv, kube, host):
