@@ -4,11 +4,11 @@ reach its next hop (directly, IPIP or VXLAN) according to its pool's modes."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
-from routed.dataplane.constants import IPIP_DEV, VXLAN_DEV
+from routed.dataplane.constants import IPIP_DEV, VXLAN6_DEV, VXLAN_DEV
 from routed.dataplane.rtnl import Route
 
 
@@ -44,12 +44,14 @@ class Policy:
     own_prefixes: set[str]
     origins: Originators
     node_addresses: dict[str, str]  # node name -> its BGP address
+    node_addresses6: dict[str, str] = field(default_factory=dict)  # node name -> its IPv6 address
 
     @cached_property
     def _nodes_by_address(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for node, address in sorted(self.node_addresses.items()):
-            out.setdefault(address, []).append(node)
+        for addresses in (self.node_addresses, self.node_addresses6):
+            for node, address in sorted(addresses.items()):
+                out.setdefault(address, []).append(node)
         return out
 
     def node_at(self, address: str) -> list[str]:
@@ -83,6 +85,10 @@ def rejection(route: Learned, policy: Policy, allowed: tuple[str, ...] = ()) -> 
         next_hop = ipaddress.ip_address(route.next_hop)
     except ValueError:
         return Rejection("invalid", "not a valid prefix or next hop")
+    if prefix.version != next_hop.version:
+        # A node's IPv6 block is reached through its IPv6 address, an IPv4 one through its
+        # IPv4 address: another family's next hop is nobody's registered address for it.
+        return Rejection("invalid", f"IPv{prefix.version} prefix with an IPv{next_hop.version} next hop")
     if policy.my_as in route.as_path:
         return Rejection("own-as", f"AS path {list(route.as_path)} contains our own AS {policy.my_as}")
     if str(prefix) in policy.own_prefixes:
@@ -99,8 +105,9 @@ def rejection(route: Learned, policy: Policy, allowed: tuple[str, ...] = ()) -> 
     if owner is None:
         return Rejection("not-in-ipam", f"IPAM has no block or borrowed address {prefix}")
     if owner not in at_hop:
+        theirs = (policy.node_addresses6 if prefix.version == 6 else policy.node_addresses).get(owner)
         return Rejection("wrong-next-hop", f"IPAM gives it to node {owner} "
-                         f"({policy.node_addresses.get(owner) or 'no address'}), "
+                         f"({theirs or f'no IPv{prefix.version} address'}), "
                          f"not to {', '.join(at_hop)} at next hop {next_hop}")
     return None
 
@@ -125,15 +132,21 @@ def kernel_route(route: Learned, pools: list[PoolView], node_subnet, nic: str) -
     Never: directly when the next hop is on our subnet; otherwise nothing (the fabric,
     which learned the block too, carries the traffic by the default route).
     Always / CrossSubnet: encapsulate (always, or only when the next hop is on
-    another subnet).
+    another subnet). An IPv6 next hop is reached over VXLAN on IPv6 (its own device, as
+    Calico's vxlan-v6.calico); IPIP has no IPv6 (IPv6 pools refuse ipipMode).
+    node_subnet: this node's subnet, or its subnets (one per family).
     """
     prefix = ipaddress.ip_network(route.prefix)
     next_hop = ipaddress.ip_address(route.next_hop)
     pool = next((p for p in pools if prefix.version == p.network.version and prefix.subnet_of(p.network)), None)
-    same_subnet = next_hop.version == node_subnet.version and next_hop in node_subnet
+    subnets = (node_subnet,) if isinstance(node_subnet, (ipaddress.IPv4Network, ipaddress.IPv6Network)) \
+        else tuple(node_subnet)
+    same_subnet = any(next_hop.version == s.version and next_hop in s for s in subnets)
     vxlan, ipip = (pool.vxlan, pool.ipip) if pool else ("Never", "Never")
     if vxlan == "Always" or (vxlan == "CrossSubnet" and not same_subnet):
-        return Route(route.prefix, route.next_hop, VXLAN_DEV, onlink=True)
+        return Route(route.prefix, route.next_hop, VXLAN6_DEV if next_hop.version == 6 else VXLAN_DEV, onlink=True)
+    if next_hop.version == 6 and ipip != "Never":
+        return None  # IPIP carries IPv4 only
     if ipip == "Always" or (ipip == "CrossSubnet" and not same_subnet):
         return Route(route.prefix, route.next_hop, IPIP_DEV, onlink=True)
     if same_subnet:

@@ -22,7 +22,7 @@ def environment(speaker: LocalSpeaker) -> dict[str, str]:
     return {
         "exabgp_daemon_user": "root",
         "exabgp_daemon_drop": "false",
-        "exabgp_tcp_bind": speaker.address,
+        "exabgp_tcp_bind": " ".join(filter(None, (speaker.address, speaker.address6))),
         "exabgp_tcp_port": str(speaker.listen_port),
         "exabgp_api_cli": "false",
         "exabgp_api_ack": "true",
@@ -62,15 +62,17 @@ def render(speaker: LocalSpeaker, peers: list[Peer], helper_command: str,
 
 
 def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[str]:
-    local, remote = ipaddress.ip_address(speaker.address), ipaddress.ip_address(peer.address)
-    if local.version != remote.version:
+    remote = ipaddress.ip_address(peer.address)
+    source = speaker.address6 if remote.version == 6 else speaker.address
+    if source is None:
         # ExaBGP refuses the whole file over one such neighbor, every session with it.
-        raise ValueError(f"peer {peer.address} is IPv{remote.version} and this node's BGP address "
-                         f"{speaker.address} is IPv{local.version}: a session needs both of one family")
+        raise ValueError(f"peer {peer.address} is IPv6 and this node has only an IPv4 address "
+                         f"({speaker.address}): a session needs both of one family (register an IPv6 "
+                         "address: --node-ip6)")
     lines = [f"neighbor {peer.address} {{",
              f"  description \"{peer.kind} {peer.name}\";",
              f"  router-id {speaker.address};",
-             f"  local-address {speaker.address};",
+             f"  local-address {source};",
              f"  local-as {speaker.as_number};",
              f"  peer-as {peer.as_number};",
              f"  hold-time {peer.hold_time};",
@@ -88,7 +90,9 @@ def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[s
         lines.append(f'  md5-password "{password}";')
     if peer.graceful_restart:
         lines.append(f"  capability {{ graceful-restart {peer.graceful_restart}; }}")
-    return lines + ["  family { ipv4 unicast; }",
+    # One family a session, its own: an IPv6 session carries IPv6 blocks with this
+    # node's IPv6 address as next hop (next-hop self), never IPv4 ones.
+    return lines + [f"  family {{ ipv{remote.version} unicast; }}",
                     "  api {",
                     f"    processes [ {PROCESS} ];",
                     "    neighbor-changes;",

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from bgp.order import link_local_first
+
 
 class View:
     """Peer states and received routes, as ExaBGP reported them."""
@@ -54,7 +56,7 @@ class View:
                     for entry in entries:
                         table.pop(entry["nlri"], None)
                 for family, by_hop in (update.get("announce") or {}).items():
-                    for next_hop, entries in by_hop.items():
+                    for next_hop, entries in link_local_first(by_hop):
                         for entry in entries:
                             if limit and entry["nlri"] not in table and len(table) >= limit:
                                 continue

@@ -1,6 +1,9 @@
 """Who a node peers with, from the resources (pure logic).
 
 - the node-to-node mesh: every other ordinary node, when nodeToNodeMeshEnabled;
+  nodes that both have an IPv6 address also get a second, IPv6 session between those
+  (Calico's way: separate sessions per family, each with its natural next hop, so an
+  IPv6 problem never touches IPv4);
 - route reflectors: every node with a routeReflectorClusterID (a BIRD/FRR/GoBGP
   reflector registered as a Node) peers with every ordinary node; ExaBGP cannot
   reflect, so a cluster that outgrows the mesh runs real reflectors;
@@ -44,6 +47,13 @@ class LocalSpeaker:
     as_number: int
     listen_port: int = 179
     log_severity: str = "Info"
+    address6: str | None = None  # IPv6, no prefix: the source of IPv6 sessions
+
+
+def node_address6(node: r.Node) -> str | None:
+    if node.spec.bgp is None or not node.spec.bgp.ipv6_address:
+        return None
+    return str(ipaddress.ip_interface(node.spec.bgp.ipv6_address).ip)
 
 
 def node_address(node: r.Node) -> str | None:
@@ -65,13 +75,14 @@ def local_speaker(me: r.Node, configs: list[r.BGPConfiguration]) -> LocalSpeaker
     if address is None:
         raise ValueError(f"node {me.metadata.name} has no spec.bgp.ipv4Address")
     asn = (me.spec.bgp.as_number if me.spec.bgp else None) or spec.as_number
-    return LocalSpeaker(me.metadata.name, address, asn, spec.listen_port, spec.log_severity)
+    return LocalSpeaker(me.metadata.name, address, asn, spec.listen_port, spec.log_severity, node_address6(me))
 
 
 def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfiguration],
                   peers: list[r.BGPPeer]) -> list[Peer]:
     spec = global_config(configs, me.metadata.name)
-    my_address = node_address(me)
+    mine = {node_address(me), node_address6(me)} - {None}
+    mine6 = node_address6(me) is not None
     i_am_reflector = bool(me.spec.bgp and me.spec.bgp.route_reflector_cluster_id)
     found: list[Peer] = []
     for other in nodes:
@@ -80,11 +91,13 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
             continue
         asn = (other.spec.bgp.as_number if other.spec.bgp else None) or spec.as_number
         other_is_reflector = bool(other.spec.bgp.route_reflector_cluster_id)
-        if other_is_reflector and not i_am_reflector:
-            found.append(Peer(address, asn, "route-reflector", other.metadata.name,
-                              max_prefixes=spec.max_prefixes))
-        elif spec.node_to_node_mesh_enabled and not other_is_reflector and not i_am_reflector:
-            found.append(Peer(address, asn, "mesh", other.metadata.name, max_prefixes=spec.max_prefixes))
+        address6 = node_address6(other) if mine6 else None
+        for each in filter(None, (address, address6)):
+            if other_is_reflector and not i_am_reflector:
+                found.append(Peer(each, asn, "route-reflector", other.metadata.name,
+                                  max_prefixes=spec.max_prefixes))
+            elif spec.node_to_node_mesh_enabled and not other_is_reflector and not i_am_reflector:
+                found.append(Peer(each, asn, "mesh", other.metadata.name, max_prefixes=spec.max_prefixes))
     labels = dict(me.metadata.labels or {})
     for peer in peers:
         s = peer.spec
@@ -106,7 +119,7 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
                           allowed_prefixes=tuple(s.allowed_prefixes)))
     best: dict[str, Peer] = {}
     for peer in found:
-        if peer.address == my_address:
+        if peer.address in mine:
             continue
         current = best.get(peer.address)
         if current is None or _RANK[peer.kind] < _RANK[current.kind]:

@@ -45,6 +45,9 @@ class AgentConfig:
     node_name: str
     etcd: EtcdConfig
     node_ip: str | None = None
+    # IPv6 address/prefix; None: the Kubernetes Node's IPv6 InternalIP, else autodetected
+    # (the IPv6 default route's interface), else none; "none": IPv4 only.
+    node_ip6: str | None = None
     node_labels: dict = field(default_factory=dict)
     netns: str | None = None  # the namespace playing this node's host (lab, tests); None: our own
     cni_socket: str = "/var/run/routed/cni.sock"
@@ -88,6 +91,7 @@ class Agent:
         self.labels: dict = dict(config.node_labels)
         self.own_labels: dict = dict(config.node_labels)  # what we register: Kubernetes' + --node-labels
         self.kube = self.pod_info = None
+        self.kube_ip6: str | None = None  # the Kubernetes Node's IPv6 InternalIP
         self._threads: list[threading.Thread] = []
         self.heartbeats = Heartbeats(grace=config.stuck_after)
         self.controllers = Controllers(self.stop_event, self.heartbeats)
@@ -113,10 +117,12 @@ class Agent:
             self.address = self._address_holding(kube_ip)
         else:
             self.address = self.dataplane.default_route_address()
+        self.address6 = self._ipv6_address()
         self.ipam = IPAM(self.kv)
         # Until the pools are read (once registered: etcd may be away now, and DEL must be
         # served meanwhile), assume the largest overhead in use.
         self._encapsulations = {"vxlan"}
+        self._vxlan6 = bool(self.address6)
         self.wireguard = WireGuard(self.kv, self.store, c.netns, c.node_name, self.address, c.state_dir,
                                    mtu=lambda: self.dataplane.mtus.wireguard)
         self.refresh_mtu(read_pools=False)
@@ -135,14 +141,15 @@ class Agent:
         self.cni.start()
         self.bgp = None
         if c.bgp:
-            self.dataplane.use_uplink(self.address)
+            self.dataplane.use_uplink(self.address, self.address6)
             self.bgp = BGPController(self.kv, self.store, self.dataplane, c.node_name, self.address, c.bgp_dir,
-                                     c.bgp_socket, c.secrets_dir, c.resync)
+                                     c.bgp_socket, c.secrets_dir, c.resync, node_address6=self.address6)
             self.metrics.collectors.append(self.bgp.metrics)
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
         documents["/wireguard"] = self.wireguard.status
         documents["/version"] = lambda: {"version": version(), "node": c.node_name}
         documents["/node"] = lambda: {"name": c.node_name, "address": self.address,
+                                      "addresses": {"ipv4": self.address, "ipv6": self.address6},
                                       "mtu": self.dataplane.mtus.as_dict()}
         self.health = HealthServer(c.health_host, c.health_port, self.ready, self.metrics.render, documents,
                                    live=self.alive)
@@ -168,10 +175,10 @@ class Agent:
             raise RoutedError(f"Kubernetes has no Node {name!r}: --node-name must be the Kubernetes node name")
         self.own_labels = self.labels = {**_kube_labels(node), **self.config.node_labels}
         self.pod_info = PodInfo(self.kube, name).start()
-        for addr in (node.get("status") or {}).get("addresses") or []:
-            if addr.get("type") == "InternalIP" and "." in addr.get("address", ""):
-                return addr["address"]
-        return None
+        internal = [a.get("address", "") for a in (node.get("status") or {}).get("addresses") or []
+                    if a.get("type") == "InternalIP"]
+        self.kube_ip6 = next((a for a in internal if ":" in a), None)
+        return next((a for a in internal if "." in a), None)
 
     def _start_policy(self):
         """The policy table goes in before the CNI server serves: no pod is ever
@@ -189,13 +196,27 @@ class Agent:
         self.metrics.gauge("routed_policy_rules", "Rules in the network policy table.", lambda: enforcer.rule_count)
         return enforcer
 
+    def _ipv6_address(self) -> str | None:
+        """Like the IPv4 address: the flag, else the Kubernetes Node's, else autodetected."""
+        given = self.config.node_ip6
+        if given and given.lower() == "none":
+            return None
+        if given:
+            return nodeinfo.parse_node_ip6(given)
+        if self.kube_ip6:
+            # Checked before use: the Node's status is not ours to trust.
+            nodeinfo.parse_node_ip6(f"{self.kube_ip6}/128", "the Kubernetes Node's IPv6 InternalIP")
+            return self._address_holding(self.kube_ip6)
+        found = self.dataplane.default_route_address6()
+        return nodeinfo.parse_node_ip6(found, "the autodetected IPv6 address") if found else None
+
     def _address_holding(self, ip: str) -> str:
         """ip with the prefix of the host interface that holds it (the subnet decides CrossSubnet)."""
         address = self.dataplane.address_with_prefix(ip)
         if address is not None:
             return address
         raise RoutedError(f"the Kubernetes Node's InternalIP {ip} is on no interface of this host; "
-                          "pass --node-ip ADDR/PREFIX")
+                          f"pass --node-ip{'6' if ':' in ip else ''} ADDR/PREFIX")
 
     def _define_metrics(self) -> None:
         m = self.metrics
@@ -259,7 +280,8 @@ class Agent:
         while not stop.is_set():
             try:
                 schema.ensure(self.kv, write=True)
-                node = nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels)
+                node = nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels,
+                                         address6=self.address6)
                 self.labels = dict(node.metadata.labels or {})
                 break
             except schema.SchemaMismatch as err:
@@ -297,7 +319,9 @@ class Agent:
         New pods and the tunnel devices (at the next route sync) get the result."""
         if read_pools:
             try:
-                self._encapsulations = mtu.pool_encapsulations(self.store.list(r.IPPool))
+                pools = self.store.list(r.IPPool)
+                self._encapsulations = mtu.pool_encapsulations(pools)
+                self._vxlan6 = bool(self.address6) and mtu.vxlan_over_ipv6(pools)
             except RoutedError as err:
                 log.warning("MTU: pools not readable (%s); keeping %s", err, sorted(self._encapsulations))
         uplink = self.dataplane.uplink_mtu(self.address)
@@ -306,7 +330,8 @@ class Agent:
         family = ipaddress.ip_interface(self.address).version  # the underlay's: outer headers
         try:
             used = self._encapsulations | ({"wireguard"} if self.wireguard.active else set())
-            chosen = mtu.choose(uplink, used, family, explicit=self.config.mtu)
+            chosen = mtu.choose(uplink, used, family, explicit=self.config.mtu, dual_stack=bool(self.address6),
+                                vxlan_over_ipv6=self._vxlan6)
         except ValueError as err:
             raise RoutedError(f"MTU: {err}") from None
         if chosen != self.dataplane.mtus:
@@ -318,14 +343,15 @@ class Agent:
             kube_node = self.kube.get("nodes", self.config.node_name)
             labels = {**_kube_labels(kube_node), **self.config.node_labels} if kube_node else self.own_labels
             if labels != self.own_labels:
-                nodeinfo.register(self.store, self.config.node_name, self.address, labels)
+                nodeinfo.register(self.store, self.config.node_name, self.address, labels, address6=self.address6)
                 self.own_labels = labels
         node = self.store.find(r.Node, self.config.node_name)
         if node is not None:
             self.labels = dict(node.metadata.labels or {})
 
     def _register_again(self, remembered: r.Node | None) -> r.Node:
-        return nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels, remembered)
+        return nodeinfo.register(self.store, self.config.node_name, self.address, self.own_labels, remembered,
+                                 address6=self.address6)
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgp import decide, exabgp, peers as peering
-from bgp.order import address_key, network_key
+from bgp.order import address_key, link_local_first, network_key
 from bgp.speaker import group_shared, write_config
 from ipam.origins import Origins
 from routed import resources as r
@@ -145,9 +145,11 @@ class BGPController:
     name = "bgp"
 
     def __init__(self, kv, store, dataplane, node: str, node_address: str, bgp_dir: str, socket_path: str,
-                 secrets_dir: str = "/etc/routed/secrets", resync: float = 30.0):
+                 secrets_dir: str = "/etc/routed/secrets", resync: float = 30.0, node_address6: str | None = None):
         self.kv, self.store, self.dataplane = kv, store, dataplane
         self.node, self.interface = node, ipaddress.ip_interface(node_address)
+        # This node's subnets, one per family: a next hop on one of them is reached directly.
+        self.subnets = tuple(ipaddress.ip_interface(a).network for a in (node_address, node_address6) if a)
         self.bgp_dir, self.secrets_dir, self.resync = bgp_dir, secrets_dir, resync
         self.events: queue.Queue = queue.Queue()
         self.link = HelperLink(socket_path, self.events)
@@ -163,6 +165,7 @@ class BGPController:
         self.my_as = peering.DEFAULT_AS
         self.pools: list[decide.PoolView] = []
         self.node_addresses: dict[str, str] = {}  # node name -> BGP address
+        self.node_addresses6: dict[str, str] = {}  # node name -> IPv6 address (dual-stack nodes)
         # IPAM's answer to "who originates this prefix", kept from the block watch one
         # event at a time; None until the first listing arrived (nothing is announced or
         # judged before: an empty IPAM would withdraw every route).
@@ -336,6 +339,7 @@ class BGPController:
             # Disabled pools count too: their blocks still hold pods that must stay reachable.
             self.pools = [decide.PoolView(p.network, p.spec.ipip_mode, p.spec.vxlan_mode) for p in pools]
             self.node_addresses = {n.metadata.name: a for n in nodes if (a := peering.node_address(n))}
+            self.node_addresses6 = {n.metadata.name: a for n in nodes if (a := peering.node_address6(n))}
         self._send_limits()
         self.refresh()
         early, self._before_sync = self._before_sync, None
@@ -425,12 +429,14 @@ class BGPController:
             status.info, status.dropped = "", 0
             with self._lock:
                 self.stale_until.pop(peer, None)
-                prefixes = sorted(self.own_prefixes)
+                # A session carries one family, the peer's (an IPv6 session IPv6 blocks).
+                version = ipaddress.ip_address(peer).version
+                prefixes = sorted(p for p in self.own_prefixes if ipaddress.ip_network(p).version == version)
             # ExaBGP gives a neighbour added by a reload none of what was announced before
             # it existed: announce everything to this one, then End-of-RIB, which tells a
             # peer in graceful restart that our routes are all there.
             self.link.send([f"neighbor {peer} {c}" for c in announce_commands("announce", prefixes)]
-                           + [f"neighbor {peer} announce eor ipv4 unicast"])
+                           + [f"neighbor {peer} announce eor ipv{version} unicast"])
         elif state == "down":
             reason = neighbor.get("reason", "")
             # ExaBGP's reasons name the notification only as numbers, "(2,2)": say what it
@@ -463,7 +469,7 @@ class BGPController:
                 for entry in entries:
                     table.pop(entry["nlri"], None)
             for by_hop in (update.get("announce") or {}).values():
-                for next_hop, entries in by_hop.items():
+                for next_hop, entries in link_local_first(by_hop):
                     for entry in entries:
                         self._learn(peer, entry["nlri"], next_hop, attrs)
 
@@ -501,7 +507,8 @@ class BGPController:
 
     def _accepted(self) -> dict[str, list[decide.Learned]]:
         """The routes that pass every filter, by prefix (called with the lock held)."""
-        policy = decide.Policy(self.my_as, self.pools, self.own_prefixes, self.origins, self.node_addresses)
+        policy = decide.Policy(self.my_as, self.pools, self.own_prefixes, self.origins, self.node_addresses,
+                               self.node_addresses6)
         by_prefix: dict[str, list[decide.Learned]] = {}
         rejected = set()
         for peer, table in self.received.items():
@@ -546,7 +553,7 @@ class BGPController:
             pools = list(self.pools)
             self.judged_total += 1
             self._routes_changed, self._programmed_at = False, time.monotonic()
-        routes = decide.kernel_routes(by_prefix, pools, self.interface.network, self.dataplane.nic)
+        routes = decide.kernel_routes(by_prefix, pools, self.subnets, self.dataplane.nic)
         result = self.dataplane.sync_learned(routes)
         self.programmed = routes
         if result:
@@ -554,7 +561,8 @@ class BGPController:
 
     def peer_status(self) -> list[dict]:
         with self._lock:
-            return [{"address": s.address, "type": s.kind, "name": s.name, "state": s.state,
+            return [{"address": s.address, "family": f"IPv{ipaddress.ip_address(s.address).version}",
+                     "type": s.kind, "name": s.name, "state": s.state,
                      "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.since)), "info": _info(s),
                      "accepted": s.accepted, "rejected": s.rejected, "rejectedBy": dict(s.rejected_by),
                      "maxPrefixes": s.max_prefixes, "dropped": s.dropped, "error": s.error}

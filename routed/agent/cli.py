@@ -34,7 +34,7 @@ def run(args) -> int:
     etcd = EtcdConfig.from_env(endpoints=args.etcd_endpoints)
     config = AgentConfig(
         liveness_ttl=args.liveness_ttl,
-        node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_labels=parse_labels(args.node_labels),
+        node_name=args.node_name, etcd=etcd, node_ip=args.node_ip, node_ip6=args.node_ip6, node_labels=parse_labels(args.node_labels),
         netns=args.netns or None, cni_socket=args.cni_socket, spool_dir=args.spool_dir, state_dir=args.state_dir,
         health_host=args.health_host, health_port=args.health_port, metrics_host=args.metrics_host,
         metrics_port=args.metrics_port, block_grace=args.block_grace,
@@ -67,6 +67,9 @@ def register(sub) -> None:
     p = sub.add_parser("agent", help="run the node agent")
     p.add_argument("--node-name", default=env("ROUTED_NODE_NAME") or socket.gethostname())
     p.add_argument("--node-ip", default=env("ROUTED_NODE_IP"), help="IPv4 address/prefix (default: autodetect)")
+    p.add_argument("--node-ip6", default=env("ROUTED_NODE_IP6"),
+                   help="IPv6 address/prefix (dual stack); 'none': IPv4 only (default: the Kubernetes Node's "
+                        "IPv6 InternalIP, else the address on the IPv6 default route's interface, else none)")
     p.add_argument("--node-labels", default=env("ROUTED_NODE_LABELS", ""), help="k=v,k2=v2")
     p.add_argument("--netns", default=env("ROUTED_NETNS"), help="network namespace playing this node's host")
     p.add_argument("--cni-socket", default=env("ROUTED_CNI_SOCKET", "/var/run/routed/cni.sock"))

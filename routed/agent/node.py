@@ -18,9 +18,28 @@ def parse_node_ip(text: str) -> str:
     return str(iface)
 
 
-def register(store, name: str, address: str, labels: dict[str, str], remembered: r.Node | None = None) -> r.Node:
+def parse_node_ip6(text: str, source: str = "--node-ip6") -> str:
+    """This node's IPv6 address with prefix (a BGP next hop other nodes route pods to):
+    a global unicast address, never link-local, multicast, loopback or unspecified."""
+    try:
+        iface = ipaddress.IPv6Interface(text)
+    except ValueError:
+        raise RoutedError(f"{source} {text!r}: expected an IPv6 address with prefix, "
+                          "e.g. 2001:db8::5/64") from None
+    if "/" not in text:
+        raise RoutedError(f"{source} {text!r}: give the prefix too, e.g. {text}/64")
+    ip = iface.ip
+    if ip.is_link_local or ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.ipv4_mapped:
+        raise RoutedError(f"{source} {text!r}: not a unicast address other nodes can route to "
+                          "(link-local, multicast, loopback, unspecified and IPv4-mapped are refused)")
+    return str(iface)
+
+
+def register(store, name: str, address: str, labels: dict[str, str], remembered: r.Node | None = None,
+             address6: str | None = None) -> r.Node:
     """Create or update this node's Node resource. What an operator set on it (AS number,
-    route reflector cluster ID, other labels) is kept; the address and our labels win.
+    route reflector cluster ID, other labels) is kept; the addresses and our labels win
+    (no IPv6 address: none is registered, so no stale one is routed to).
     When the Node is gone, `remembered` (what the agent last saw of it) is what is kept."""
     existing = store.find(r.Node, name)
     base = existing or remembered
@@ -33,6 +52,10 @@ def register(store, name: str, address: str, labels: dict[str, str], remembered:
     doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **labels}
     bgp = doc["spec"].get("bgp") or {}
     bgp["ipv4Address"] = address
+    if address6:
+        bgp["ipv6Address"] = address6
+    else:
+        bgp.pop("ipv6Address", None)
     doc["spec"]["bgp"] = bgp
     node = r.parse(doc)
     if existing is not None and existing.to_dict()["spec"] == node.to_dict()["spec"] \

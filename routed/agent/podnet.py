@@ -32,6 +32,9 @@ class HostDataplane:
         self.nic = ""
         self.local_ip = ""
         self._vxlan_peers: list[str] = []
+        self.nic6: str | None = None  # the interface holding the node's IPv6 address (dual stack)
+        self.local_ip6: str | None = None
+        self._vxlan6_peers: list[str] = []
         self.mtus = mtus.choose(None, ())  # the agent sets the node's (Agent.refresh_mtu)
         self._doomed: queue.Queue = queue.Queue()
         self._dying: Counter = Counter()  # host veth name -> deletions queued
@@ -104,35 +107,57 @@ class HostDataplane:
 
     def default_route_address(self) -> str:
         """The first IPv4 address (with prefix) of the interface the default route uses."""
+        found = self._default_route_address(socket.AF_INET, "0.0.0.0/0")
+        if found is None:
+            raise RoutedError("cannot autodetect the node address: no IPv4 default route; "
+                              "pass --node-ip ADDR/PREFIX")
+        return found
+
+    def default_route_address6(self) -> str | None:
+        """The first global IPv6 address (with prefix) of the interface the IPv6 default
+        route uses; None when there is no such route (the node is IPv4 only)."""
+        return self._default_route_address(socket.AF_INET6, "::/0")
+
+    def _default_route_address(self, family: int, default: str) -> str | None:
         with Rtnl(self.netns) as sock:
             names = sock.links()
             index = {name: i for i, name in names.items()}
-            for route in sock.routes(socket.AF_INET, table=254, ifnames=names):
-                if route.dst == "0.0.0.0/0" and route.dev in index:
-                    for addr in sock.addresses(socket.AF_INET, index=index[route.dev]):
-                        return f"{addr.address}/{addr.prefixlen}"
-        raise RoutedError("cannot autodetect the node address: no IPv4 default route; pass --node-ip ADDR/PREFIX")
+            for route in sock.routes(family, table=254, ifnames=names):
+                if route.dst == default and route.dev in index:
+                    for addr in sock.addresses(family, index=index[route.dev]):
+                        if family == socket.AF_INET or not ipaddress.ip_address(addr.address).is_link_local:
+                            return f"{addr.address}/{addr.prefixlen}"
+        return None
 
     def address_with_prefix(self, ip: str) -> str | None:
         """``ip`` with the prefix of the interface address that is ``ip`` (the subnet
         decides CrossSubnet), None when no interface holds it."""
+        family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
         with Rtnl(self.netns) as sock:
-            for addr in sock.addresses(socket.AF_INET):
+            for addr in sock.addresses(family):
                 if addr.address == ip:
                     return f"{ip}/{addr.prefixlen}"
         return None
 
-    def use_uplink(self, address: str) -> str:
-        """Find the interface holding the node address: direct routes and VXLAN use it."""
+    def use_uplink(self, address: str, address6: str | None = None) -> str:
+        """Find the interface holding the node address: direct routes and VXLAN use it
+        (and the one holding the IPv6 address, for VXLAN over IPv6)."""
         ip = str(ipaddress.ip_interface(address).ip)
+        ip6 = str(ipaddress.ip_interface(address6).ip) if address6 else None
+        found = {}
         with Rtnl(self.netns) as sock:
             for addr in sock.addresses():
-                if addr.address == ip:
+                if addr.address in (ip, ip6):
                     link = sock.link(index=addr.index)
                     if link is not None:
-                        self.nic, self.local_ip = link.name, ip
-                        return self.nic
-        raise RoutedError(f"no interface holds the node address {ip}")
+                        found.setdefault(addr.address, link.name)
+        if ip not in found:
+            raise RoutedError(f"no interface holds the node address {ip}")
+        if ip6 and ip6 not in found:
+            raise RoutedError(f"no interface holds the node's IPv6 address {ip6}")
+        self.nic, self.local_ip = found[ip], ip
+        self.nic6, self.local_ip6 = found.get(ip6), ip6
+        return self.nic
 
     def uplink_mtu(self, address: str) -> int | None:
         """The MTU of the interface holding the node address (None: no interface holds it)."""
@@ -146,6 +171,7 @@ class HostDataplane:
 
     def sync_learned(self, routes: list[Route]) -> str:
         """Make the kernel's proto-202 routes equal to routes, with the devices they need."""
+        routes = self._sync_vxlan6(routes)
         vxlan_peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan"})
         if vxlan_peers:
             encap.ensure_vxlan(self.netns, self.local_ip, self.nic, mtu=self.mtus.vxlan)
@@ -164,6 +190,28 @@ class HostDataplane:
         if result.added or result.removed or result.failed:
             return f"+{len(result.added)} -{len(result.removed)} failed {len(result.failed)}"
         return ""
+
+    def _sync_vxlan6(self, routes: list[Route]) -> list[Route]:
+        """vxlan-v6.routed and its peers, as routes through it need (returns the routes
+        that can go in: without an IPv6 address of our own there is no IPv6 VXLAN)."""
+        peers = sorted({r.gateway for r in routes if r.encapsulation == "vxlan6"})
+        if peers and self.local_ip6 is None:
+            log.error("routes over VXLAN on IPv6 need this node's IPv6 address (--node-ip6): skipped")
+            return [r for r in routes if r.encapsulation != "vxlan6"]
+        try:
+            if peers:
+                encap.ensure_vxlan(self.netns, self.local_ip6, self.nic6, name=encap.VXLAN6_DEV,
+                                   mtu=self.mtus.vxlan6 or mtus.tunnel_mtu(self.mtus.uplink, "vxlan", 6))
+            if peers or self._vxlan6_peers:
+                encap.sync_vxlan_peers(self.netns, peers, name=encap.VXLAN6_DEV)
+                self._vxlan6_peers = peers
+        except DataplaneError as err:  # an IPv6 problem never keeps the IPv4 routes out
+            log.error("VXLAN over IPv6: %s; its routes are skipped", err)
+            return [r for r in routes if r.encapsulation != "vxlan6"]
+        # Through the peer's VTEP link-local address (see encap: IPv6 refuses the peer's
+        # own address as an onlink gateway on this device).
+        return [Route(r.dst, encap.vtep_gateway6(r.gateway), r.dev, proto=r.proto) if r.encapsulation == "vxlan6"
+                else r for r in routes]
 
     def close(self) -> None:
         self.wait_idle()  # veths queued for deletion go before the agent does

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from routed.errors import RoutedError
 from routed.render import Output, Table
 
 from .agentapi import add_agent_argument, agent_json
@@ -16,7 +17,8 @@ def status(ctx, args) -> Output:
     table = Table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], rows,
                   ["NAME", "ACCEPTED", "REJECTED", "REJECTED BY", "MAX PREFIXES"], wide)
     up = sum(p["state"] == "up" for p in peers)
-    messages = [f"routed agent is running; {up} of {len(peers)} BGP session(s) up", _mtu_line(node["mtu"])]
+    messages = [f"routed agent is running; {up} of {len(peers)} BGP session(s) up", *_family_lines(node, peers),
+                _mtu_line(node["mtu"])]
     skipped = [p["address"] for p in peers if p.get("error")]
     if skipped:
         messages.append(f"{len(skipped)} peer(s) left out of the BGP configuration: {', '.join(skipped)} "
@@ -27,7 +29,24 @@ def status(ctx, args) -> Output:
         wireguard = None  # an agent from before WireGuard
     if wireguard is not None:
         messages += _wireguard_lines(wireguard)
-    return Output(data={"peers": peers, "mtu": node["mtu"], "wireguard": wireguard}, table=table, messages=messages)
+    addresses = _addresses(node)
+    return Output(data={"node": {"name": node.get("name"), "addresses": addresses}, "peers": peers,
+                        "mtu": node["mtu"], "wireguard": wireguard}, table=table, messages=messages)
+
+
+def _addresses(node: dict) -> dict:
+    """{"ipv4": ..., "ipv6": ...}; an agent from before dual stack has only "address"."""
+    return node.get("addresses") or {"ipv4": node.get("address"), "ipv6": None}
+
+
+def _family_lines(node: dict, peers: list[dict]) -> list[str]:
+    """One line a family, as calicoctl shows IPv4 and IPv6 BGP status apart."""
+    out = []
+    for family, address in (("IPv4", _addresses(node)["ipv4"]), ("IPv6", _addresses(node)["ipv6"])):
+        of = [p for p in peers if p.get("family", "IPv6" if ":" in p["address"] else "IPv4") == family]
+        up = sum(p["state"] == "up" for p in of)
+        out.append(f"{family}: address {address or 'none'}; {up} of {len(of)} session(s) up")
+    return out
 
 
 def _wireguard_lines(wg: dict) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from cni.install import CONFLIST_NAME, PLUGIN_NAME
-from routed.dataplane.constants import ROUTE_PROTO, ROUTE_PROTO_BGP, VXLAN_DEV
+from routed.dataplane.constants import ROUTE_PROTO, ROUTE_PROTO_BGP, VXLAN6_DEV, VXLAN_DEV
 from routed.dataplane.rtnl import Route
 from routed.errors import RoutedError
 
@@ -48,7 +48,7 @@ def plan(existing_files: Iterable[str], routes: Iterable[Route], links: Iterable
     the VXLAN device named ours. links: (name, kind) of every device."""
     return Plan(files=list(existing_files),
                 routes=sorted((r for r in routes if r.proto in OUR_PROTOS), key=lambda r: (r.proto, r.dst)),
-                links=[name for name, kind in links if name == VXLAN_DEV and kind == "vxlan"])
+                links=[name for name, kind in links if name in (VXLAN_DEV, VXLAN6_DEV) and kind == "vxlan"])
 
 
 @dataclass
@@ -80,8 +80,8 @@ def clean_dataplane(netns: str | None, report: Report) -> Report:
 
     with Rtnl(netns) as sock:
         routes = [r for proto in OUR_PROTOS for r in sock.routes(proto=proto)]
-        vxlan = sock.link(name=VXLAN_DEV)
-    todo = plan(report.removed.files, routes, [(vxlan.name, vxlan.kind)] if vxlan is not None else [])
+        vxlans = [link for name in (VXLAN_DEV, VXLAN6_DEV) if (link := sock.link(name=name)) is not None]
+    todo = plan(report.removed.files, routes, [(link.name, link.kind) for link in vxlans])
     report.removed = todo
     report.failures += [why for _, why in bulk.apply(netns, delete=todo.routes)]
     for name in todo.links:

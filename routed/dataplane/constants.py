@@ -30,6 +30,7 @@ VETH_PREFIX = "cali"
 
 # Encapsulation devices (encap.py creates them; routes name them as their device).
 VXLAN_DEV = "vxlan.routed"
+VXLAN6_DEV = "vxlan-v6.routed"  # VXLAN over IPv6 between the nodes' IPv6 addresses (Calico: vxlan-v6.calico)
 IPIP_DEV = "tunl0"  # the fallback device the ipip module creates in every netns
 
 # WireGuard (routed/dataplane/wireguard.py). The device name fits IFNAMSIZ (15), which

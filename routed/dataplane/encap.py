@@ -10,6 +10,15 @@ resolves to vtep_mac(N) without ARP, and the FDB sends the frame to N; N's kerne
 decapsulates it and routes the inner packet to the pod by its /32. ``nolearning``
 keeps the FDB exactly what we wrote.
 
+VXLAN over IPv6 (dual stack, as Calico's vxlan-v6.calico): a second device,
+``vxlan-v6.routed``, local to the node's IPv6 address, carries IPv6 blocks to peers' IPv6
+addresses the same way; its VTEP MACs are derived from the IPv6 addresses (a hash: 128
+bits do not fit a MAC). One difference: IPv6 refuses ``via N dev vxlan-v6.routed onlink``
+when N, the peer's address, is on a subnet of another device (the uplink): so the
+gateway of such a route is the link-local address of the peer's VTEP MAC
+(``vtep_gateway6``, EUI-64), a neighbour entry on the device only (Calico gives each VTEP
+an address of its own for the same reason).
+
 IPIP: the kernel's ``tunl0`` catches every IPIP packet for the node; routes are
 ``<block> via N dev tunl0 onlink``. This kernel has no ipip module: ``ensure_ipip``
 says so in one line (tested for real in a VM).
@@ -23,13 +32,14 @@ stack (and ~0.3 s of import) for these few messages.
 from __future__ import annotations
 
 import errno as errnos
+import hashlib
 import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
 
 from routed.dataplane import rtnl
-from routed.dataplane.constants import IPIP_DEV, VXLAN_DEV
+from routed.dataplane.constants import IPIP_DEV, VXLAN6_DEV, VXLAN_DEV
 from routed.dataplane.errors import DataplaneError
 from routed.dataplane.netns import NetnsTarget
 from routed.dataplane.rtnl import AF_BRIDGE, Link, Rtnl
@@ -37,8 +47,8 @@ from routed.dataplane.rtnl import AF_BRIDGE, Link, Rtnl
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "VXLAN_DEV", "VXLAN_VNI", "VXLAN_PORT", "VXLAN_MTU", "IPIP_DEV", "IPIP_MTU",
-    "vtep_mac", "ensure_vxlan", "remove_vxlan", "sync_vxlan_peers", "ensure_ipip",
+    "VXLAN_DEV", "VXLAN6_DEV", "VXLAN_VNI", "VXLAN_PORT", "VXLAN_MTU", "IPIP_DEV", "IPIP_MTU",
+    "vtep_mac", "vtep_gateway6", "ensure_vxlan", "remove_vxlan", "sync_vxlan_peers", "ensure_ipip",
 ]
 
 VXLAN_VNI = 4096  # Calico's default VNI
@@ -53,20 +63,34 @@ IPIP_MISSING = "this kernel has no IPIP support (ip link add type ipip: Unknown 
 
 
 def vtep_mac(node_ip: str) -> str:
-    """The VTEP MAC of the node with IPv4 address ``node_ip``: 0e:52 + the four address
-    bytes. 0x0e has the locally-administered bit set and the multicast bit clear, so it
-    never collides with a vendor MAC; every node computes any peer's MAC by itself."""
+    """The VTEP MAC of the node with address ``node_ip``: 0e:52 + the four IPv4 address
+    bytes, or 0e:56 + four bytes of the IPv6 address's SHA-256 (on the IPv6 device).
+    0x0e has the locally-administered bit set and the multicast bit clear, so it never
+    collides with a vendor MAC; every node computes any peer's MAC by itself."""
     addr = ipaddress.ip_address(node_ip)
-    if addr.version != 4:
-        raise ValueError(f"VTEP MACs are derived from IPv4 node addresses, not {node_ip}")
+    if addr.version == 6:
+        return "0e:56:" + ":".join(f"{b:02x}" for b in hashlib.sha256(addr.packed).digest()[:4])
     return "0e:52:" + ":".join(f"{b:02x}" for b in addr.packed)
 
 
-def _canonical_v4(node_ip: str) -> str:
+def vtep_gateway6(node_ip: str) -> str:
+    """The gateway of routes to the IPv6 node ``node_ip`` over vxlan-v6.routed: the
+    EUI-64 link-local address of its VTEP MAC (exists only as our neighbour entry)."""
+    mac = bytes.fromhex(vtep_mac(node_ip).replace(":", ""))
+    eui = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
+
+
+def _canonical(node_ip: str, version: int) -> str:
     addr = ipaddress.ip_address(node_ip)
-    if addr.version != 4:
-        raise ValueError(f"VXLAN peers are IPv4 node addresses, not {node_ip}")
+    if addr.version != version:
+        raise ValueError(f"VXLAN peers of this device are IPv{version} node addresses, not {node_ip}")
     return str(addr)
+
+
+def device_version(name: str) -> int:
+    """The underlay family of one of our VXLAN devices."""
+    return 6 if name == VXLAN6_DEV else 4
 
 
 # --------------------------------------------------------------------------- helpers
@@ -110,7 +134,7 @@ def ensure_vxlan(
     device is deleted and created again (its neighbour/FDB entries and the routes through
     it go with it: sync peers and routes after this; the new ifindex tells). A device
     of that name that is not VXLAN is never touched (DataplaneError)."""
-    local_ip = _canonical_v4(local_ip)
+    local_ip = _canonical(local_ip, device_version(name))
     mac = vtep_mac(local_ip)
     with Rtnl(netns) as sock:
         parent = _link(sock, parent_dev)
@@ -159,15 +183,20 @@ def sync_vxlan_peers(netns: NetnsTarget, peers: Iterable[str], name: str = VXLAN
 
     Returns (added, removed) node IPs: added = peers whose neighbour or FDB entry was
     missing or wrong, removed = nodes whose entries were deleted."""
-    want = {_canonical_v4(p): None for p in peers}
+    version = device_version(name)
+    want = {_canonical(p, version): None for p in peers}
     want_mac = {ip: vtep_mac(ip) for ip in want}
+    # The neighbour entry of each peer: its own address (IPv4), its VTEP's link-local (IPv6).
+    gateway = {ip: vtep_gateway6(ip) if version == 6 else ip for ip in want}
+    node_of = {gw: ip for ip, gw in gateway.items()}
     mac_owner = {mac: ip for ip, mac in want_mac.items()}
     with Rtnl(netns) as sock:
         link = _link(sock, name)
         if link is None:
             raise DataplaneError(f"VXLAN device {name} does not exist (ensure_vxlan first)", errno=errnos.ENODEV)
         index = link.index
-        neighs = {n.address: n.mac for n in sock.neighbours(socket.AF_INET, index) if n.permanent}
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        neighs = {n.address: n.mac for n in sock.neighbours(family, index) if n.permanent}
         fdb: dict[str, set[str]] = {}  # mac -> remote dsts
         for entry in sock.neighbours(AF_BRIDGE, index):
             if entry.address and entry.mac:
@@ -177,8 +206,9 @@ def sync_vxlan_peers(netns: NetnsTarget, peers: Iterable[str], name: str = VXLAN
         removed: set[str] = set()
         steps: list[tuple[str, bytes, tuple[int, ...]]] = []  # (what, request, errnos that are fine)
         for ip, mac in want_mac.items():
-            if neighs.get(ip) != mac:
-                steps.append((f"neighbour {ip} lladdr {mac} dev {name}", rtnl.set_neighbour(index, ip, mac), ()))
+            gw = gateway[ip]
+            if neighs.get(gw) != mac:
+                steps.append((f"neighbour {gw} lladdr {mac} dev {name}", rtnl.set_neighbour(index, gw, mac), ()))
                 added.add(ip)
             have = fdb.get(mac, set())
             if have != {ip}:
@@ -187,11 +217,11 @@ def sync_vxlan_peers(netns: NetnsTarget, peers: Iterable[str], name: str = VXLAN
                                   (errnos.ENOENT,)))
                 steps.append((f"fdb {mac} dst {ip} dev {name}", rtnl.set_fdb(index, mac, ip), ()))
                 added.add(ip)
-        for ip in neighs:
-            if ip not in want:
-                steps.append((f"delete neighbour {ip} dev {name}", rtnl.del_neighbour(index, ip),
+        for gw in neighs:
+            if gw not in node_of:
+                steps.append((f"delete neighbour {gw} dev {name}", rtnl.del_neighbour(index, gw),
                                (errnos.ENOENT,)))
-                removed.add(ip)
+                removed.add(gw)
         for mac, dsts in fdb.items():
             if mac not in mac_owner:
                 for dst in dsts:

@@ -49,26 +49,38 @@ class MTUs:
     vxlan: int
     ipip: int
     wireguard: int
+    vxlan6: int = 0  # vxlan-v6.routed (VXLAN over IPv6, dual-stack nodes); 0: the node has no IPv6 address
 
     def as_dict(self) -> dict:
+        tunnels = {"vxlan": self.vxlan, "ipip": self.ipip, "wireguard": self.wireguard}
         return {"uplink": self.uplink, "pod": self.pod, "source": self.source,
                 "encapsulations": list(self.encapsulations),
-                "tunnels": {"vxlan": self.vxlan, "ipip": self.ipip, "wireguard": self.wireguard}}
+                "tunnels": {**tunnels, "vxlan-v6": self.vxlan6} if self.vxlan6 else tunnels}
 
 
-def choose(uplink_mtu: int | None, encapsulations, family: int = 4, explicit: int = 0) -> MTUs:
+def choose(uplink_mtu: int | None, encapsulations, family: int = 4, explicit: int = 0,
+           dual_stack: bool = False, vxlan_over_ipv6: bool = False) -> MTUs:
     """The node's MTUs. Pods get ``explicit`` when it is set (> 0), else the uplink's MTU
-    less the largest overhead among the ``encapsulations`` in use (none: the uplink's own).
-    Tunnel devices always follow the uplink: a packet must fit the wire once wrapped."""
+    less the largest overhead among the ``encapsulations`` in use (none: the uplink's own),
+    and less VXLAN over IPv6's 70 when an IPv6 pool uses VXLAN (vxlan_over_ipv6).
+    Tunnel devices always follow the uplink: a packet must fit the wire once wrapped.
+    dual_stack: the node has an IPv6 address, so it has a vxlan-v6 device too."""
     uplink = uplink_mtu or DEFAULT_UPLINK_MTU
     used = tuple(sorted(set(encapsulations)))
-    derived = min((tunnel_mtu(uplink, e, family) for e in used), default=uplink)
+    derived = min([tunnel_mtu(uplink, e, family) for e in used]
+                  + ([tunnel_mtu(uplink, "vxlan", 6)] if vxlan_over_ipv6 else []), default=uplink)
     wireguard = OVERHEAD[("wireguard", family)]
     return MTUs(uplink=uplink, pod=explicit if explicit > 0 else derived,
                 source="explicit" if explicit > 0 else "derived", encapsulations=used,
                 vxlan=tunnel_mtu(uplink, "vxlan", family),
                 ipip=uplink - OVERHEAD[("ipip", 4)] if family == 4 else 0,
-                wireguard=uplink - wireguard)
+                wireguard=uplink - wireguard,
+                vxlan6=tunnel_mtu(uplink, "vxlan", 6) if dual_stack or vxlan_over_ipv6 else 0)
+
+
+def vxlan_over_ipv6(pools) -> bool:
+    """Whether an enabled IPv6 pool uses VXLAN (its blocks then travel in IPv6 VXLAN)."""
+    return any(not p.spec.disabled and p.spec.vxlan_mode != "Never" and p.network.version == 6 for p in pools)
 
 
 def pool_encapsulations(pools) -> set[str]:

@@ -34,7 +34,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from routed.dataplane.constants import IPIP_DEV, ROUTE_PROTO_BGP, VXLAN_DEV
+from routed.dataplane.constants import IPIP_DEV, ROUTE_PROTO_BGP, VXLAN6_DEV, VXLAN_DEV
 from routed.dataplane.errors import DataplaneError, NetnsNotFound
 from routed.dataplane.netns import NetnsTarget, in_netns
 
@@ -85,6 +85,7 @@ IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 18, 28, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+IFLA_VXLAN_LOCAL6 = 17
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFA_F_NODAD = 0x02
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
@@ -282,7 +283,7 @@ class Route:
     @property
     def encapsulation(self) -> str:
         """How the route leaves the node: "vxlan", "ipip" or "none" (by its device)."""
-        return {VXLAN_DEV: "vxlan", IPIP_DEV: "ipip"}.get(self.dev or "", "none")
+        return {VXLAN_DEV: "vxlan", VXLAN6_DEV: "vxlan6", IPIP_DEV: "ipip"}.get(self.dev or "", "none")
 
     def __str__(self) -> str:
         """ip-route style: '10.1.0.0/26 via 192.0.2.9 dev eth0 onlink'."""
@@ -398,7 +399,8 @@ def new_vxlan(name: str, *, vni: int, local: str, parent: int, port: int, addres
     local LOCAL dev PARENT dstport PORT nolearning`` (down: ``set_link`` brings it up)."""
     data = b"".join([
         pack_attr(IFLA_VXLAN_ID, U32.pack(vni)),
-        pack_attr(IFLA_VXLAN_LOCAL, socket.inet_pton(socket.AF_INET, local)),
+        pack_attr(IFLA_VXLAN_LOCAL6 if ":" in local else IFLA_VXLAN_LOCAL,
+                  socket.inet_pton(_family_of(local), local)),
         pack_attr(IFLA_VXLAN_LINK, U32.pack(parent)),
         pack_attr(IFLA_VXLAN_PORT, BE16.pack(port)),
         pack_attr(IFLA_VXLAN_LEARNING, b"\0"),
@@ -499,7 +501,7 @@ def dump_neighbours(family: int, index: int) -> bytes:
 
 def _fdb(msg_type: int, flags: int, index: int, mac: str, remote: str, state: int) -> bytes:
     body = NDMSG.pack(AF_BRIDGE, index, state, NTF_SELF, 0) + (
-        pack_attr(NDA_LLADDR, _mac(mac)) + pack_attr(NDA_DST, socket.inet_pton(socket.AF_INET, remote)))
+        pack_attr(NDA_LLADDR, _mac(mac)) + pack_attr(NDA_DST, socket.inet_pton(_family_of(remote), remote)))
     return pack_message(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, 0, body)
 
 
@@ -633,6 +635,8 @@ class VxlanInfo:
                 found["vni"] = _u32(value)
             elif kind == IFLA_VXLAN_LOCAL:
                 found["local"] = _ip(value, socket.AF_INET)
+            elif kind == IFLA_VXLAN_LOCAL6:
+                found["local"] = _ip(value, socket.AF_INET6)
             elif kind == IFLA_VXLAN_LINK:
                 found["parent"] = _u32(value)
             elif kind == IFLA_VXLAN_PORT:

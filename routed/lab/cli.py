@@ -74,10 +74,12 @@ def status_sections(data: dict) -> list[Section]:
     up = sum(s["state"] == "up" for s in sessions)
     sections = [
         Section(f"routed lab at {lab['dir']}: {o['nodes']} node(s), {o['racks']} rack(s), encap {o['encap']}"
-                f"{' + WireGuard' if o.get('wireguard') else ''}, ToRs {o['tor']}, etcd {lab['etcd']}"),
+                f"{' + WireGuard' if o.get('wireguard') else ''}{', dual stack' if o.get('dual_stack') else ''}, "
+                f"ToRs {o['tor']}, etcd {lab['etcd']}"),
         Section("NODES", Table(
             ["NAME", "RACK", "ADDRESS", "NETNS", "AGENT", "EXABGP", "HEALTH"],
-            [[n["name"], n["rack"], n["address"], n["netns"], n["agent"], n["speaker"],
+            [[n["name"], n["rack"], " ".join(filter(None, (n["address"], n.get("address6")))), n["netns"],
+              n["agent"], n["speaker"],
               f"127.0.0.1:{n['healthPort']}"] for n in data["nodes"]])),
         Section("TOP-OF-RACK ROUTERS", Table(
             ["NAME", "DAEMON", "AS", "ADDRESS", "CORE", "RUNNING", "POD ROUTES"],
@@ -92,7 +94,7 @@ def status_sections(data: dict) -> list[Section]:
             [[b["cidr"], b["node"] or "(none)", b["inUse"], b["free"]] for b in data["blocks"]])),
         Section("PODS", Table(
             ["#", "NODE", "POD", "NAMESPACE", "IP", "NETNS"],
-            [[i, p["node"], p["name"], p["namespace"], p["ip"] or "-",
+            [[i, p["node"], p["name"], p["namespace"], " ".join(filter(None, (p["ip"], p.get("ip6")))) or "-",
               p["netns"] if p["present"] else "(missing)"] for i, p in enumerate(data["pods"], 1)])),
     ]
     if "wireguard" in data:
@@ -102,6 +104,8 @@ def status_sections(data: dict) -> list[Section]:
              for w in data["wireguard"]])))
     if "reachability" in data:
         sections.append(matrix_section(data["reachability"]))
+    if "reachability6" in data:
+        sections.append(matrix_section(data["reachability6"], "IPv6 REACHABILITY"))
     return sections
 
 
@@ -109,17 +113,17 @@ def all_reachable(reach: dict | None) -> bool:
     return reach is None or reach["failed"] + reach["untested"] == 0
 
 
-def matrix_section(reach: dict) -> Section:
+def matrix_section(reach: dict, title: str = "REACHABILITY") -> Section:
     labels = reach["pods"]
     if len(labels) < 2:
-        return Section("REACHABILITY", text="  (fewer than two pods: `routed lab pod add NODE NAME`)")
+        return Section(title, text="  (fewer than two pods: `routed lab pod add NODE NAME`)")
     blocked = reach.get("blocked", 0)
     total = reach["ok"] + reach["failed"] + blocked + reach["untested"]
     verdict = "ALL REACHABLE" if reach["ok"] == total else \
         "ALL REACHABLE THAT POLICY ALLOWS" if reach["ok"] + blocked == total else \
         f"{reach['failed']} FAILING" + (f", {reach['untested']} not tried" if reach["untested"] else "")
     policy = f", {blocked} blocked by policy (pol)" if blocked else ""
-    head = f"REACHABILITY: {reach['ok']}/{total} pod pairs answer ping{policy} ({verdict}; {reach['seconds']}s)"
+    head = f"{title}: {reach['ok']}/{total} pod pairs answer ping{policy} ({verdict}; {reach['seconds']}s)"
     cell = {True: "ok", False: "NO", None: "?", "policy": "pol"}
     width = max(len(str(len(labels))), 2)
     rows = []
@@ -222,7 +226,7 @@ def up(args) -> Output | int:
     progress = Progress()
     lab = _lab()
     options = cluster.options_from_env(nodes=args.nodes or 4, racks=args.racks, encap=args.encap, tor=args.tor,
-                                         wireguard=args.wireguard)
+                                         wireguard=args.wireguard, dual_stack=args.dual_stack)
     started = time.monotonic()
     state = cluster.up(lab, options, progress.line, timeout=args.timeout)
     progress.line(f"lab up in {time.monotonic() - started:.0f}s")
@@ -256,7 +260,8 @@ def up(args) -> Output | int:
         f"The lab stays up (state in {lab.dir}). Try: routed lab status | routed lab pod add node1 web",
         f"  ROUTED_ETCD_ENDPOINTS={state['etcd']['endpoint']} .venv/bin/routedctl ipam show --show-blocks",
         "Tear it down with: make lab-down   (or: .venv/bin/routed lab down)"])))
-    return Output(data=data, sections=sections, exit_code=0 if all_reachable(data.get("reachability")) else 1)
+    reachable = all_reachable(data.get("reachability")) and all_reachable(data.get("reachability6"))
+    return Output(data=data, sections=sections, exit_code=0 if reachable else 1)
 
 
 def down(args) -> int:
@@ -341,6 +346,8 @@ def register(sub) -> None:
                    help="pool mode: crosssubnet = VXLAN across racks only (default); ipip needs a kernel with it")
     p.add_argument("--tor", choices=["bird", "frr", "gobgp"], default="bird", help="top-of-rack router daemon")
     p.add_argument("--wireguard", action="store_true", help="pod traffic between nodes over WireGuard")
+    p.add_argument("--dual-stack", action="store_true",
+                   help="IPv6 too: node and rack addresses, an IPv6 pool, IPv6 BGP sessions, dual-stack pods")
     p.add_argument("--pods", type=int, default=0, help="pods per node to add (p1..pK), then show reachability")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for BGP sessions")
     p.add_argument("--no-ping", action="store_true",

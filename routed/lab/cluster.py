@@ -32,6 +32,11 @@ BGP design, and why:
   which forwards by the blocks it learned (BIRD and FRR program their namespace's
   kernel; GoBGP cannot here, see routers.py, so that one combination is refused).
 - The underlay (rack subnets across the core) is static routes on the ToRs.
+- `--dual-stack`: every rack link, core link and node gets an IPv6 address too
+  (fd10:10:<rack>::/64, the core fd10:10::/64), an IPv6 pool is added beside the IPv4
+  one (the same vxlanMode; IPIP has no IPv6, so `--encap ipip` is refused), and every
+  session above gets an IPv6 twin between the IPv6 addresses (separate sessions per
+  family, as Calico runs them: the mesh, node-ToR and ToR-ToR). Pods get both families.
 
 State: everything `up` creates is written to `<ROUTED_LAB_DIR>/lab.json` as it is
 created (namespaces, PIDs, ports, pods), so `down` removes it all, also after a crash;
@@ -72,6 +77,9 @@ TOR_AS_BASE = 65000
 POOL_NAME = "default-ipv4-ippool"
 POOL_CIDR = "10.244.0.0/16"
 CORE_SUBNET = "10.10.0.0/24"
+POOL6_NAME = "default-ipv6-ippool"
+POOL6_CIDR = "fd00:244::/48"
+CORE_SUBNET6 = "fd10:10::/64"
 ENCAPS = {
     "none": {"ipipMode": "Never", "vxlanMode": "Never"},
     "ipip": {"ipipMode": "Always", "vxlanMode": "Never"},
@@ -96,6 +104,10 @@ def rack_subnet(rack: int) -> str:
     return f"10.10.{rack}.0/24"
 
 
+def rack_subnet6(rack: int) -> str:
+    return f"fd10:10:{rack:x}::/64"
+
+
 # --------------------------------------------------------------------------- options, plan
 
 
@@ -106,6 +118,7 @@ class Options:
     encap: str = "crosssubnet"
     tor: str = "bird"
     wireguard: bool = False  # pod traffic between nodes over WireGuard (the cluster's switch)
+    dual_stack: bool = False  # IPv6 too: addresses, pool, sessions, pods
     prefix: str = DEFAULT_PREFIX
     etcd_port: int = etcd.CLIENT_PORT
 
@@ -122,6 +135,9 @@ class Options:
             raise RoutedError(f"--tor {self.tor}: one of {', '.join(routers.KINDS)}")
         if not re.fullmatch(r"rl-[a-z0-9-]{0,12}", self.prefix):
             raise RoutedError(f"lab prefix {self.prefix!r}: `rl-` then up to 12 of [a-z0-9-]")
+        if self.dual_stack and self.encap == "ipip":
+            raise RoutedError("--dual-stack --encap ipip: IPIP carries IPv4 only (an IPv6 pool refuses ipipMode); "
+                              "use --encap vxlan, crosssubnet or none")
         if self.encap == "none" and self.racks > 1 and self.tor == "gobgp":
             raise RoutedError("--encap none across racks needs ToRs that forward to the pod blocks; GoBGP "
                               "cannot program the kernel here (no FIB; its zebra client fails with FRR 8.4): "
@@ -140,6 +156,10 @@ def plan(options: Options, directory: Path) -> dict:
             "core_ip": str(ipaddress.ip_network(CORE_SUBNET).network_address + r) if nr > 1 else "",
             "switch_ns": f"{p}rack{r}-sw", "tor_ns": f"{p}rack{r}-tor", "kind": options.tor,
             "dir": str(directory / "racks" / f"rack{r}"), "pids": {}})
+        if options.dual_stack:
+            net6, core6 = ipaddress.ip_network(rack_subnet6(r)), ipaddress.ip_network(CORE_SUBNET6)
+            racks[-1].update({"subnet6": str(net6), "gateway6": str(net6.network_address + 1),
+                              "core_ip6": str(core6.network_address + r) if nr > 1 else ""})
     nodes = []
     for i in range(1, n + 1):
         r = (i - 1) * nr // n + 1  # contiguous: node1, node2 in rack1; node3, node4 in rack2
@@ -151,6 +171,10 @@ def plan(options: Options, directory: Path) -> dict:
             "ip": str(net.network_address + 10 + i), "gateway": racks[r - 1]["gateway"], "netns": f"{p}{name}",
             "dir": str(d), "health_port": 0, "cni_socket": str(d / "cni.sock"), "spool_dir": str(d / "spool"),
             "conf_dir": str(d / "net.d"), "pids": {}})
+        if options.dual_stack:
+            net6 = ipaddress.ip_network(rack_subnet6(r))
+            nodes[-1].update({"address6": f"{net6.network_address + 10 + i}/{net6.prefixlen}",
+                              "ip6": str(net6.network_address + 10 + i), "gateway6": racks[r - 1]["gateway6"]})
     return {"racks": racks, "nodes": nodes, "core_ns": f"{p}core" if nr > 1 else ""}
 
 
@@ -159,6 +183,11 @@ def router_spec(state: dict, rack: dict) -> routers.RouterSpec:
                  for n in state["nodes"] if n["rack"] == rack["index"]]
     neighbors += [routers.Neighbor(o["core_ip"], o["as"], o["tor"], "tor")
                   for o in state["racks"] if o["index"] != rack["index"]]
+    # Dual stack: an IPv6 session beside each IPv4 one, between the IPv6 addresses.
+    neighbors += [routers.Neighbor(n["ip6"], NODE_AS, n["name"], "node")
+                  for n in state["nodes"] if n["rack"] == rack["index"] and n.get("ip6")]
+    neighbors += [routers.Neighbor(o["core_ip6"], o["as"], o["tor"], "tor")
+                  for o in state["racks"] if o["index"] != rack["index"] and o.get("core_ip6")]
     return routers.RouterSpec(rack["tor"], rack["gateway"], rack["as"], tuple(neighbors))
 
 
@@ -169,10 +198,18 @@ def resources(options: Options, state: dict) -> list[dict]:
             {"apiVersion": "routed.io/v1", "kind": "BGPConfiguration", "metadata": {"name": "default"},
              "spec": {"asNumber": NODE_AS, "nodeToNodeMeshEnabled": True,
                       **({"wireguard": "Enabled"} if options.wireguard else {})}}]
+    if options.dual_stack:
+        docs.append({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": POOL6_NAME},
+                     "spec": {"cidr": POOL6_CIDR, "blockSize": 122, "ipipMode": "Never",
+                              "vxlanMode": ENCAPS[options.encap]["vxlanMode"]}})
     for rack in state["racks"]:
         docs.append({"apiVersion": "routed.io/v1", "kind": "BGPPeer", "metadata": {"name": rack["tor"]},
                      "spec": {"peerIP": rack["gateway"], "asNumber": rack["as"],
                               "nodeSelector": f"rack == '{rack['index']}'"}})
+        if rack.get("gateway6"):
+            docs.append({"apiVersion": "routed.io/v1", "kind": "BGPPeer", "metadata": {"name": f"{rack['tor']}-v6"},
+                         "spec": {"peerIP": rack["gateway6"], "asNumber": rack["as"],
+                                  "nodeSelector": f"rack == '{rack['index']}'"}})
     return docs
 
 
@@ -298,7 +335,7 @@ def up(lab: Lab, options: Options, report: Report = _quiet, timeout: float = 120
             raise RoutedError(f"a lab at {lab.dir} was not finished (interrupted?): `routed lab down` first")
         have = state["options"]
         wanted = asdict(options)
-        differs = [k for k in ("nodes", "racks", "encap", "tor") if have[k] != wanted[k]]
+        differs = [k for k in ("nodes", "racks", "encap", "tor", "dual_stack") if have.get(k, False) != wanted[k]]
         if differs:
             shape = ", ".join(f"{k}={have[k]}" for k in ("nodes", "racks", "encap", "tor"))
             raise RoutedError(f"a lab is already up at {lab.dir} ({shape}): `routed lab down` first to change "
@@ -353,16 +390,27 @@ def _build(lab: Lab, state: dict, options: Options, report: Report) -> None:
         topology.plug(rack["tor_ns"], "eth0", rack["switch_ns"], f"{rack['gateway']}/24")
         if state["core_ns"]:
             topology.plug(rack["tor_ns"], "eth1", state["core_ns"], f"{rack['core_ip']}/24")
+        if rack.get("gateway6"):
+            topology.add_address6(rack["tor_ns"], "eth0", f"{rack['gateway6']}/64")
+            if state["core_ns"]:
+                topology.add_address6(rack["tor_ns"], "eth1", f"{rack['core_ip6']}/64")
     for rack in state["racks"]:  # the underlay: other racks' subnets through their ToR
         for other in state["racks"]:
             if other is not rack:
                 topology.ip("route", "replace", other["subnet"], "via", other["core_ip"], "dev", "eth1",
                             netns=rack["tor_ns"])
+                if other.get("subnet6"):
+                    topology.ip("-6", "route", "replace", other["subnet6"], "via", other["core_ip6"], "dev", "eth1",
+                                netns=rack["tor_ns"])
     for node in state["nodes"]:
         rack = state["racks"][node["rack"] - 1]
         netns(node["netns"])
         topology.plug(node["netns"], "eth0", rack["switch_ns"], node["address"])
         topology.default_route(node["netns"], node["gateway"], "eth0")
+        if node.get("address6"):
+            topology.add_address6(node["netns"], "eth0", node["address6"])
+            topology.ip("-6", "route", "replace", "default", "via", node["gateway6"], "dev", "eth0",
+                        netns=node["netns"])
 
     report(f"ToR routers: {options.tor} (AS {TOR_AS_BASE}+rack), eBGP to their nodes (AS {NODE_AS})"
            + (" and to each other" if options.racks > 1 else ""))
@@ -375,7 +423,7 @@ def _build(lab: Lab, state: dict, options: Options, report: Report) -> None:
     for node in state["nodes"]:
         node["health_port"] = free_port()
         install(state["cni"]["bin_dir"], node["conf_dir"], socket=node["cni_socket"], spool_dir=node["spool_dir"],
-                chain=False)
+                chain=False, ipv6=options.dual_stack)
     save()
     report(f"CNI: plugin in {state['cni']['bin_dir']}, one conflist per node (<node dir>/net.d)")
 
@@ -440,7 +488,7 @@ def agent_argv(state: dict, node: dict) -> list[str]:
             "--bgp-dir", f"{d}/bgp", "--bgp-socket", f"{d}/bgp.sock", "--cni-socket", node["cni_socket"],
             "--spool-dir", node["spool_dir"], "--state-dir", f"{d}/state", "--secrets-dir", f"{d}/secrets",
             "--health-port", str(node["health_port"]), "--etcd-endpoints", state["etcd"]["endpoint"],
-            "--log-level", "info"]
+            "--log-level", "info", *(["--node-ip6", node["address6"]] if node.get("address6") else [])]
 
 
 def _start_agent(lab: Lab, node: dict, state: dict | None = None) -> None:
@@ -556,7 +604,8 @@ def expected_sessions(state: dict) -> int:
     """Both ends of every session, as `routed lab status` lists them: each node has n-1
     mesh peers and its ToR; each ToR has its nodes and the other ToRs."""
     n, nr = len(state["nodes"]), len(state["racks"])
-    return n * n + n + nr * (nr - 1)
+    families = 2 if state["options"].get("dual_stack") else 1  # an IPv6 twin of each session
+    return (n * n + n + nr * (nr - 1)) * families
 
 
 def session_counts(state: dict) -> tuple[int, int, list[str]]:
@@ -573,7 +622,7 @@ def session_counts(state: dict) -> tuple[int, int, list[str]]:
             else:
                 pending.append(f"{node['name']} -> {p['name']} ({p['address']}): {p.get('state')} {p.get('info', '')}"
                                .rstrip())
-        if len(peers) < len(state["nodes"]):
+        if len(peers) < len(state["nodes"]) * (2 if node.get("ip6") else 1):
             pending.append(f"{node['name']}: {len(peers)} peer(s) configured so far")
     for rack in state["racks"]:
         for s in router_sessions(state, rack):

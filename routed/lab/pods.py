@@ -135,7 +135,9 @@ def add(lab: Lab, node_name: str, name: str, namespace: str = "default", labels:
         topology.del_netns(pod["netns"])
         raise
     pod["result"] = result
-    pod["ip"] = (result.get("ips") or [{}])[0].get("address", "").split("/")[0]
+    addresses = [ip.get("address", "").split("/")[0] for ip in result.get("ips") or []]
+    pod["ip"] = next((a for a in addresses if "." in a), addresses[0] if addresses else "")
+    pod["ip6"] = next((a for a in addresses if ":" in a), "")  # dual stack
     with lab.editing() as current:
         for i, p in enumerate(current["pods"]):
             if p["node"] == node_name and p["name"] == name:

@@ -19,10 +19,15 @@ Who programs the kernel of the ToR namespace:
   pod blocks.
 The rack subnets themselves (the underlay the VXLAN packets and the cross-rack node
 mesh ride on) are static routes the lab adds on every ToR, as a data centre's IGP would.
+
+Dual stack: a neighbor with an IPv6 address is a separate session carrying IPv6 unicast
+only (BIRD: an ipv6 channel, FRR: address-family ipv6 unicast, GoBGP: ipv6-unicast),
+with the same export rules as its IPv4 twin.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from dataclasses import dataclass
@@ -38,6 +43,10 @@ class Neighbor:
     as_number: int
     name: str  # node1, rack2-tor
     kind: str  # "node" | "tor"
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.address).version
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class RouterSpec:
 
 
 def _proto_name(n: Neighbor) -> str:
-    return n.name.replace("-", "_")
+    return n.name.replace("-", "_") + ("_v6" if n.version == 6 else "")
 
 
 def render_bird(spec: RouterSpec) -> str:
@@ -68,6 +77,10 @@ def render_bird(spec: RouterSpec) -> str:
              "# Learned blocks go into this namespace's kernel, so the ToR forwards to them.",
              "protocol kernel {",
              "  ipv4 { import none; export where source = RTS_BGP; };",
+             "  merge paths on;",
+             "}",
+             "protocol kernel {",
+             "  ipv6 { import none; export where source = RTS_BGP; };",
              "  merge paths on;",
              "}",
              "",
@@ -82,9 +95,21 @@ def render_bird(spec: RouterSpec) -> str:
              "  graceful restart on;",
              "  ipv4 { import all; export where source = RTS_BGP; };",
              "}",
+             "",
+             "template bgp node_peer6 {",
+             f"  local as {spec.as_number};",
+             "  graceful restart on;",
+             "  ipv6 { import all; export none; };",
+             "}",
+             "",
+             "template bgp tor_peer6 {",
+             f"  local as {spec.as_number};",
+             "  graceful restart on;",
+             "  ipv6 { import all; export where source = RTS_BGP; };",
+             "}",
              ""]
     for n in spec.neighbors:
-        template = "node_peer" if n.kind == "node" else "tor_peer"
+        template = ("node_peer" if n.kind == "node" else "tor_peer") + ("6" if n.version == 6 else "")
         lines.append(f'protocol bgp {_proto_name(n)} from {template} {{ description "{n.name}"; '
                      f"neighbor {n.address} as {n.as_number}; }}")
     return "\n".join(lines) + "\n"
@@ -107,12 +132,17 @@ def render_frr_bgpd(spec: RouterSpec) -> str:
     for n in spec.neighbors:
         lines += [f" neighbor {n.address} remote-as {n.as_number}",
                   f" neighbor {n.address} description {n.name}"]
-    lines.append(" address-family ipv4 unicast")
-    for n in spec.neighbors:
-        lines.append(f"  neighbor {n.address} activate")
-        if n.kind == "node":
-            lines.append(f"  neighbor {n.address} route-map NOTHING out")
-    lines += [" exit-address-family", "!"]
+    for version in (4, 6):
+        family = [n for n in spec.neighbors if n.version == version]
+        if version == 6 and not family:
+            continue
+        lines.append(f" address-family ipv{version} unicast")
+        for n in family:
+            lines.append(f"  neighbor {n.address} activate")
+            if n.kind == "node":
+                lines.append(f"  neighbor {n.address} route-map NOTHING out")
+        lines.append(" exit-address-family")
+    lines.append("!")
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +170,7 @@ def render_gobgp(spec: RouterSpec) -> str:
                   "    enabled = true",
                   "  [[neighbors.afi-safis]]",
                   "    [neighbors.afi-safis.config]",
-                  '      afi-safi-name = "ipv4-unicast"',
+                  f'      afi-safi-name = "ipv{n.version}-unicast"',
                   "    [neighbors.afi-safis.mp-graceful-restart.config]",
                   "      enabled = true"]
         if n.kind == "node":
@@ -211,8 +241,10 @@ def sessions(kind: str, spec: RouterSpec, directory: Path, netns: str) -> list[d
     elif kind == "frr":
         text = _run(None, ["vtysh", "--vty_socket", str(directory), "-d", "bgpd", "-c", "show bgp summary json"])
         try:
-            peers = json.loads(text).get("ipv4Unicast", {}).get("peers", {}) if text else {}
-        except ValueError:
+            summary = json.loads(text) if text else {}
+            peers = {**summary.get("ipv4Unicast", {}).get("peers", {}),
+                     **summary.get("ipv6Unicast", {}).get("peers", {})}
+        except (ValueError, AttributeError):
             peers = {}
         for address, p in peers.items():
             state = p.get("state", "")
@@ -242,28 +274,42 @@ def routes(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str
             parts = line.split()
             if not parts:
                 continue
-            if "/" in parts[0] and parts[0][0].isdigit():
+            if "/" in parts[0] and _is_prefix(parts[0]):
                 prefix = parts[0]
             if prefix and "via" in parts and prefix not in out:
                 out[prefix] = parts[parts.index("via") + 1]
     elif kind == "frr":
-        text = _run(None, ["vtysh", "--vty_socket", str(directory), "-d", "bgpd", "-c", "show ip bgp json"])
-        try:
-            table = json.loads(text).get("routes", {}) if text else {}
-        except ValueError:
-            table = {}
+        table = {}
+        for family in ("ipv4", "ipv6"):
+            text = _run(None, ["vtysh", "--vty_socket", str(directory), "-d", "bgpd", "-c",
+                               f"show bgp {family} unicast json"])
+            try:
+                table.update(json.loads(text).get("routes", {}) if text else {})
+            except (ValueError, AttributeError):
+                pass
         for prefix, paths in table.items():
             best = next((p for p in paths if p.get("bestpath")), paths[0] if paths else {})
             hops = best.get("nexthops") or [{}]
             out[prefix] = hops[0].get("ip", "")
     elif kind == "gobgp":
-        text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-j"])
-        try:
-            table = json.loads(text) if text else {}
-        except ValueError:
-            table = {}
+        table = {}
+        for family in ("ipv4", "ipv6"):
+            text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
+                                "-j"])
+            try:
+                table.update(json.loads(text) if text else {})
+            except (ValueError, TypeError):
+                pass
         for prefix, paths in table.items():
             best = next((p for p in paths if p.get("best")), paths[0] if paths else {})
             hop = next((a.get("nexthop") for a in best.get("attrs", []) if a.get("nexthop")), "")
             out[prefix] = hop
     return out
+
+
+def _is_prefix(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return True
+    except ValueError:
+        return False

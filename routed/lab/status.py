@@ -34,22 +34,23 @@ def ping(netns: str, ip: str, wait: float = 1.0) -> bool:
 
 
 def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
-                 progress: Progress | None = None, blocked: frozenset = frozenset()) -> dict:
-    """Every pod pings every other pod's IP; failing pairs are retried until timeout.
+                 progress: Progress | None = None, blocked: frozenset = frozenset(), address: str = "ip") -> dict:
+    """Every pod pings every other pod's IP (address "ip6": its IPv6 address); failing pairs are
+    retried until timeout.
 
     Returns {"pods": [labels], "matrix": {src: {dst: true|false|"policy"|null}}, "ok",
     "failed", "blocked", "untested", "seconds"}; null means the deadline came before that
     pair was tried. A pair in ``blocked`` (source IP, destination IP) is one a network
     policy denies: tried once, and when it does not answer it is "policy", not a failure."""
     label = {id(p): f"{p['node']}/{p['name']}" for p in pods}
-    pairs = [(s, d) for s in pods for d in pods if s is not d and s.get("ip") and d.get("ip")]
+    pairs = [(s, d) for s in pods for d in pods if s is not d and s.get(address) and d.get(address)]
     result: dict[tuple[int, int], bool | None] = {(id(s), id(d)): None for s, d in pairs}
     start = time.monotonic()
     deadline = start + timeout
     todo = list(pairs)
     done_once: set[tuple[int, int]] = set()
     def attempt(s: dict, d: dict) -> bool | None:
-        return ping(s["netns"], d["ip"]) if time.monotonic() < deadline else None
+        return ping(s["netns"], d[address]) if time.monotonic() < deadline else None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while todo and time.monotonic() < deadline:
@@ -60,7 +61,7 @@ def reachability(pods: list[dict], timeout: float = 20.0, workers: int = 16,
                 ok = future.result()
                 if ok is None:  # the deadline came first: keep what an earlier round found
                     continue
-                policy = (s["ip"], d["ip"]) in blocked
+                policy = (s[address], d[address]) in blocked
                 result[key] = "policy" if policy and not ok else ok
                 done_once.add(key)
                 if not ok and not policy:
@@ -84,6 +85,7 @@ def nodes(lab: Lab, state: dict, registered: dict) -> list[dict]:
         code, body = cluster.agent_get(n, "/readyz", timeout=1.0)
         node = registered.get(n["name"])
         rows.append({"name": n["name"], "rack": n["rack"], "address": n["address"], "netns": n["netns"],
+                     **({"address6": n["address6"]} if n.get("address6") else {}),
                      "agent": "ready" if code == 200 else ("running" if procs.alive(n["pids"].get("agent"),
                                                                                   lab.marker) else "dead"),
                      "speaker": "running" if procs.alive(n["pids"].get("speaker"), lab.marker) else "dead",
@@ -152,7 +154,7 @@ def ipam(state: dict) -> tuple[list[dict], dict]:
     return blocks, registered
 
 
-def policy_blocked(state: dict) -> frozenset:
+def policy_blocked(state: dict, family: int = 4) -> frozenset:
     """(source IP, destination IP) pairs whose ping the network policy in etcd denies,
     by routed's reference evaluator (routed/policy/evaluate.py)."""
     from routed import resources as r
@@ -171,11 +173,11 @@ def policy_blocked(state: dict) -> frozenset:
         endpoints = [endpoint_from_json(item.value) for item in kv.list(keys.WORKLOADS).items]
     finally:
         kv.close()
-    return blocked_pairs(Cluster(endpoints, namespaces, model.convert(docs)))
+    return blocked_pairs(Cluster(endpoints, namespaces, model.convert(docs)), family)
 
 
-def blocked_pairs(cluster) -> frozenset:
-    addrs = [a for ep in cluster.endpoints for a in ep.addresses if ":" not in a]
+def blocked_pairs(cluster, family: int = 4) -> frozenset:
+    addrs = [a for ep in cluster.endpoints for a in ep.addresses if (":" in a) == (family == 6)]
     return frozenset((s, d) for s in addrs for d in addrs
                      if s != d and not cluster.allowed(_echo(s, d)))
 
@@ -183,6 +185,8 @@ def blocked_pairs(cluster) -> frozenset:
 def _echo(src: str, dst: str):
     from routed.policy.evaluate import Packet
 
+    if ":" in src:
+        return Packet(src, dst, 58, icmp_type=128, icmp_code=0)  # ICMPv6 echo request
     return Packet(src, dst, 1, icmp_type=8, icmp_code=0)
 
 
@@ -192,13 +196,14 @@ def _natural(name: str) -> tuple:
 
 
 def in_pools(routes: dict[str, str]) -> int:
-    pool = ipaddress.ip_network(cluster.POOL_CIDR)
+    pools = [ipaddress.ip_network(cluster.POOL_CIDR), ipaddress.ip_network(cluster.POOL6_CIDR)]
     count = 0
     for prefix in routes:
         try:
-            count += ipaddress.ip_network(prefix).subnet_of(pool)
-        except (ValueError, TypeError):
-            pass
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            continue
+        count += any(net.version == pool.version and net.subnet_of(pool) for pool in pools)
     return count
 
 
@@ -210,13 +215,16 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
     blocks, registered = ipam(state)
     ordered = sorted(state["pods"], key=lambda p: (_natural(p["node"]), _natural(p["name"])))
     pods = [{"node": p["node"], "name": p["name"], "namespace": p["namespace"], "ip": p["ip"], "netns": p["netns"],
-             "present": os.path.exists(f"{topology.NETNS_DIR}/{p['netns']}")} for p in ordered]
+             "present": os.path.exists(f"{topology.NETNS_DIR}/{p['netns']}"),
+             **({"ip6": p["ip6"]} if p.get("ip6") else {})} for p in ordered]
     tor_routes = router_routes(state)
     out = {"lab": {"dir": str(lab.dir), "prefix": state["prefix"], "options": state["options"],
                    "etcd": state["etcd"]["endpoint"], "created": state.get("created", "")},
            "nodes": nodes(lab, state, registered),
            "routers": [{"name": rack["tor"], "rack": rack["index"], "kind": rack["kind"], "as": rack["as"], "netns": rack["tor_ns"],
                         "address": rack["gateway"], "coreAddress": rack["core_ip"],
+                        **({"address6": rack["gateway6"], "coreAddress6": rack["core_ip6"]}
+                           if rack.get("gateway6") else {}),
                         "running": all(procs.alive(p, lab.marker) for p in rack["pids"].values()),
                         "routes": tor_routes[rack["tor"]], "podRoutes": in_pools(tor_routes[rack["tor"]])}
                        for rack in state["racks"]],
@@ -224,6 +232,10 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
     if reach:
         out["reachability"] = reachability([p for p in pods if p["present"]], timeout=timeout, progress=progress,
                                            blocked=policy_blocked(state))
+        if state["options"].get("dual_stack"):  # every pair again over IPv6
+            out["reachability6"] = reachability([p for p in pods if p["present"]], timeout=timeout,
+                                                progress=progress, blocked=policy_blocked(state, family=6),
+                                                address="ip6")
     if state["options"].get("wireguard"):  # after the pings: their handshakes and bytes show
         out["wireguard"] = wireguard(state)
     return out

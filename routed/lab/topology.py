@@ -81,6 +81,13 @@ def plug(netns: str, ifname: str, switch: str, address: str | None = None, bridg
         ip("addr", "add", address, "dev", ifname, netns=netns)
 
 
+def add_address6(netns: str, ifname: str, address: str) -> None:
+    """An IPv6 address (dual stack), usable at once: nodad (a lab address is ours alone;
+    DAD would keep it tentative for a second, failing the first session attempts)."""
+    ip("-6", "addr", "add", address, "dev", ifname, "nodad", netns=netns)
+    run_in(netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+
+
 def default_route(netns: str, gateway: str | None, dev: str) -> None:
     args = ["route", "replace", "default", *(["via", gateway] if gateway else []), "dev", dev]
     ip(*args, netns=netns)

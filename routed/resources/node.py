@@ -40,7 +40,13 @@ class NodeBGP(Model):
     @field_validator("ipv6_address")
     @classmethod
     def _v6(cls, text: str) -> str:
-        return _interface(text, 6)
+        iface = ipaddress.IPv6Interface(_interface(text, 6))
+        ip = iface.ip
+        # Other nodes route pods to it and open sessions from theirs: a global unicast one.
+        if ip.is_link_local or ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.ipv4_mapped:
+            raise field_error(f'"{text}" is not a unicast address other nodes can route to '
+                              "(link-local, multicast, loopback, unspecified and IPv4-mapped are refused)")
+        return str(iface)
 
     @field_validator("route_reflector_cluster_id")
     @classmethod

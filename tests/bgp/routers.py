@@ -58,6 +58,7 @@ class RouterSpec:
     announce: list[Announce] = field(default_factory=list)
     cluster_id: str | None = None  # route reflector cluster ID (iBGP reflection)
     kernel_export: bool = False  # install learned routes into the router's kernel (BIRD only)
+    router_id: str | None = None  # default: address (an IPv6 router needs an IPv4-shaped ID; GoBGP only)
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
@@ -334,7 +335,7 @@ class GoBgp(Router):
 
     def render(self) -> str:
         s = self.spec
-        lines = ["[global.config]", f"  as = {s.as_number}", f'  router-id = "{s.address}"',
+        lines = ["[global.config]", f"  as = {s.as_number}", f'  router-id = "{s.router_id or s.address}"',
                  f'  local-address-list = ["{s.address}"]', ""]
         for n in s.neighbors:
             lines += ["[[neighbors]]", "  [neighbors.config]", f'    neighbor-address = "{n.address}"',
@@ -348,7 +349,7 @@ class GoBgp(Router):
                 lines += ["  [neighbors.route-reflector.config]", "    route-reflector-client = true",
                           f'    route-reflector-cluster-id = "{s.cluster_id}"']
             lines += ["  [[neighbors.afi-safis]]", "    [neighbors.afi-safis.config]",
-                      '      afi-safi-name = "ipv4-unicast"', ""]
+                      f'      afi-safi-name = "{_family(n.address)}-unicast"', ""]
         return "\n".join(lines)
 
     def gobgp(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -363,7 +364,7 @@ class GoBgp(Router):
 
     def announce(self, a: Announce) -> None:
         """Originate a route now (the hostile peer of a test: any prefix, any next hop)."""
-        args = ["global", "rib", "add", "-a", "ipv4", a.prefix]
+        args = ["global", "rib", "add", "-a", _family(a.prefix), a.prefix]
         if a.prepend:
             args += ["aspath", ",".join(str(x) for x in a.prepend)]
         if a.next_hop:
@@ -371,7 +372,7 @@ class GoBgp(Router):
         self.gobgp(*args)
 
     def withdraw(self, prefix: str) -> None:
-        self.gobgp("global", "rib", "del", "-a", "ipv4", prefix)
+        self.gobgp("global", "rib", "del", "-a", _family(prefix), prefix)
 
     def established(self) -> set[str]:
         out = self.gobgp("neighbor", "-j", check=False).stdout
@@ -439,6 +440,10 @@ def module_cluster(workdir: Path, **kwargs):
 
 def agent_log(node) -> str:
     return node.agent.log.read_text()
+
+
+def _family(address_or_prefix: str) -> str:
+    return "ipv6" if ":" in address_or_prefix else "ipv4"
 
 
 def ping(netns_run, address: str, count: int = 1) -> bool:

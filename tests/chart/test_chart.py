@@ -69,6 +69,7 @@ VALUE_SETS = {
                                        "dashboard": {"enabled": False}}},
     "metrics-no-controller": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}},
                               "controller": {"enabled": False}},
+    "dual-stack": {"ipv6Pool": {"create": True, "cidr": "fd00:20:244::/48", "encapsulationMode": "Always"}},
 }
 for _encap in ("VXLAN", "IPIP", "None"):
     for _mode in ("Always", "CrossSubnet"):
@@ -203,7 +204,7 @@ def test_resources_parse_with_routeds_loader(name):
         assert res.to_dict()["apiVersion"] == "routed.io/v1"
         by_kind.setdefault(res.kind, []).append(res)
 
-    pools = by_kind.get("IPPool", [])
+    pools = [p for p in by_kind.get("IPPool", []) if p.network.version == 4]  # ipv6Pool: the dual-stack tests
     if values["ipPool"]["create"]:
         (pool,) = pools
         assert pool.name == values["ipPool"]["name"]
@@ -311,7 +312,7 @@ def _parse_routed(args: list[str]):
     return _routed_parser().parse_args(args[1:])
 
 
-@pytest.mark.parametrize("name", ["defaults", "everything"])
+@pytest.mark.parametrize("name", ["defaults", "everything", "dual-stack"])
 def test_install_cni_arguments_drive_the_real_installer(name, tmp_path):
     """Run `routed install-cni` with the init container's arguments, host paths moved under
     a temporary root, and check the conflist is one the plugin and the agent accept."""
@@ -355,6 +356,7 @@ def test_install_cni_arguments_drive_the_real_installer(name, tmp_path):
         assert cu.host_path_of(ds, agent, mount) == mount
     assert routed_conf["mtu"] == int(rendered.config()["ROUTED_MTU"])
     assert routed_conf["ipam"]["ipv4_pools"] == values["installCNI"]["pools"]
+    assert routed_conf["ipam"]["assign_ipv6"] is values["ipv6Pool"]["create"]  # dual stack
 
     # What libcni hands the plugin: its entry plus the list's cniVersion and name.
     netconf = json.dumps({"cniVersion": conflist["cniVersion"], "name": conflist["name"], **routed_conf})
@@ -834,3 +836,50 @@ def test_notes_say_where_metrics_are():
                      "grafana_dashboard"):
         assert expected in notes, notes
     assert "metrics.enabled=true" in cu.render().notes
+
+
+# --- dual stack (issue 15) ------------------------------------------------------------
+
+
+def test_dual_stack_adds_the_ipv6_pool_and_lets_agents_register_ipv6():
+    from routed import resources as r
+
+    off, on = cu.render({}), cu.render(VALUE_SETS["dual-stack"])
+    assert off.config()["ROUTED_NODE_IP6"] == "none" and on.config()["ROUTED_NODE_IP6"] == ""
+    assert "--ipv6" not in cu.argv(off.container(off.daemonset(), "install-cni", init=True))
+    assert "--ipv6" in cu.argv(on.container(on.daemonset(), "install-cni", init=True))
+    pools = {p.name: p for p in map(r.parse, r.load_documents(on.resources_yaml())) if p.kind == "IPPool"}
+    v6 = pools["default-ipv6-ippool"]
+    assert (str(v6.network), v6.spec.block_size, v6.spec.vxlan_mode, v6.spec.ipip_mode) == \
+        ("fd00:20:244::/48", 122, "Always", "Never")
+    assert "default-ipv4-ippool" in pools
+    assert "fd00:" not in off.resources_yaml()
+
+
+@pytest.mark.parametrize("name, expected", [("defaults", "none"), ("dual-stack", "")])
+def test_the_agent_reads_the_charts_ipv6_setting(name, expected, monkeypatch):
+    """ROUTED_NODE_IP6 as the chart sets it reaches the agent's --node-ip6 ("": find it)."""
+    import argparse
+
+    from routed.agent.cli import register
+
+    monkeypatch.setenv("ROUTED_NODE_IP6", cu.render(VALUE_SETS[name]).config()["ROUTED_NODE_IP6"])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["agent"]).node_ip6 == expected
+
+
+@pytest.mark.parametrize("values, where", [
+    ({"ipv6Pool": {"cidr": "10.244.0.0/16"}}, "/ipv6Pool/cidr"),
+    ({"ipv6Pool": {"cidr": "fd00::/129"}}, "/ipv6Pool/cidr"),
+    ({"ipv6Pool": {"encapsulation": "IPIP"}}, "/ipv6Pool/encapsulation"),
+    ({"ipv6Pool": {"blockSize": 64}}, "/ipv6Pool/blockSize"),
+])
+def test_schema_refuses_bad_ipv6_pools(values, where):
+    message = cu.render_error(values)
+    assert "schema" in message and where in message, message
+
+
+def test_template_refuses_an_ipv6_pool_smaller_than_a_block():
+    message = cu.render_error({"ipv6Pool": {"create": True, "cidr": "fd00::/124"}})
+    assert "ipv6Pool.cidr fd00::/124 is smaller than one block" in message, message

@@ -90,15 +90,15 @@ class LabRun:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def router_rib(kind: str, rack: dict) -> str:
-    """The ToR's own view, straight from its CLI."""
+def router_rib(kind: str, rack: dict, family: str = "ipv4") -> str:
+    """The ToR's own view of one family, straight from its CLI (BIRD: both)."""
     d = rack["dir"]
     if kind == "bird":
         cmd = ["birdc", "-s", f"{d}/bird.ctl", "show", "route"]
     elif kind == "frr":
-        cmd = ["vtysh", "--vty_socket", d, "-d", "bgpd", "-c", "show ip bgp"]
+        cmd = ["vtysh", "--vty_socket", d, "-d", "bgpd", "-c", f"show bgp {family} unicast"]
     else:
-        cmd = ["ip", "netns", "exec", rack["tor_ns"], "gobgp", "-u", "127.0.0.1", "global", "rib"]
+        cmd = ["ip", "netns", "exec", rack["tor_ns"], "gobgp", "-u", "127.0.0.1", "global", "rib", "-a", family]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
 
 

@@ -129,8 +129,11 @@ def test_vtep_mac_is_derived_from_the_node_address():
     assert vtep_mac("10.255.0.17") == "0e:52:0a:ff:00:11"
     first = int(vtep_mac("192.0.2.1").split(":")[0], 16)
     assert first & 0x02 and not first & 0x01  # locally administered, unicast
+    # IPv6 (the vxlan-v6.routed device): four bytes of the address's hash, the same everywhere.
+    assert vtep_mac("fd00::1") == vtep_mac("FD00:0::1") != vtep_mac("fd00::2")
+    assert vtep_mac("fd00::1").startswith("0e:56:") and len(vtep_mac("fd00::1").split(":")) == 6
     with pytest.raises(ValueError):
-        vtep_mac("fd00::1")
+        vtep_mac("not-an-address")
 
 
 # --------------------------------------------------------------------------- the device

@@ -32,13 +32,15 @@ class _Named:
 
 
 class Node:
-    def __init__(self, cluster: Cluster, name: str, address: str, labels: str = ""):
-        self.cluster, self.name, self.address = cluster, name, address
+    def __init__(self, cluster: Cluster, name: str, address: str, labels: str = "", address6: str | None = None):
+        self.cluster, self.name, self.address, self.address6 = cluster, name, address, address6
         self.ip = address.split("/")[0]
+        self.ip6 = address6.split("/")[0] if address6 else None
         self.ns = _Named(f"{cluster.prefix}{name}")
         self.workdir = cluster.workdir / name
         self.agent = AgentProcess(self.workdir, cluster.etcd.url, self.ns, name, address, labels=labels, bgp=True,
-                                  secrets_dir=cluster.secrets_dir)
+                                  secrets_dir=cluster.secrets_dir,
+                                  extra_args=["--node-ip6", address6] if address6 else None)
         self.speaker: subprocess.Popen | None = None
         self.pods: list[tuple[str, Netns, str]] = []
 
@@ -144,11 +146,16 @@ class Cluster:
         return self.store.apply(r.parse({"apiVersion": "routed.io/v1", **doc}))[0]
 
     def add_node(self, name: str, index: int, start: bool = True, switch: str | None = None,
-                 subnet: str | None = None, gateway: str | None = None, labels: str = "", mtu: int = 1500) -> Node:
+                 subnet: str | None = None, gateway: str | None = None, labels: str = "", mtu: int = 1500,
+                 subnet6: str | None = None) -> Node:
+        """subnet6: the node gets an IPv6 address in it too (dual stack, --node-ip6)."""
         address = topology.host_address(subnet or self.subnet, index)
-        node = Node(self, name, address, labels)
+        address6 = topology.host_address(subnet6, index) if subnet6 else None
+        node = Node(self, name, address, labels, address6)
         topology.add_netns(node.ns.name)
         topology.plug(node.ns.name, "eth0", switch or self.switch, address, mtu=mtu)
+        if address6:
+            topology.add_address6(node.ns.name, "eth0", address6)
         # A default route, as every real node has: proxy ARP for the pods' gateway needs one.
         topology.default_route(node.ns.name, gateway, "eth0")
         self.nodes.append(node)

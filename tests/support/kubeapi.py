@@ -51,8 +51,10 @@ class KubeObjects:
 
     # -- creating -------------------------------------------------------------------------------
 
-    def add_node(self, name: str, labels: dict | None = None, internal_ip: str | None = None) -> dict:
-        status = {"addresses": [{"type": "InternalIP", "address": internal_ip}]} if internal_ip else {}
+    def add_node(self, name: str, labels: dict | None = None, internal_ip: str | list[str] | None = None) -> dict:
+        """internal_ip: one InternalIP, or several (a dual-stack node has one per family)."""
+        ips = [internal_ip] if isinstance(internal_ip, str) else list(internal_ip or [])
+        status = {"addresses": [{"type": "InternalIP", "address": ip} for ip in ips]} if ips else {}
         body = {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
                 "spec": {}, "status": status}
         self._created.append(("nodes", "", name))

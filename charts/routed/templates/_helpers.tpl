@@ -56,6 +56,10 @@ the pools' encapsulation overhead (VXLAN 50 bytes, IPIP 20), as Calico's auto-de
 {{- if eq .Values.ipPool.encapsulation "VXLAN" }}{{ .Values.ipPool.encapsulationMode }}{{ else }}Never{{ end -}}
 {{- end -}}
 
+{{- define "routed.vxlanMode6" -}}
+{{- if eq .Values.ipv6Pool.encapsulation "VXLAN" }}{{ .Values.ipv6Pool.encapsulationMode }}{{ else }}Never{{ end -}}
+{{- end -}}
+
 {{- define "routed.meshEnabled" -}}
 {{- and .Values.bgp.nodeToNodeMesh (not .Values.routeReflector.enabled) -}}
 {{- end -}}
@@ -138,6 +142,12 @@ ConfigMap, so `helm template` and `helm install` fail with a clear message.
 {{- $prefix := .Values.ipPool.cidr | splitList "/" | last | int -}}
 {{- if gt $prefix (int .Values.ipPool.blockSize) -}}
 {{- fail (printf "ipPool.cidr %s is smaller than one block (ipPool.blockSize %d)" .Values.ipPool.cidr (int .Values.ipPool.blockSize)) -}}
+{{- end -}}
+{{- if .Values.ipv6Pool.create -}}
+{{- $prefix6 := .Values.ipv6Pool.cidr | splitList "/" | last | int -}}
+{{- if gt $prefix6 (int .Values.ipv6Pool.blockSize) -}}
+{{- fail (printf "ipv6Pool.cidr %s is smaller than one block (ipv6Pool.blockSize %d)" .Values.ipv6Pool.cidr (int .Values.ipv6Pool.blockSize)) -}}
+{{- end -}}
 {{- end -}}
 {{- $names := list -}}
 {{- range .Values.bgp.peers -}}
