@@ -183,7 +183,7 @@ def ensure_device(netns: NetnsTarget, tools: Tools, mtu: int) -> str:
                                     ("up", True if not link.up else None)) if v is not None}
         if change:
             sock.request(rtnl.set_link(link.index, **change)).check(f"set {WIREGUARD_DEV} {change}")
-        return link.kind if link.kind == "wireguard" else "wireguard-go"
+        return "kernel" if link.kind == "wireguard" else "wireguard-go"
 
 
 def configure(tools: Tools, conf_path: str, config: str) -> None:

@@ -89,3 +89,23 @@ def test_our_rule_as_pyroute2_reads_it():
     msg.decode()
     assert (msg["action"], msg.get_attr("FRA_PRIORITY"), msg.get_attr("FRA_TABLE"),
             msg.get_attr("FRA_PROTOCOL")) == (1, 99, 201, 201)
+
+
+def _kernel_rule(*attrs: tuple[int, bytes]) -> memoryview:
+    """An RTM_NEWRULE payload as a dump returns it: header, then attributes."""
+    import socket
+    body = rtnl.RTMSG.pack(socket.AF_INET, 0, 0, 0, 201, 0, 0, rtnl.FR_ACT_TO_TBL, 0)
+    return memoryview(body + b"".join(rtnl.pack_attr(kind, value) for kind, value in attrs))
+
+
+def test_our_rule_is_recognised_as_debians_kernel_dumps_it():
+    """Linux 6.1 (Debian 12) dumps FRA_SUPPRESS_PREFIXLEN = -1 (unset) with every rule: still
+    our rule (else cleanup never finds it to delete). A set suppress_prefixlength (wg-quick's
+    `lookup main suppress_prefixlength 0`) is someone else's rule."""
+    ours = [(rtnl.FRA_TABLE, rtnl.U32.pack(201)), (rtnl.FRA_PRIORITY, rtnl.U32.pack(99)),
+            (rtnl.FRA_PROTOCOL, bytes([201]))]
+    unset = rtnl.U32.pack(0xFFFFFFFF)
+    assert rtnl.parse_rule(_kernel_rule(*ours)) == rtnl.Rule(99, 201, 201)
+    assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, unset),
+                                        (rtnl.FRA_SUPPRESS_IFGROUP, unset))) == rtnl.Rule(99, 201, 201)
+    assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, rtnl.U32.pack(0)))) is None
