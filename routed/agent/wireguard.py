@@ -88,6 +88,7 @@ class WireGuard:
         self.mtu = mtu
         self.active = False  # the device is up and carries pod traffic (MTU follows)
         self.provider = ""
+        self.filtering: bool | None = None  # our ingress filter is in place (None: unknown, at start)
 
     def sync(self) -> None:
         mode, port = cluster_mode(self.store.list(r.BGPConfiguration))
@@ -112,6 +113,7 @@ class WireGuard:
         wg.configure(self.tools, os.path.join(self.dir, "wg.conf"), wg.render_config(private, port, peers))
         result = wg.sync_routes(self.netns, routes)
         wg.ensure_rules(self.netns)
+        self._sync_ingress_filter(mode, origins.prefixes_of(self.node))
         if not self.active:
             log.info("wireguard: on (%s, port %d, %d peer(s))", self.provider, port, len(peers))
         self.active = True
@@ -120,6 +122,20 @@ class WireGuard:
                      sorted(str(x) for x in result.removed) or "-")
         if result.failed:
             raise RoutedError("; ".join(why for _, why in result.failed))
+
+    def _sync_ingress_filter(self, mode: str, own: set[str]) -> None:
+        """Required: the filter, replaced every pass (one nft transaction) with this node's
+        prefixes and the pools. Otherwise none (removed once: at start a previous run's
+        may be left)."""
+        if mode == "Required":
+            pools = [pool.spec.cidr for pool in self.store.list(r.IPPool)]
+            wg.apply_ingress_filter(self.tools, wg.ingress_filter(own, pools))
+            if not self.filtering:
+                log.info("wireguard: clear pod traffic to this node's pods dropped (Required)")
+            self.filtering = True
+        elif self.filtering is not False:
+            wg.remove_ingress_filter(self.tools)
+            self.filtering = False
 
     def _private_key(self, me: r.Node) -> str:
         """The node's private key; a new one when a rotation was asked that this node has
@@ -144,9 +160,12 @@ class WireGuard:
         return key
 
     def cleanup(self) -> None:
-        """Rules first (pod traffic goes back to the main table at once), then our table, the device."""
+        """Rules first (pod traffic goes back to the main table at once), then our table, the
+        ingress filter, the device."""
         self.active = False
         wg.remove_routing(self.netns)
+        wg.remove_ingress_filter(self.tools)
+        self.filtering = False
         wg.remove_device(self.netns)
 
     def status(self) -> dict:

@@ -109,3 +109,21 @@ def test_our_rule_is_recognised_as_debians_kernel_dumps_it():
     assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, unset),
                                         (rtnl.FRA_SUPPRESS_IFGROUP, unset))) == rtnl.Rule(99, 201, 201)
     assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, rtnl.U32.pack(0)))) is None
+
+
+def test_the_ingress_filter_drops_clear_pod_traffic_to_local_pods_only():
+    script = wg.ingress_filter(["10.0.1.0/26", "10.0.9.3/32", "fd00:1::/122"], ["10.0.0.0/16", "fd00:1::/48"])
+    lines = [line.strip() for line in script.splitlines()]
+    # One transaction replacing only our table.
+    assert lines[:3] == ["table inet routed-wireguard", "delete table inet routed-wireguard",
+                         "table inet routed-wireguard {"]
+    assert "set local4 { type ipv4_addr; flags interval; auto-merge; elements = { 10.0.1.0/26, 10.0.9.3/32 } }" in lines
+    assert "set pools6 { type ipv6_addr; flags interval; auto-merge; elements = { fd00:1::/48 } }" in lines
+    chain = lines[lines.index("chain ingress {") + 1:]
+    assert chain[:3] == ["type filter hook forward priority filter - 10; policy accept;",
+                         'iifname "wg.routed" accept', 'iifname "cali*" accept']
+    assert chain[3:5] == ["ip daddr @local4 ip saddr @pools4 counter drop",
+                          "ip6 daddr @local6 ip6 saddr @pools6 counter drop"]
+    # A family without local pods (or pools) gets no rule and no empty set.
+    v4_only = wg.ingress_filter(["10.0.1.0/26"], ["10.0.0.0/16", "fd00:1::/48"])
+    assert "ip6" not in v4_only and "pools6" not in v4_only
