@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,11 @@ def test_pod_traffic_between_nodes_is_encrypted(cluster, tmp_path):
     assert ip_a not in seen and ip_b not in seen, f"pod addresses in clear on the wire:\n{seen[-2000:]}"
     tunnel = [line for line in seen.splitlines() if f"{a.ip}.51820 > {b.ip}.51820: UDP" in line]
     assert len(tunnel) >= 6, f"no WireGuard packets between the nodes:\n{seen[-2000:]}\n{capture.stats}"
+    # Between the nodes: WireGuard (UDP 51820 both ends) and their BGP session (TCP 179), nothing else.
+    between = [line for line in seen.splitlines() if " IP " in line and a.ip in line and b.ip in line]
+    other = [line for line in between
+             if not re.search(r"\.51820 > [\d.]+\.51820: UDP", line) and not re.search(r"\.179[ :>]", line)]
+    assert not other, "node-to-node packets other than WireGuard and BGP:\n" + "\n".join(other[:20])
     # Handshakes and bytes, from the agent's document and routedctl node status.
     (peer,) = wireguard(a)["peers"]
     assert peer["node"] == "b" and peer["latestHandshake"] is not None and peer["rxBytes"] > 0
