@@ -23,7 +23,7 @@ import os
 import pytest
 
 from tests.support.netns import Netns
-from tests.vm.guest_ipip import Capture, _make_node, _only_in_vm, ip, ping  # noqa: F401 (fixture)
+from tests.vm.guest_ipip import _make_node, _only_in_vm, ip, pings_on_the_wire  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.vm
 
@@ -101,14 +101,7 @@ def test_kernel_wireguard_carries_pod_traffic_encrypted(cluster, tmp_path):
 
     a_count, b_count = 5, 2
     packets = 2 * (a_count + b_count)  # the handshake may take two of them: still UDP 51820
-    capture = Capture(a.ns, "eth0", "ip", packets, tmp_path)
-    try:
-        a_to_b = ping(a, b.pod_ip, a_count)
-        b_to_a = ping(b, a.pod_ip, b_count)
-    finally:
-        lines = capture.lines(timeout=15)
-    assert a_to_b.returncode == 0, f"pod A cannot ping pod B:\n{a_to_b.stdout}{a_to_b.stderr}"
-    assert b_to_a.returncode == 0, f"pod B cannot ping pod A:\n{b_to_a.stdout}{b_to_a.stderr}"
+    lines = pings_on_the_wire(a, b, a_count, b_count, tmp_path)
 
     text = "tcpdump on the node link:\n" + "\n".join(lines)
     assert len(lines) == packets, text
