@@ -16,7 +16,7 @@ import pytest
 from routed import resources as r
 from routed.dataplane.constants import WIREGUARD_DEV, WIREGUARD_TABLE
 from tests.conftest import _require
-from tests.support.cluster import ROUTEDCTL, Cluster, _Named
+from tests.support.cluster import ROUTED, ROUTEDCTL, Cluster, _Named
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -216,3 +216,16 @@ def test_required_drops_clear_pod_traffic_arriving_from_outside_the_tunnel(clust
     enable(cluster)  # back to Enabled: the filter goes
     cluster.wait(lambda: arrives(pc, pa, ip_a), what="c's pod reaches a's in clear again")
     assert "routed-wireguard" not in a.ns.run("nft", "list", "tables").stdout
+
+    # Required again, then the agent stopped: `routed cleanup-node` takes the filter away too.
+    enable(cluster, "Required")
+    cluster.wait(lambda: "routed-wireguard" in a.ns.run("nft", "list", "tables").stdout, what="a's filter back")
+    a.agent.stop()
+    cni_dirs = {name: a.workdir / f"cleanup-{name}" for name in ("conf", "bin")}
+    for path in cni_dirs.values():
+        path.mkdir()
+    done = subprocess.run([ROUTED, "cleanup-node", "--netns", a.ns.name, "--conf-dir", str(cni_dirs["conf"]),
+                           "--bin-dir", str(cni_dirs["bin"])], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "routed-wireguard" not in a.ns.run("nft", "list", "tables").stdout
+    assert WIREGUARD_DEV not in a.ns.run("ip", "link", "show").stdout
