@@ -47,10 +47,11 @@ RUN /opt/routed/venv/bin/pip install --no-cache-dir --no-deps . \
 FROM ${BASE_IMAGE}
 # iproute2: `ip` for netns and the route reflector's address; iptables (nft backend,
 # Debian's default) for natOutgoing; nftables (`nft`) for network policy; bird2 for the
-# optional route reflector.
+# optional route reflector; wireguard-tools (`wg`: keys and peers) and wireguard-go (the
+# userspace device, on /dev/net/tun, for kernels without the wireguard module).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 iproute2 iptables nftables bird2 ca-certificates \
+      python3 iproute2 iptables nftables bird2 wireguard-tools wireguard-go ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && rm -f /etc/bird/bird.conf
 COPY --from=build /opt/routed/venv /opt/routed/venv

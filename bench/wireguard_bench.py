@@ -18,20 +18,25 @@ from bench.common import note, private_etcd, report, seconds
 
 
 def iperf(client, server, server_ip: str) -> float:
-    """Mbit/s received, over seconds() (at least 2)."""
-    daemon = subprocess.Popen(["ip", "netns", "exec", server.name, "iperf3", "-s", "-1", "-B", server_ip],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
+    """Mbit/s received, over seconds() (at least 2). A server per attempt (-1: it serves
+    one test): a client that came too early, or a test iperf3 ended without a result
+    (it can exit 0 with an "error" and no sums), leaves none behind to retry against."""
+    for _ in range(50):
+        daemon = subprocess.Popen(["ip", "netns", "exec", server.name, "iperf3", "-s", "-1", "-B", server_ip],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
             out = client.run("iperf3", "-J", "-c", server_ip, "-t", str(max(2, int(seconds()))), check=False)
-            if out.returncode == 0:
-                return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-            time.sleep(0.1)  # the server is not listening yet
-        raise RuntimeError(f"iperf3 to {server_ip} failed: {out.stdout[-500:]}{out.stderr[-500:]}")
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        daemon.wait()
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+            daemon.wait()
+        try:
+            received = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+        except (ValueError, KeyError):
+            time.sleep(0.2)  # the server was not listening yet, or the test gave no result
+            continue
+        return received / 1e6
+    raise RuntimeError(f"iperf3 to {server_ip} failed: {out.stdout[-500:]}{out.stderr[-500:]}")
 
 
 def main() -> None:

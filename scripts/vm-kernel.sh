@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares what the IPIP tests need to boot a VM (this machine's kernel has no ipip):
+# Prepares what the VM tests need to boot a VM (this machine's kernel has no ipip and no
+# wireguard module):
 #   - Debian packages qemu-system-x86, kmod, udev (vng loses its output channel without udev);
 #   - virtme-ng (pinned) in .venv;
 #   - Debian's stock kernel, the version linux-image-amd64 currently depends on, fetched
@@ -74,7 +75,9 @@ dest=$CACHE/$pkg
 root=$dest/root
 kimg=$root/boot/vmlinuz-$kver
 
-if [ ! -f "$dest/.ready" ] || [ ! -f "$kimg" ]; then
+# .ready holds the trim recipe's version: a cache trimmed by an older recipe is made again.
+TRIM_VERSION=2  # 2: drivers/net/wireguard and arch/x86/crypto (its ChaCha/Poly1305/Curve25519) kept
+if [ "$(cat "$dest/.ready" 2>/dev/null)" != "$TRIM_VERSION" ] || [ ! -f "$kimg" ]; then
   rm -rf "$dest"
   mkdir -p "$dest/download"
   # apt-get download writes into the current directory; as root it warns about the
@@ -95,11 +98,15 @@ if [ ! -f "$dest/.ready" ] || [ ! -f "$kimg" ]; then
   moddir=$root/lib/modules/$kver
   [ -d "$moddir" ] || moddir=$root/usr/lib/modules/$kver
   [ -d "$moddir/kernel" ] || die "no modules tree in $root"
-  # Trim: keep net (ipip, veth, 9p transport), fs (9p, overlay), lib, crypto, virtio.
+  # Trim: keep net (ipip, veth, 9p transport), fs (9p, overlay), lib, crypto, virtio,
+  # drivers/net/wireguard and arch/x86/crypto (wireguard depends on its ciphers).
   # The guest only needs these; a smaller tree makes vng's module scan and boot faster.
   log "trimming modules tree"
   find "$moddir/kernel" -mindepth 1 -maxdepth 1 \
-    ! -name net ! -name fs ! -name lib ! -name crypto ! -name drivers -exec rm -rf {} +
+    ! -name net ! -name fs ! -name lib ! -name crypto ! -name drivers ! -name arch -exec rm -rf {} +
+  if [ -d "$moddir/kernel/arch/x86" ]; then
+    find "$moddir/kernel/arch/x86" -mindepth 1 -maxdepth 1 ! -name crypto -exec rm -rf {} +
+  fi
   if [ -d "$moddir/kernel/drivers" ]; then
     find "$moddir/kernel/drivers" -mindepth 1 -maxdepth 1 \
       ! -name net ! -name virtio ! -name block ! -name char -exec rm -rf {} +
@@ -107,7 +114,7 @@ if [ ! -f "$dest/.ready" ] || [ ! -f "$kimg" ]; then
     if [ -d "$moddir/kernel/drivers/net" ]; then
       find "$moddir/kernel/drivers/net" -mindepth 1 -maxdepth 1 \
         ! -name 'veth.ko*' ! -name 'virtio_net.ko*' ! -name 'net_failover.ko*' \
-        ! -name 'dummy.ko*' ! -name 'vxlan' ! -name 'vxlan.ko*' -exec rm -rf {} +
+        ! -name 'dummy.ko*' ! -name 'vxlan' ! -name 'vxlan.ko*' ! -name 'wireguard' -exec rm -rf {} +
     fi
     # drivers/block and drivers/char: only the virtio ones.
     for sub in block char; do
@@ -121,8 +128,17 @@ if [ ! -f "$dest/.ready" ] || [ ! -f "$kimg" ]; then
   log "depmod $kver"
   depmod -a -b "$root" "$kver" >&2 || die "depmod failed for $kver"
   [ -f "$moddir/modules.dep" ] || die "depmod wrote no modules.dep"
-  modinfo -b "$root" -k "$kver" ipip >/dev/null 2>&1 || die "ipip module missing after trimming"
-  touch "$dest/.ready"
+  # Each module the guest loads, and what it depends on, transitively: a dependency
+  # trimmed away would only show in the guest ("Unknown symbol in module").
+  check_module() {
+    local dep
+    modinfo -b "$root" -k "$kver" "$1" >/dev/null 2>&1 || die "$1 module missing after trimming ($2)"
+    for dep in $(modinfo -b "$root" -k "$kver" -F depends "$1" | tr ',' ' '); do
+      check_module "$dep" "$2"
+    done
+  }
+  for module in ipip wireguard; do check_module "$module" "$module"; done
+  echo "$TRIM_VERSION" > "$dest/.ready"
 fi
 
 # Old kernels from earlier security updates: keep the cache to one.

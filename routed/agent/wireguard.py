@@ -23,6 +23,7 @@ from ipam.origins import Origins
 from routed import resources as r
 from routed.dataplane import wireguard as wg
 from routed.dataplane.constants import WIREGUARD_PORT
+from routed.datastore import keys
 from routed.datastore.kv import KV
 from routed.errors import RoutedError
 from routed.resources.node import WIREGUARD_OPT_OUT_LABEL, WIREGUARD_ROTATE_ANNOTATION
@@ -88,6 +89,9 @@ class WireGuard:
         self.mtu = mtu
         self.active = False  # the device is up and carries pod traffic (MTU follows)
         self.provider = ""
+        self.filtering: bool | None = None  # our ingress filter is in place (None: unknown, at start)
+        self._ipam: Origins | None = None  # IPAM's blocks, kept from _watch
+        self._watch = None
 
     def sync(self) -> None:
         mode, port = cluster_mode(self.store.list(r.BGPConfiguration))
@@ -104,7 +108,7 @@ class WireGuard:
         private = self._private_key(me)
         nodeinfo.publish_wireguard(self.store, self.node,
                                    {"publicKey": wg.public_key(private), "endpoint": f"{self.ip}:{port}"})
-        origins, _ = Origins.read(self.kv)
+        origins = self.origins()
         peers, routes, skipped = plan(self.node, mode, nodes, origins.prefixes_of)
         for why in skipped:
             log.warning("wireguard: peer left out: %s", why)
@@ -112,6 +116,7 @@ class WireGuard:
         wg.configure(self.tools, os.path.join(self.dir, "wg.conf"), wg.render_config(private, port, peers))
         result = wg.sync_routes(self.netns, routes)
         wg.ensure_rules(self.netns)
+        self._sync_ingress_filter(mode, origins.prefixes_of(self.node))
         if not self.active:
             log.info("wireguard: on (%s, port %d, %d peer(s))", self.provider, port, len(peers))
         self.active = True
@@ -120,6 +125,37 @@ class WireGuard:
                      sorted(str(x) for x in result.removed) or "-")
         if result.failed:
             raise RoutedError("; ".join(why for _, why in result.failed))
+
+    def origins(self) -> Origins:
+        """IPAM's blocks, read whole once, then kept current from a watch over them that
+        each pass drains: a pass costs the changes since the last one, not a listing of
+        every block in the cluster (the watch re-lists by itself after a compaction)."""
+        if self._watch is None:
+            self._ipam, revision = Origins.read(self.kv)
+            self._watch = self.kv.watch(keys.BLOCKS, revision + 1)
+        while (event := self._watch.get(timeout=0)) is not None:
+            self._ipam.apply(event)
+        return self._ipam
+
+    def close(self) -> None:
+        """Stop following IPAM (the next origins() reads it whole again)."""
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = self._ipam = None
+
+    def _sync_ingress_filter(self, mode: str, own: set[str]) -> None:
+        """Required: the filter, replaced every pass (one nft transaction) with this node's
+        prefixes and the pools. Otherwise none (removed once: at start a previous run's
+        may be left)."""
+        if mode == "Required":
+            pools = [pool.spec.cidr for pool in self.store.list(r.IPPool)]
+            wg.apply_ingress_filter(self.tools, wg.ingress_filter(own, pools))
+            if not self.filtering:
+                log.info("wireguard: clear pod traffic to this node's pods dropped (Required)")
+            self.filtering = True
+        elif self.filtering is not False:
+            wg.remove_ingress_filter(self.tools)
+            self.filtering = False
 
     def _private_key(self, me: r.Node) -> str:
         """The node's private key; a new one when a rotation was asked that this node has
@@ -144,9 +180,13 @@ class WireGuard:
         return key
 
     def cleanup(self) -> None:
-        """Rules first (pod traffic goes back to the main table at once), then our table, the device."""
+        """Rules first (pod traffic goes back to the main table at once), then our table, the
+        ingress filter, the device."""
         self.active = False
+        self.close()
         wg.remove_routing(self.netns)
+        wg.remove_ingress_filter(self.tools)
+        self.filtering = False
         wg.remove_device(self.netns)
 
     def status(self) -> dict:

@@ -96,11 +96,16 @@ def clean_dataplane(netns: str | None, report: Report) -> Report:
 
 
 def _remove_wireguard(netns: str | None, report: Report) -> None:
-    """Our rules (their table's routes are proto ROUTE_PROTO: gone above) and the device."""
+    """Our rules (their table's routes are proto ROUTE_PROTO: gone above), the ingress
+    filter (Required; only nft can have made it) and the device."""
+    import shutil
+
     from routed.dataplane import wireguard
 
     try:
         wireguard.remove_routing(netns)
+        if shutil.which("nft"):
+            wireguard.remove_ingress_filter(wireguard.Tools(netns, None))
         if wireguard.remove_device(netns):
             report.removed.links.append(wireguard.WIREGUARD_DEV)
     except RoutedError as err:

@@ -73,6 +73,9 @@ RTN_UNICAST, RTN_BLACKHOLE, RTN_THROW = 1, 6, 9
 ROUTE_KINDS = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE, "throw": RTN_THROW}
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL = 6, 15, 21
+# Dumped by some kernels (Linux 6.1) with every rule, -1 when unset: no selector then.
+FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN = 13, 14
+_UNSET = 0xFFFFFFFF
 FR_ACT_TO_TBL = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
@@ -569,6 +572,8 @@ def parse_rule(payload: memoryview) -> Rule | None:
             table = _u32(value)
         elif kind == FRA_PROTOCOL:
             proto = value[0]
+        elif kind in (FRA_SUPPRESS_IFGROUP, FRA_SUPPRESS_PREFIXLEN) and _u32(value) == _UNSET:
+            pass
         else:
             others = True  # a selector (fwmark, iif, ...): not a rule of ours
     return None if others else Rule(priority, table, proto, family)

@@ -15,11 +15,21 @@ Routing: the peers' prefixes go, as proto ROUTE_PROTO routes through the device,
 table WIREGUARD_TABLE, looked up by one rule of ours before the main table. Prefixes
 this node holds inside a peer's block get a ``throw`` route there (the lookup goes on
 to the main table and the pod's own route). Nothing else of the host's is touched.
+
+Ingress, when the cluster requires encryption: ``table inet routed-wireguard`` (its own
+table: a drop there is final whatever routed-policy's table accepts, and the two are
+replaced independently) drops forwarded packets from a pod address (any pool) to this
+node's pods unless they came out of wg.routed or from a pod on this node. So pods of a
+node without WireGuard, and pod addresses spoofed outside the tunnel, get nothing in
+clear; WireGuard itself has checked that what leaves wg.routed came from the peer
+that holds the source address. Packets from other addresses (nodes' own, BGP, clients
+outside the cluster) are not pod traffic and pass.
 """
 
 from __future__ import annotations
 
 import errno as errnos
+import ipaddress
 import os
 import socket
 import subprocess
@@ -29,12 +39,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from routed.dataplane import bulk, rtnl
-from routed.dataplane.constants import ROUTE_PROTO, WIREGUARD_DEV, WIREGUARD_RULE_PRIORITY, WIREGUARD_TABLE
+from routed.dataplane.constants import (ROUTE_PROTO, VETH_PREFIX, WIREGUARD_DEV, WIREGUARD_RULE_PRIORITY,
+                                       WIREGUARD_TABLE)
 from routed.dataplane.errors import DataplaneError
 from routed.dataplane.netns import NetnsTarget, netns_path
 
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 RULES = [rtnl.Rule(WIREGUARD_RULE_PRIORITY, WIREGUARD_TABLE, ROUTE_PROTO, family) for family in FAMILIES]
+FILTER_TABLE = "routed-wireguard"  # nftables, family inet: Required's ingress filter
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,33 @@ def table_routes(peers: Iterable[Peer], throw: Iterable[str], blackhole: Iterabl
     for prefix in throw:
         routes[prefix] = rtnl.Route(prefix, kind="throw", proto=ROUTE_PROTO, table=WIREGUARD_TABLE)
     return list(routes.values())
+
+
+def ingress_filter(local: Iterable[str], pools: Iterable[str]) -> str:
+    """The ``nft -f`` script that replaces our ingress table (Required): clear packets
+    from pod addresses (``pools``) to this node's pods (``local``) are dropped unless
+    they come from wg.routed or a local pod's veth."""
+    by_version: dict[int, dict[str, list[str]]] = {4: {"local": [], "pools": []}, 6: {"local": [], "pools": []}}
+    for kind, prefixes in (("local", local), ("pools", pools)):
+        for prefix in sorted(set(prefixes)):
+            by_version[ipaddress.ip_network(prefix, strict=False).version][kind].append(prefix)
+    sets, drops = [], []
+    for version, match in ((4, "ip"), (6, "ip6")):
+        kinds = by_version[version]
+        if not (kinds["local"] and kinds["pools"]):
+            continue  # nothing of ours in this family to protect
+        for kind in ("local", "pools"):
+            sets.append(f"  set {kind}{version} {{ type ipv{version}_addr; flags interval; auto-merge; "
+                        f"elements = {{ {', '.join(kinds[kind])} }} }}")
+        drops.append(f"    {match} daddr @local{version} {match} saddr @pools{version} counter drop")
+    return "\n".join([
+        f"table inet {FILTER_TABLE}", f"delete table inet {FILTER_TABLE}", f"table inet {FILTER_TABLE} {{", *sets,
+        "  chain ingress {",
+        "    type filter hook forward priority filter - 10; policy accept;",
+        f'    iifname "{WIREGUARD_DEV}" accept',
+        f'    iifname "{VETH_PREFIX}*" accept',
+        *drops,
+        "  }", "}"]) + "\n"
 
 
 # --------------------------------------------------------------------------- wg, wireguard-go
@@ -183,7 +222,7 @@ def ensure_device(netns: NetnsTarget, tools: Tools, mtu: int) -> str:
                                     ("up", True if not link.up else None)) if v is not None}
         if change:
             sock.request(rtnl.set_link(link.index, **change)).check(f"set {WIREGUARD_DEV} {change}")
-        return link.kind if link.kind == "wireguard" else "wireguard-go"
+        return "kernel" if link.kind == "wireguard" else "wireguard-go"
 
 
 def configure(tools: Tools, conf_path: str, config: str) -> None:
@@ -232,3 +271,16 @@ def remove_routing(netns: NetnsTarget) -> None:
             while rule in sock.rules(rule.family):
                 sock.request(rtnl.del_rule(rule)).check(f"delete rule {rule}", ignore=(errnos.ENOENT,))
     sync_routes(netns, [])
+
+
+# --------------------------------------------------------------------------- ingress filter (Required)
+
+
+def apply_ingress_filter(tools: Tools, script: str) -> None:
+    tools.run("nft", "-f", "-", stdin=script, what=f"nft table {FILTER_TABLE}")
+
+
+def remove_ingress_filter(tools: Tools) -> None:
+    """Our table gone (create-then-delete: no error when it was not there)."""
+    tools.run("nft", "-f", "-", stdin=f"table inet {FILTER_TABLE}\ndelete table inet {FILTER_TABLE}\n",
+              what=f"nft delete table {FILTER_TABLE}")

@@ -70,6 +70,7 @@ VALUE_SETS = {
     "metrics-no-controller": {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}},
                               "controller": {"enabled": False}},
     "dual-stack": {"ipv6Pool": {"create": True, "cidr": "fd00:20:244::/48", "encapsulationMode": "Always"}},
+    "wireguard": {"wireguard": "Required", "wireguardListenPort": 51821},
 }
 for _encap in ("VXLAN", "IPIP", "None"):
     for _mode in ("Always", "CrossSubnet"):
@@ -169,6 +170,9 @@ BAD_VALUES = {
     "metrics-interval": ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
                          "/metrics/serviceMonitor/interval"),
     "metrics-unknown": ({"metrics": {"servicemonitor": {"enabled": True}}}, "servicemonitor"),
+    "wireguard-enum": ({"wireguard": "On"}, "/wireguard"),
+    "wireguard-bool": ({"wireguard": True}, "/wireguard"),
+    "wireguard-port": ({"wireguardListenPort": 0}, "/wireguardListenPort"),
 }
 
 
@@ -220,6 +224,9 @@ def test_resources_parse_with_routeds_loader(name):
     mesh = values["bgp"]["nodeToNodeMesh"] and not values["routeReflector"]["enabled"]
     assert config.spec.node_to_node_mesh_enabled is mesh
     assert config.spec.max_prefixes == values["bgp"].get("maxPrefixes", 100000)
+    # What the agents read (routed/agent/wireguard.py): the chart's switch and port.
+    from routed.agent.wireguard import cluster_mode
+    assert cluster_mode([config]) == (values["wireguard"], values["wireguardListenPort"])
 
     peers = {p.name: p for p in by_kind.get("BGPPeer", [])}
     rr = values["routeReflector"]
@@ -416,6 +423,24 @@ def test_agent_container():
         assert cu.host_path_of(ds, agent, path) == path
     assert args.bgp_socket.startswith(args.bgp_dir + "/")  # the one directory shared with the speaker
     assert args.state_dir == "/var/lib/routed"
+
+
+@pytest.mark.parametrize("mode", ["Enabled", "Required"])
+def test_wireguard_gives_the_agent_the_tun_device_and_its_key_directory(mode):
+    """wireguard-go needs /dev/net/tun (a CharDevice: a node without it fails at pod start,
+    not later); the private key goes under the agent's state dir, a hostPath, so a restart
+    keeps it; `privileged` gives the agent NET_ADMIN for the device and its routes."""
+    assert "dev-net-tun" not in cu.volumes(cu.render().daemonset())  # off by default
+    rendered = cu.render({"wireguard": mode})
+    ds = rendered.daemonset()
+    agent = rendered.container(ds, "agent")
+    assert cu.volumes(ds)["dev-net-tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    assert cu.mounts(agent)["/dev/net/tun"]["name"] == "dev-net-tun"
+    state_dir = _parse_routed(cu.argv(agent)).state_dir
+    assert cu.host_path_of(ds, agent, state_dir) == "/var/lib/routed"
+    assert agent["securityContext"].get("privileged") is True
+    # Only the agent: the ExaBGP sidecar gets no device.
+    assert "/dev/net/tun" not in cu.mounts(rendered.container(ds, "bgp"))
 
 
 def test_bgp_sidecar_shares_the_agents_directory():

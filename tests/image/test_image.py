@@ -113,11 +113,50 @@ def test_exabgp_inside_is_the_pinned_release(images):
 
 
 def test_the_route_reflector_and_dataplane_tools_are_inside(images):
-    tools = ["ip", "iptables", "bird", "birdc", "awk", "sh"]
+    tools = ["ip", "iptables", "nft", "bird", "birdc", "wg", "wireguard-go", "awk", "sh"]
     proc = _run(images["routed"].ref, "-c", f"for t in {' '.join(tools)}; do command -v $t || exit 1; done; "
                 "iptables --version", entrypoint="/bin/sh")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nf_tables" in proc.stdout, proc.stdout  # Debian's default backend, what the host uses
+
+
+# What the agent's WireGuard controller does on a node without the kernel module (this
+# machine's kernel has none): routed's own dataplane code, in the image.
+WIREGUARD_SCRIPT = """
+import json, os
+from routed.dataplane import wireguard as wg
+tools = wg.Tools(None, None)  # the node's /run/wireguard: the container's own
+provider = wg.ensure_device(None, tools, 1440)
+key_file = "/var/lib/routed/wireguard/private.key"
+key = wg.ensure_private_key(key_file)
+peer = wg.Peer("b", wg.public_key(wg.new_private_key("/tmp/b.key")), "192.0.2.2:51820", ("10.244.1.0/26",),
+               "192.0.2.2/32")
+wg.configure(tools, "/tmp/wg.conf", wg.render_config(key, 51820, [peer]))
+print(json.dumps({"provider": provider, "publicKey": wg.public_key(key), "shown": wg.show(tools)}))
+"""
+
+
+def test_the_agent_makes_its_wireguard_device_with_wireguard_go_on_the_charts_tun(images, tmp_path):
+    """The agent's WireGuard path in the image, with what the chart gives it when WireGuard is
+    on: /dev/net/tun, NET_ADMIN, /var/lib/routed from the host (the key stays there, 0600)."""
+    rendered = render({"wireguard": "Enabled"})
+    ds = rendered.daemonset()
+    assert rendered.container(ds, "agent")["securityContext"]["privileged"] is True  # NET_ADMIN and more
+    assert {"name": "dev-net-tun", "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}} in \
+        ds["spec"]["template"]["spec"]["volumes"]
+    state = tmp_path / "var-lib-routed"
+    state.mkdir()
+    proc = _run(images["routed"].ref, "-c", WIREGUARD_SCRIPT, entrypoint="/opt/routed/venv/bin/python",
+                options=("--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun",
+                         "-v", f"{state}:/var/lib/routed"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["provider"] == "wireguard-go", done
+    assert (done["shown"]["publicKey"], done["shown"]["listenPort"]) == (done["publicKey"], 51820), done
+    (peer,) = done["shown"]["peers"]
+    assert peer["endpoint"] == "192.0.2.2:51820" and set(peer["allowedIPs"]) == {"10.244.1.0/26", "192.0.2.2/32"}
+    key_file = state / "wireguard" / "private.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
 
 
 def test_install_cni_puts_a_plugin_on_the_host_that_answers_version(images, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from routed import resources as r
 from routed.dataplane.constants import WIREGUARD_DEV, WIREGUARD_TABLE
 from tests.conftest import _require
-from tests.support.cluster import ROUTEDCTL, Cluster
+from tests.support.cluster import ROUTED, ROUTEDCTL, Cluster, _Named
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -94,6 +95,11 @@ def test_pod_traffic_between_nodes_is_encrypted(cluster, tmp_path):
     assert ip_a not in seen and ip_b not in seen, f"pod addresses in clear on the wire:\n{seen[-2000:]}"
     tunnel = [line for line in seen.splitlines() if f"{a.ip}.51820 > {b.ip}.51820: UDP" in line]
     assert len(tunnel) >= 6, f"no WireGuard packets between the nodes:\n{seen[-2000:]}\n{capture.stats}"
+    # Between the nodes: WireGuard (UDP 51820 both ends) and their BGP session (TCP 179), nothing else.
+    between = [line for line in seen.splitlines() if " IP " in line and a.ip in line and b.ip in line]
+    other = [line for line in between
+             if not re.search(r"\.51820 > [\d.]+\.51820: UDP", line) and not re.search(r"\.179[ :>]", line)]
+    assert not other, "node-to-node packets other than WireGuard and BGP:\n" + "\n".join(other[:20])
     # Handshakes and bytes, from the agent's document and routedctl node status.
     (peer,) = wireguard(a)["peers"]
     assert peer["node"] == "b" and peer["latestHandshake"] is not None and peer["rxBytes"] > 0
@@ -167,3 +173,59 @@ def test_rotate_key_gives_the_node_a_new_key_and_its_peers_follow(cluster):
     bad = subprocess.run([ROUTEDCTL, "--etcd-endpoints", cluster.etcd.url, "node", "rotate-key", "nosuch"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr, bad.stderr
+
+
+def echoes_received(pod) -> int:
+    """Echo requests that reached the pod's own stack (Icmp InEchos of its netns)."""
+    lines = [line.split() for line in pod.run("cat", "/proc/net/snmp").stdout.splitlines() if line.startswith("Icmp:")]
+    return int(lines[1][lines[0].index("InEchos")])
+
+
+def arrives(sender, pod, ip: str, source: str | None = None) -> bool:
+    """Do pings from ``sender`` (a netns: anything with run()) reach ``pod`` at all?
+    One-way, from the pod's counter: a reply may be dropped on its way back."""
+    before = echoes_received(pod)
+    sender.run("ping", "-c2", "-i0.2", "-W1", *(["-I", source] if source else []), ip, check=False)
+    return echoes_received(pod) > before
+
+
+def test_required_drops_clear_pod_traffic_arriving_from_outside_the_tunnel(cluster):
+    """Required encrypts both ways: pods of a node without WireGuard, and pod addresses
+    spoofed from outside the tunnel, no longer reach this node's pods in clear. What comes
+    through wg.routed passes; host traffic (a node's own address) and BGP are untouched."""
+    enable(cluster)
+    a, b = cluster.add_node("a", 1), cluster.add_node("b", 2)
+    c = cluster.add_node("c", 3, labels="routed.io/wireguard=Disabled")
+    (pa, ip_a), (pb, ip_b), (pc, _) = a.add_pod("p"), b.add_pod("p"), c.add_pod("p")
+    # Outside the tunnel: a host on the nodes' segment, claiming b's pod address.
+    spoofer = _Named(cluster.add_netns("x", [("eth0", cluster.switch, "192.0.2.200/24")]))
+    spoofer.run("ip", "addr", "add", f"{ip_b}/32", "dev", "lo")
+    spoofer.run("ip", "route", "add", "10.244.0.0/16", "via", a.ip)
+    # Enabled: all of it arrives (c in clear, the spoofed packets too): the probes work.
+    cluster.wait(lambda: encrypted_route(b, ip_a) and reaches(pb, ip_a), what="b's pod reaches a's over WireGuard")
+    cluster.wait(lambda: arrives(pc, pa, ip_a), what="c's pod reaches a's in clear")
+    assert arrives(spoofer, pa, ip_a, source=ip_b)
+
+    enable(cluster, "Required")
+    cluster.wait(lambda: not arrives(pc, pa, ip_a), what="c's clear pod traffic dropped at a")
+    assert not arrives(spoofer, pa, ip_a, source=ip_b), "a pod address spoofed outside the tunnel got in"
+    assert reaches(pb, ip_a) and reaches(pa, ip_b), "traffic through wg.routed must pass"
+    assert reaches(c.ns, ip_a), "c's host (its node address) must still reach a's pods"
+    assert cluster.sessions_up(a, 2) and cluster.sessions_up(c, 2), "BGP between the nodes must stay up"
+
+    enable(cluster)  # back to Enabled: the filter goes
+    cluster.wait(lambda: arrives(pc, pa, ip_a), what="c's pod reaches a's in clear again")
+    assert "routed-wireguard" not in a.ns.run("nft", "list", "tables").stdout
+
+    # Required again, then the agent stopped: `routed cleanup-node` takes the filter away too.
+    enable(cluster, "Required")
+    cluster.wait(lambda: "routed-wireguard" in a.ns.run("nft", "list", "tables").stdout, what="a's filter back")
+    a.agent.stop()
+    cni_dirs = {name: a.workdir / f"cleanup-{name}" for name in ("conf", "bin")}
+    for path in cni_dirs.values():
+        path.mkdir()
+    done = subprocess.run([ROUTED, "cleanup-node", "--netns", a.ns.name, "--conf-dir", str(cni_dirs["conf"]),
+                           "--bin-dir", str(cni_dirs["bin"])], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "routed-wireguard" not in a.ns.run("nft", "list", "tables").stdout
+    assert WIREGUARD_DEV not in a.ns.run("ip", "link", "show").stdout

@@ -89,3 +89,41 @@ def test_our_rule_as_pyroute2_reads_it():
     msg.decode()
     assert (msg["action"], msg.get_attr("FRA_PRIORITY"), msg.get_attr("FRA_TABLE"),
             msg.get_attr("FRA_PROTOCOL")) == (1, 99, 201, 201)
+
+
+def _kernel_rule(*attrs: tuple[int, bytes]) -> memoryview:
+    """An RTM_NEWRULE payload as a dump returns it: header, then attributes."""
+    import socket
+    body = rtnl.RTMSG.pack(socket.AF_INET, 0, 0, 0, 201, 0, 0, rtnl.FR_ACT_TO_TBL, 0)
+    return memoryview(body + b"".join(rtnl.pack_attr(kind, value) for kind, value in attrs))
+
+
+def test_our_rule_is_recognised_as_debians_kernel_dumps_it():
+    """Linux 6.1 (Debian 12) dumps FRA_SUPPRESS_PREFIXLEN = -1 (unset) with every rule: still
+    our rule (else cleanup never finds it to delete). A set suppress_prefixlength (wg-quick's
+    `lookup main suppress_prefixlength 0`) is someone else's rule."""
+    ours = [(rtnl.FRA_TABLE, rtnl.U32.pack(201)), (rtnl.FRA_PRIORITY, rtnl.U32.pack(99)),
+            (rtnl.FRA_PROTOCOL, bytes([201]))]
+    unset = rtnl.U32.pack(0xFFFFFFFF)
+    assert rtnl.parse_rule(_kernel_rule(*ours)) == rtnl.Rule(99, 201, 201)
+    assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, unset),
+                                        (rtnl.FRA_SUPPRESS_IFGROUP, unset))) == rtnl.Rule(99, 201, 201)
+    assert rtnl.parse_rule(_kernel_rule(*ours, (rtnl.FRA_SUPPRESS_PREFIXLEN, rtnl.U32.pack(0)))) is None
+
+
+def test_the_ingress_filter_drops_clear_pod_traffic_to_local_pods_only():
+    script = wg.ingress_filter(["10.0.1.0/26", "10.0.9.3/32", "fd00:1::/122"], ["10.0.0.0/16", "fd00:1::/48"])
+    lines = [line.strip() for line in script.splitlines()]
+    # One transaction replacing only our table.
+    assert lines[:3] == ["table inet routed-wireguard", "delete table inet routed-wireguard",
+                         "table inet routed-wireguard {"]
+    assert "set local4 { type ipv4_addr; flags interval; auto-merge; elements = { 10.0.1.0/26, 10.0.9.3/32 } }" in lines
+    assert "set pools6 { type ipv6_addr; flags interval; auto-merge; elements = { fd00:1::/48 } }" in lines
+    chain = lines[lines.index("chain ingress {") + 1:]
+    assert chain[:3] == ["type filter hook forward priority filter - 10; policy accept;",
+                         'iifname "wg.routed" accept', 'iifname "cali*" accept']
+    assert chain[3:5] == ["ip daddr @local4 ip saddr @pools4 counter drop",
+                          "ip6 daddr @local6 ip6 saddr @pools6 counter drop"]
+    # A family without local pods (or pools) gets no rule and no empty set.
+    v4_only = wg.ingress_filter(["10.0.1.0/26"], ["10.0.0.0/16", "fd00:1::/48"])
+    assert "ip6" not in v4_only and "pools6" not in v4_only

@@ -217,6 +217,20 @@ def ping(src: Node, dst_ip: str, count: int) -> subprocess.CompletedProcess:
                check=False)
 
 
+def pings_on_the_wire(a: Node, b: Node, a_count: int, b_count: int, workdir: Path) -> list[str]:
+    """Pod A pings pod B a_count times, then B pings A b_count times (both must succeed),
+    while tcpdump on A's link to B takes 2 * (a_count + b_count) IPv4 packets: its lines."""
+    capture = Capture(a.ns, "eth0", "ip", 2 * (a_count + b_count), workdir)
+    try:
+        a_to_b = ping(a, b.pod_ip, a_count)
+        b_to_a = ping(b, a.pod_ip, b_count)
+    finally:
+        lines = capture.lines(timeout=15)
+    assert a_to_b.returncode == 0, f"pod A cannot ping pod B:\n{a_to_b.stdout}{a_to_b.stderr}"
+    assert b_to_a.returncode == 0, f"pod B cannot ping pod A:\n{b_to_a.stdout}{b_to_a.stderr}"
+    return lines
+
+
 def test_pods_on_two_nodes_talk_through_ipip(two_nodes, tmp_path):
     a, b = two_nodes
     program_ipip(a, b)
@@ -232,14 +246,7 @@ def test_pods_on_two_nodes_talk_through_ipip(two_nodes, tmp_path):
     before = {n.ns.name: tunl0_packets(n) for n in (a, b)}
     a_count, b_count = 5, 2
     # Everything IPv4 between the nodes except ARP: the pods' pings, each way, 2 packets each.
-    capture = Capture(a.ns, "eth0", "ip", 2 * (a_count + b_count), tmp_path)
-    try:
-        a_to_b = ping(a, b.pod_ip, a_count)
-        b_to_a = ping(b, a.pod_ip, b_count)
-    finally:
-        lines = capture.lines(timeout=15)
-    assert a_to_b.returncode == 0, f"pod A cannot ping pod B:\n{a_to_b.stdout}{a_to_b.stderr}"
-    assert b_to_a.returncode == 0, f"pod B cannot ping pod A:\n{b_to_a.stdout}{b_to_a.stderr}"
+    lines = pings_on_the_wire(a, b, a_count, b_count, tmp_path)
 
     # Tunnel counters: every echo request leaves A's tunl0 and enters B's, and back.
     sent = a_count + b_count

@@ -1,15 +1,16 @@
 """Run a pytest selection INSIDE a virtme-ng VM that boots Debian's stock kernel.
 
-This machine's kernel has no ipip module, so IPIP is tested in a VM: Debian's
+This machine's kernel has no ipip or wireguard module, so IPIP and WireGuard's kernel
+device are tested in a VM: Debian's
 linux-image-amd64 kernel (fetched and unpacked by scripts/vm-kernel.sh), booted by
 virtme-ng under qemu without KVM (the host's /dev/kvm cannot run a stock kernel). The
 guest sees the host filesystem read-only, with the repository mounted read-write (9p,
 cache=loose: see REPO_TAG below); it
-loads ipip, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
+loads ipip and wireguard, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
 
     .venv/bin/python tests/vm/run_in_vm.py [PATH ...] [-- PYTEST_ARGS ...]
 
-With no PATH, runs tests/vm/guest_ipip.py. Exits with the guest pytest's exit code.
+With no PATH, runs every guest file (DEFAULT_PATHS): one boot for all. Exits with the guest pytest's exit code.
 If the VM cannot be prepared or started, or the guest never reports back, it exits
 non-zero with a message saying so: this never skips.
 """
@@ -27,13 +28,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PATHS = ["tests/vm/guest_ipip.py"]
+DEFAULT_PATHS = ["tests/vm/guest_ipip.py", "tests/vm/guest_wireguard.py"]
+# The modules the guest tests need; the guest loads them before pytest starts.
+MODULES = ("ipip", "wireguard")
 KERNEL_SCRIPT = REPO / "scripts" / "vm-kernel.sh"
 # The guest prints this after its pytest ends; without it the VM failed, not the tests.
 SENTINEL = "ROUTED-GUEST-EXIT="
 # Exit codes of our own, distinct from pytest's (0-5).
 EXIT_NO_VM = 90          # could not prepare or start the VM, or the guest never reported
-EXIT_NO_IPIP = 91        # the guest kernel would not load ipip
+EXIT_NO_MODULE = 91      # the guest kernel would not load one of MODULES
 # Measured on 2 cores: guest reaches its script ≈ 8-9 s after start, the whole IPIP run
 # ≈ 26-35 s idle, up to ≈ 60 s with the machine busy (TCG suffers most from contention).
 DEFAULT_TIMEOUT = float(os.environ.get("ROUTED_VM_TIMEOUT", "300"))
@@ -74,7 +77,7 @@ PLAIN_RWDIR = os.environ.get("ROUTED_VM_RWDIR") == "1"
 
 def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO,
                  plain_rwdir: bool = PLAIN_RWDIR) -> str:
-    """The shell script the guest runs: mount the repo, load ipip, run the venv's pytest,
+    """The shell script the guest runs: mount the repo, load MODULES, run the venv's pytest,
     report its exit code on a line of its own."""
     python = repo / ".venv" / "bin" / "python"
     pytest_cmd = shlex.join(
@@ -91,10 +94,12 @@ def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO,
         )
     lines += [
         f"cd {q_repo} || {fail}",
-        "if ! modprobe ipip 2>&1; then",
-        "  echo 'guest: ERROR: modprobe ipip failed'",
-        f"  echo '{SENTINEL}{EXIT_NO_IPIP}'; exit {EXIT_NO_IPIP}",
-        "fi",
+        f"for module in {' '.join(MODULES)}; do",
+        "  if ! modprobe $module 2>&1; then",
+        "    echo \"guest: ERROR: modprobe $module failed\"",
+        f"    echo '{SENTINEL}{EXIT_NO_MODULE}'; exit {EXIT_NO_MODULE}",
+        "  fi",
+        "done",
         # No plugin autoload: the hypothesis plugin alone costs ~20 s to import without KVM.
         f"ROUTED_IN_VM=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {pytest_cmd} 2>&1",
         "rc=$?",
@@ -193,8 +198,8 @@ def run_in_vm(
             f"command: {shlex.join(cmd[:-2])} --exec <script>\noutput:\n{output[-4000:]}"
         )
     rc = int(codes[-1])
-    if rc == EXIT_NO_IPIP:
-        raise VMError(f"the guest kernel could not load ipip:\n{output[-4000:]}")
+    if rc == EXIT_NO_MODULE:
+        raise VMError(f"the guest kernel could not load {' or '.join(MODULES)}:\n{output[-4000:]}")
     if rc == EXIT_NO_VM:
         raise VMError(f"the guest could not reach the repository:\n{output[-4000:]}")
     if echo:
