@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -222,6 +223,7 @@ def main() -> None:
                 a.stop()
             for ns in netns + hosts:
                 ns.delete()
+            shutil.rmtree(workdir, ignore_errors=True)
 
     ms = 1000
     note(f"{NODES} nodes (real agents, one netns each, one etcd), {APPLIES} applies of a new default-deny "

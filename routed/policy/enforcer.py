@@ -38,6 +38,12 @@ from routed.policy import model, nft
 log = logging.getLogger("routed.policy")
 
 _POLICY_KINDS = (r.NetworkPolicy, r.GlobalNetworkPolicy, r.KubeNetworkPolicy)
+_KINDS = (*_POLICY_KINDS, r.Namespace)  # the resources policy is made of
+
+
+def _kind_of(key: str):
+    """The policy kind (or Namespace) a resource key is of; None for any other kind."""
+    return next((cls for cls in _KINDS if key.startswith(keys.resource(cls.plural))), None)
 
 
 class PolicyError(RoutedError):
@@ -140,6 +146,10 @@ class PolicyEnforcer:
         self._nft = threading.Lock()  # one nft transaction at a time; its holder commits what is queued
         self._policies: list[model.Policy] = []
         self._namespaces: dict[str, dict] = {}
+        # etcd key -> policy or Namespace document, from a listing at _docs_revision and the
+        # watch after it: an applied policy is rendered from its watch event, no etcd read.
+        self._docs: dict[str, r.Resource] = {}
+        self._docs_revision = 0
         self._endpoints: dict[str, model.Endpoint] = {}  # workload key -> endpoint: the desired state
         # workload key -> etcd revision of the newest write known for it (our own ADD/DEL as
         # soon as it is made, others' from the watch): an older event never undoes a newer
@@ -179,11 +189,45 @@ class PolicyEnforcer:
 
     # -- the state ----------------------------------------------------------------------
 
-    def _load_resources(self) -> None:
-        docs = [p for cls in _POLICY_KINDS for p in self.store.list(cls)]
-        namespaces = {n.name: dict(n.metadata.labels) for n in self.store.list(r.Namespace)}
+    def _load_resources(self, listing=None) -> None:
+        """Policies and namespaces from a listing of every resource (etcd's now if not given)."""
+        listing = listing or self.kv.list(keys.RESOURCES)
+        docs = {}
+        for item in listing.items:
+            if (doc := _decoded(item)) is not None:
+                docs[item.key] = doc
         with self._lock:
-            self._policies, self._namespaces = model.convert(docs), namespaces
+            self._docs, self._docs_revision = docs, listing.revision
+            self._derive()
+
+    def _resources_changed(self, events) -> bool:
+        """Fold resource watch events in; True if a policy or namespace changed."""
+        changed = False
+        for event in events:
+            if event.type == "resync":
+                self._load_resources(event)  # a resync event has items and revision, as a listing
+                changed = True
+                continue
+            key = event.kv.key
+            if _kind_of(key) is None or event.kv.mod_revision <= self._docs_revision:
+                continue  # not policy's, or already in the listing
+            doc = _decoded(event.kv) if event.type == "put" else None
+            with self._lock:
+                if doc is None:
+                    self._docs.pop(key, None)
+                else:
+                    self._docs[key] = doc
+            changed = True
+        if changed:
+            with self._lock:
+                self._derive()
+        return changed
+
+    def _derive(self) -> None:
+        """Holding the lock: the model of the documents."""
+        docs = self._docs.values()
+        self._policies = model.convert([d for d in docs if not isinstance(d, r.Namespace)])
+        self._namespaces = {d.name: dict(d.metadata.labels) for d in docs if isinstance(d, r.Namespace)}
 
     def _load_endpoints(self, items, revision: int) -> None:
         """Replace the endpoints with a listing at ``revision``, keeping what is known of
@@ -360,9 +404,7 @@ class PolicyEnforcer:
                     batch = [] if (first := _get(events, 0.25)) is None else [first]
                     while (more := _get(events, 0)) is not None:
                         batch.append(more)
-                    full = any(watch is resources for watch, _ in batch)
-                    if full:
-                        self._load_resources()
+                    full = self._resources_changed([e for w, e in batch if w is resources])
                     for _, event in ((w, e) for w, e in batch if w is workloads):
                         full = self._watched(event) or full
                     if time.monotonic() >= next_sync:
@@ -376,6 +418,18 @@ class PolicyEnforcer:
             finally:
                 resources.cancel()
                 workloads.cancel()
+
+
+def _decoded(item):
+    """The policy or Namespace document a resource record holds; None for another kind
+    or an unreadable record (logged: one bad record never stops the rest)."""
+    if _kind_of(item.key) is None:
+        return None
+    try:
+        return r.parse(json.loads(item.value))
+    except (ValueError, RoutedError) as err:
+        log.warning("%s: not a readable policy or namespace (%s); skipped", item.key, err)
+        return None
 
 
 def _merged(*watches) -> queue.Queue:

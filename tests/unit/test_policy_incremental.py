@@ -178,3 +178,33 @@ def test_a_resync_listing_never_drops_an_add_newer_than_it():
     kv.list = lambda prefix, **kw: listing if prefix == keys.WORKLOADS else kv._kv.list(prefix, **kw)
     enforcer.sync()  # ... and applied after it
     assert '"cali0002"' in enforcer._table.ruleset.sets["pods"][1] and "10.1.0.2" in _table_addresses(enforcer)
+
+
+def test_a_policy_change_is_rendered_from_its_watch_event_without_reading_etcd():
+    """The run loop: an applied or deleted policy costs no etcd read (its watch event has
+    it), and a resource policy is not made of (an IPPool) renders nothing."""
+    from tests.support.wait import eventually
+
+    kv, _, enforcer, applied = _cluster()
+    _add(enforcer, 0, {"pod": "a"})
+    writer = ResourceStore(kv._kv)  # the operator's routedctl: its reads are not the enforcer's
+    stop = threading.Event()
+    thread = threading.Thread(target=enforcer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: len(applied) >= 3, timeout=10, what="the loop's first sync")
+        renders, reads = len(applied), kv.reads
+        deny = r.parse(netpol.knp("deny", "x", {"pod": "a"}, ingress=[]))
+        writer.create(deny)
+        eventually(lambda: any(p.name.endswith("/deny") for p in enforcer._policies) and len(applied) > renders,
+                   timeout=10, what="the policy rendered")
+        writer.create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "p"},
+                               "spec": {"cidr": "10.9.0.0/16"}}))
+        writer.delete(r.KubeNetworkPolicy, "deny", namespace="x")
+        eventually(lambda: not any(p.name.endswith("/deny") for p in enforcer._policies), timeout=10,
+                   what="the policy gone")
+        assert kv.reads == reads
+        assert len(applied) == renders + 2, applied[renders:]  # the policy came, went; the pool: nothing
+    finally:
+        stop.set()
+        thread.join(10)
