@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.integration.test_cli import dump, fails, ok
+from tests.unit.test_calico_policy import SAMPLE_NETWORKPOLICY
 
 pytestmark = pytest.mark.etcd
 
@@ -62,31 +63,7 @@ def test_a_bad_policy_is_refused_naming_the_field_and_nothing_is_written(env, tm
     assert json.loads(ok(env, "get", "gnp", "-o", "json").stdout)["items"] == []
 
 
-CALICO_POLICIES = """\
-apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata:
-  name: allow-tcp-6379
-  namespace: production
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      metadata:
-        annotations:
-          from: frontend
-          to: database
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
+CALICO_POLICIES = SAMPLE_NETWORKPOLICY.lstrip() + """\
 ---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy

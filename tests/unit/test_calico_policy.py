@@ -24,8 +24,8 @@ def refused(text: str) -> str:
     return message
 
 
-def test_networkpolicy_sample_keeps_its_namespace_and_drops_rule_annotations():
-    (p,) = converted("""
+# Calico reference's sample, as its page writes it (tests/integration/test_cli_policy.py applies it too).
+SAMPLE_NETWORKPOLICY = """
 apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata:
@@ -50,7 +50,11 @@ spec:
           - 6379
   egress:
     - action: Allow
-""")
+"""
+
+
+def test_networkpolicy_sample_keeps_its_namespace_and_drops_rule_annotations():
+    (p,) = converted(SAMPLE_NETWORKPOLICY)
     assert isinstance(p, NetworkPolicy) and p.namespace == "production" and p.name == "allow-tcp-6379"
     assert p.spec.selector == "role == 'database'" and p.spec.types == ["Ingress", "Egress"]
     (rule,) = p.spec.ingress
