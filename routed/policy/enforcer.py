@@ -23,6 +23,7 @@ import ctypes
 import ipaddress
 import json
 import logging
+import queue
 import subprocess
 import threading
 import time
@@ -30,12 +31,19 @@ from dataclasses import dataclass, field
 
 from routed import resources as r
 from routed.datastore import keys
+from routed.datastore.kv import Compare, Op
 from routed.errors import RoutedError
 from routed.policy import model, nft
 
 log = logging.getLogger("routed.policy")
 
 _POLICY_KINDS = (r.NetworkPolicy, r.GlobalNetworkPolicy, r.KubeNetworkPolicy)
+_KINDS = (*_POLICY_KINDS, r.Namespace)  # the resources policy is made of
+
+
+def _kind_of(key: str):
+    """The policy kind (or Namespace) a resource key is of; None for any other kind."""
+    return next((cls for cls in _KINDS if key.startswith(keys.resource(cls.plural))), None)
 
 
 class PolicyError(RoutedError):
@@ -138,7 +146,15 @@ class PolicyEnforcer:
         self._nft = threading.Lock()  # one nft transaction at a time; its holder commits what is queued
         self._policies: list[model.Policy] = []
         self._namespaces: dict[str, dict] = {}
+        # etcd key -> policy or Namespace document, from a listing at _docs_revision and the
+        # watch after it: an applied policy is rendered from its watch event, no etcd read.
+        self._docs: dict[str, r.Resource] = {}
+        self._docs_revision = 0
         self._endpoints: dict[str, model.Endpoint] = {}  # workload key -> endpoint: the desired state
+        # workload key -> etcd revision of the newest write known for it (our own ADD/DEL as
+        # soon as it is made, others' from the watch): an older event never undoes a newer
+        # write; a deletion stays as a tombstone until the watch brings it back.
+        self._revisions: dict[str, int] = {}
         self._pending: list[_Change] = []
         self._table: nft.NodeTable | None = None  # what the kernel holds, None when unknown
         self._programmed: dict[str, model.Endpoint] = {}  # the endpoints in _table
@@ -159,26 +175,63 @@ class PolicyEnforcer:
         addresses = tuple(str(ipaddress.ip_interface(str(ip)).ip) for ip in ips)
         ep = model.Endpoint(namespace, pod, labels, addresses, interface, self.node, tuple(ports))
         key = keys.workload(self.node, namespace, pod)
-        self.kv.put(key, endpoint_json(ep, container).encode())
-        self._change(key, ep)
+        revision = self.kv.txn([], [Op.put(key, endpoint_json(ep, container).encode())]).revision
+        self._change(key, ep, revision)
 
     def removed(self, namespace: str, pod: str, container: str) -> None:
         """Forget the pod, unless its record is already a newer sandbox's."""
         key = keys.workload(self.node, namespace, pod)
         item = self.kv.get(key)
         if item is not None and json.loads(item.value).get("container", "") in ("", container):
-            self.kv.delete(key, mod_revision=item.mod_revision)
-            self._change(key, None)
+            done = self.kv.txn([Compare.mod(key, item.mod_revision)], [Op.delete(key)])
+            if done.succeeded:
+                self._change(key, None, done.revision)
 
     # -- the state ----------------------------------------------------------------------
 
-    def _load_resources(self) -> None:
-        docs = [p for cls in _POLICY_KINDS for p in self.store.list(cls)]
-        namespaces = {n.name: dict(n.metadata.labels) for n in self.store.list(r.Namespace)}
+    def _load_resources(self, listing=None) -> None:
+        """Policies and namespaces from a listing of every resource (etcd's now if not given)."""
+        listing = listing or self.kv.list(keys.RESOURCES)
+        docs = {}
+        for item in listing.items:
+            if (doc := _decoded(item)) is not None:
+                docs[item.key] = doc
         with self._lock:
-            self._policies, self._namespaces = model.convert(docs), namespaces
+            self._docs, self._docs_revision = docs, listing.revision
+            self._derive()
 
-    def _load_endpoints(self, items) -> None:
+    def _resources_changed(self, events) -> bool:
+        """Fold resource watch events in; True if a policy or namespace changed."""
+        changed = False
+        for event in events:
+            if event.type == "resync":
+                self._load_resources(event)  # a resync event has items and revision, as a listing
+                changed = True
+                continue
+            key = event.kv.key
+            if _kind_of(key) is None or event.kv.mod_revision <= self._docs_revision:
+                continue  # not policy's, or already in the listing
+            doc = _decoded(event.kv) if event.type == "put" else None
+            with self._lock:
+                if doc is None:
+                    self._docs.pop(key, None)
+                else:
+                    self._docs[key] = doc
+            changed = True
+        if changed:
+            with self._lock:
+                self._derive()
+        return changed
+
+    def _derive(self) -> None:
+        """Holding the lock: the model of the documents."""
+        docs = self._docs.values()
+        self._policies = model.convert([d for d in docs if not isinstance(d, r.Namespace)])
+        self._namespaces = {d.name: dict(d.metadata.labels) for d in docs if isinstance(d, r.Namespace)}
+
+    def _load_endpoints(self, items, revision: int) -> None:
+        """Replace the endpoints with a listing at ``revision``, keeping what is known of
+        writes newer than it (an ADD or DEL that raced the listing)."""
         endpoints = {}
         for item in items:
             try:
@@ -186,12 +239,19 @@ class PolicyEnforcer:
             except (ValueError, KeyError, TypeError) as err:  # one bad record never stops the rest
                 log.warning("%s: not a workload endpoint (%s); skipped", item.key, err)
         with self._lock:
+            newer = {key: rev for key, rev in self._revisions.items() if rev > revision}
+            for key in newer:
+                endpoints.pop(key, None)
+                if key in self._endpoints:
+                    endpoints[key] = self._endpoints[key]
             self._endpoints = endpoints
+            self._revisions = {**{item.key: item.mod_revision for item in items}, **newer}
 
     def load(self) -> None:
         """Everything from etcd (at start and on the periodic resync)."""
         self._load_resources()
-        self._load_endpoints(self.kv.list(keys.WORKLOADS).items)
+        listing = self.kv.list(keys.WORKLOADS)
+        self._load_endpoints(listing.items, listing.revision)
 
     def _local(self, ep: model.Endpoint) -> bool:
         return ep.node == self.node and bool(ep.interface)
@@ -236,10 +296,14 @@ class PolicyEnforcer:
         _finish(pending, None)
         return changed
 
-    def _change(self, key: str, ep: model.Endpoint | None) -> None:
-        """Queue a pod's arrival (or departure, ep None) and wait until the kernel has it."""
+    def _change(self, key: str, ep: model.Endpoint | None, revision: int) -> None:
+        """Queue a pod's arrival (or departure, ep None), written at ``revision``, and wait
+        until the kernel has it; nothing to do if a newer write of the key is known."""
         change = _Change(key, ep)
         with self._lock:
+            if revision < self._revisions.get(key, 0):
+                return
+            self._revisions[key] = revision
             if ep is None:
                 self._endpoints.pop(key, None)
             else:
@@ -289,12 +353,17 @@ class PolicyEnforcer:
         """Fold one workload event into the state; True if the whole table must be
         re-rendered (a resync, a changed record)."""
         if event.type == "resync":
-            self._load_endpoints(event.items or [])
+            self._load_endpoints(event.items or [], event.revision)
             return True
-        key = event.kv.key
+        key, revision = event.kv.key, event.kv.mod_revision
+        with self._lock:
+            known = self._revisions.get(key, 0)
+            if revision <= known:  # our own write coming back, or older than what we know
+                if event.type == "delete" and revision == known:
+                    del self._revisions[key]  # the tombstone's work is done: the watch has the DEL
+                return False
         if event.type == "delete":
-            if key in self._endpoints:
-                self._change(key, None)
+            self._change(key, None, revision)
             return False
         try:
             ep = endpoint_from_json(event.kv.value)
@@ -302,12 +371,11 @@ class PolicyEnforcer:
             log.warning("%s: not a workload endpoint (%s); skipped", key, err)
             return False
         with self._lock:
-            known = self._endpoints.get(key)
-            if known is not None and known != ep:
-                self._endpoints[key] = ep
+            known_ep = self._endpoints.get(key)
+            if known_ep is not None and known_ep != ep:  # a changed record: render it all
+                self._endpoints[key], self._revisions[key] = ep, revision
                 return True
-        if known is None:
-            self._change(key, ep)
+        self._change(key, ep, revision)
         return False
 
     def cleanup(self) -> None:
@@ -326,16 +394,18 @@ class PolicyEnforcer:
                 log.warning("policy: %s; retrying", err)
                 stop.wait(2)
                 continue
+            events = _merged(resources, workloads)
             try:
                 next_sync = time.monotonic() + self.resync
                 while not stop.is_set():
                     beat()
-                    full = False
-                    while resources.get(timeout=0.05) is not None:
-                        full = True
-                    if full:
-                        self._load_resources()
-                    while (event := workloads.get(timeout=0.2)) is not None:
+                    # Wake on the first event of either watch (a policy applied is a
+                    # resources event: no polling interval between it and the table).
+                    batch = [] if (first := _get(events, 0.25)) is None else [first]
+                    while (more := _get(events, 0)) is not None:
+                        batch.append(more)
+                    full = self._resources_changed([e for w, e in batch if w is resources])
+                    for _, event in ((w, e) for w, e in batch if w is workloads):
                         full = self._watched(event) or full
                     if time.monotonic() >= next_sync:
                         self.sync()
@@ -348,6 +418,39 @@ class PolicyEnforcer:
             finally:
                 resources.cancel()
                 workloads.cancel()
+
+
+def _decoded(item):
+    """The policy or Namespace document a resource record holds; None for another kind
+    or an unreadable record (logged: one bad record never stops the rest)."""
+    if _kind_of(item.key) is None:
+        return None
+    try:
+        return r.parse(json.loads(item.value))
+    except (ValueError, RoutedError) as err:
+        log.warning("%s: not a readable policy or namespace (%s); skipped", item.key, err)
+        return None
+
+
+def _merged(*watches) -> queue.Queue:
+    """(watch, event) from several watches on one queue, in the order they arrive; each
+    forwarding thread ends when its watch is cancelled."""
+    out: queue.Queue = queue.Queue()
+
+    def forward(watch):
+        for event in watch:
+            out.put((watch, event))
+
+    for watch in watches:
+        threading.Thread(target=forward, args=(watch,), name="policy-watch", daemon=True).start()
+    return out
+
+
+def _get(q: queue.Queue, timeout: float):
+    try:
+        return q.get(timeout=timeout) if timeout else q.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def _finish(changes: list[_Change], error: Exception | None) -> None:

@@ -25,6 +25,10 @@ from routed.resources import policy as res
 from routed.resources.selector import All, And, Equals, Has, In, Not, Selector, parse_selector
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# The labels Calico gives every namespace (its name) and every pod (its namespace's name),
+# which its documentation selects namespaces with.
+CALICO_NAMESPACE_NAME_LABEL = "projectcalico.org/name"
+CALICO_POD_NAMESPACE_LABEL = "projectcalico.org/namespace"
 ROUTED_TIER, KUBE_TIER = 0, 1
 INGRESS, EGRESS = "Ingress", "Egress"
 
@@ -82,9 +86,17 @@ class Selection:
             namespace_labels(ep.namespace, namespaces)
         ):
             return False
-        if self.selector is not None and not _sel(self.selector).matches(ep.labels):
+        if self.selector is not None and not _sel(self.selector).matches(_pod_labels(ep, self.selector)):
             return False
-        return self.not_selector is None or not _sel(self.not_selector).matches(ep.labels)
+        return self.not_selector is None or not _sel(self.not_selector).matches(_pod_labels(ep, self.not_selector))
+
+
+def _pod_labels(ep: Endpoint, selector: str) -> Mapping[str, str]:
+    """ep's labels, with Calico's implicit namespace label when the selector asks for it
+    (the check spares a copy per match for every other selector)."""
+    if CALICO_POD_NAMESPACE_LABEL not in selector:
+        return ep.labels
+    return {**ep.labels, CALICO_POD_NAMESPACE_LABEL: ep.namespace}
 
 
 _SELECTORS: dict[str, Selector] = {}
@@ -100,7 +112,7 @@ def _sel(text: str) -> Selector:
 def namespace_labels(namespace: str, namespaces: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
     # The API server sets this label on every namespace; a namespace routed has not
     # heard of yet still has it.
-    return {**namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace}
+    return {**namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace, CALICO_NAMESPACE_NAME_LABEL: namespace}
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,15 @@ def _label_value_problem(key: str, value: str) -> str | None:
     return None
 
 
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels (or a label selector's) as Kubernetes allows them; the first problem raised."""
+    for key, value in labels.items():
+        problem = _label_key_problem(key) or _label_value_problem(key, value)
+        if problem:
+            raise field_error(problem)
+    return labels
+
+
 class ObjectMeta(Model):
     name: str
     namespace: str | None = None  # only for namespaced kinds (NetworkPolicy)
@@ -111,14 +120,7 @@ class ObjectMeta(Model):
             raise field_error(f'"{namespace}" is not a namespace name (a DNS label, at most 63 characters)')
         return namespace
 
-    @field_validator("labels")
-    @classmethod
-    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            problem = _label_key_problem(key) or _label_value_problem(key, value)
-            if problem:
-                raise field_error(problem)
-        return labels
+    _check_labels = field_validator("labels")(lambda labels: check_labels(labels))
 
     @field_validator("creation_timestamp", mode="before")
     @classmethod

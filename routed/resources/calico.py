@@ -12,6 +12,8 @@ Every Calico field has one of three fates, and none is silent:
 The one documented exception is metadata the Calico datastore wrote (uid, resourceVersion,
 creationTimestamp, generation...), which names the object in *that* datastore: the routed object
 is new, so it gets its own. That is what lets `calicoctl get ippools -o yaml` output be applied.
+(A policy rule's own ``metadata.annotations``, which Calico's samples write, are notes with no
+effect on any verdict; they are dropped the same way.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def is_calico(doc: Any) -> bool:
 
 
 class _Refused(Exception):
-    pass
+    def __init__(self, why: str, at: str = ""):
+        super().__init__(why)
+        self.at = at  # where below the spec field, e.g. "[0].source.services"
 
 
 def _same(routed_field: str) -> Callable[[Any], dict]:
@@ -156,6 +160,88 @@ _IPAMCONFIGURATION = {
     "autoAllocateBlocks": _same("autoAllocateBlocks"),
 }
 
+# --- policy: routed.io's NetworkPolicy and GlobalNetworkPolicy are Calico-shaped ---------
+
+
+def _mapped(rules: dict[str, Callable[[Any], dict]], doc: Any) -> Any:
+    """doc's fields through rules (anything not a mapping is left for the routed model to refuse)."""
+    if not isinstance(doc, dict):
+        return doc
+    out: dict[str, Any] = {}
+    for field, value in doc.items():
+        rule = rules.get(field)
+        if rule is None:
+            raise _Refused("unknown Calico field, not supported by routed", f".{field}")
+        try:
+            out.update(rule(value))
+        except _Refused as why:
+            raise _Refused(str(why), f".{field}{why.at}") from None
+    return out
+
+
+def _each(rules: dict[str, Callable[[Any], dict]], field: str) -> Callable[[Any], dict]:
+    def rule(value: Any) -> dict:
+        if not isinstance(value, list):
+            return {field: value}
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_mapped(rules, item))
+            except _Refused as why:
+                raise _Refused(str(why), f"[{i}]{why.at}") from None
+        return {field: out}
+
+    return rule
+
+
+def _notes(value: Any) -> dict:
+    """A rule's metadata: annotations only, which change no verdict (dropped)."""
+    extra = sorted(set(value) - {"annotations"}) if isinstance(value, dict) else []
+    if extra or not isinstance(value, (dict, type(None))):
+        raise _Refused("only annotations are taken (and dropped: they change no verdict)",
+                       f".{extra[0]}" if extra else "")
+    return {}
+
+
+_ENTITY = {
+    **{f: _same(f) for f in ("nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports", "notPorts")},
+    "serviceAccounts": _refuse("no service account matches; select the pods by their labels"),
+    "services": _refuse("no Service matches in rules; select the pods behind the Service by their labels"),
+}
+
+_RULE = {
+    **{f: _same(f) for f in ("action", "protocol", "notProtocol", "icmp", "notICMP", "ipVersion")},
+    "source": lambda value: {"source": _mapped(_ENTITY, value)},
+    "destination": lambda value: {"destination": _mapped(_ENTITY, value)},
+    "http": _refuse("no HTTP (layer 7) matches"),
+    "metadata": _notes,
+}
+
+
+def _hints(value: Any) -> dict:
+    # Felix's precomputation hint: it changes no verdict, and routed programs every policy anyway.
+    if not isinstance(value, list) or any(h != "AssumeNeededOnEveryNode" for h in value):
+        raise _Refused(f'{_show(value)} is not a list of known hints (only "AssumeNeededOnEveryNode")')
+    return {}
+
+
+_NETWORKPOLICY = {
+    **{f: _same(f) for f in ("order", "selector", "types")},
+    "ingress": _each(_RULE, "ingress"),
+    "egress": _each(_RULE, "egress"),
+    "tier": _only("default", "one tier of routed.io policies, ahead of Kubernetes ones; no Tier resource"),
+    "serviceAccountSelector": _refuse("no service accounts; select the pods by their labels"),
+    "performanceHints": _hints,
+}
+
+_GLOBALNETWORKPOLICY = {
+    **_NETWORKPOLICY,
+    "namespaceSelector": _same("namespaceSelector"),
+    "doNotTrack": _only(False, "policy is for pods, after connection tracking"),
+    "preDNAT": _only(False, "policy is for pods, after DNAT"),
+    "applyOnForward": _only(False, "no host endpoints; pods' policy always applies to forwarded traffic"),
+}
+
 # Calico kind -> (routed kind, rules). calicoctl writes IPAMConfiguration; the CRD is IPAMConfig.
 _KINDS: dict[str, tuple[str, dict[str, Callable[[Any], dict]]]] = {
     "IPPool": ("IPPool", _IPPOOL),
@@ -163,7 +249,10 @@ _KINDS: dict[str, tuple[str, dict[str, Callable[[Any], dict]]]] = {
     "BGPConfiguration": ("BGPConfiguration", _BGPCONFIGURATION),
     "IPAMConfiguration": ("IPAMConfig", _IPAMCONFIGURATION),
     "IPAMConfig": ("IPAMConfig", _IPAMCONFIGURATION),
+    "NetworkPolicy": ("NetworkPolicy", _NETWORKPOLICY),
+    "GlobalNetworkPolicy": ("GlobalNetworkPolicy", _GLOBALNETWORKPOLICY),
 }
+_NAMESPACED = {"NetworkPolicy"}  # their metadata.namespace is theirs, not the datastore's
 
 # What each routed kind is allowed to carry over; documented in the README's "Coming from Calico".
 SUPPORTED_KINDS = tuple(_KINDS)
@@ -187,7 +276,8 @@ def to_routed(doc: dict) -> dict:
         raise InvalidResource(f"{prefix}: {unknown[0]}: unknown field")
     if not isinstance(metadata, dict):
         raise InvalidResource(f"{prefix}: metadata: must be a mapping with a name")
-    extra = sorted(set(metadata) - _KEPT_METADATA - _DATASTORE_METADATA)
+    kept = _KEPT_METADATA | ({"namespace"} if kind in _NAMESPACED else set())
+    extra = sorted(set(metadata) - kept - _DATASTORE_METADATA)
     if extra:
         raise InvalidResource(f"{prefix}: metadata.{extra[0]}: not supported by routed")
     spec = doc.get("spec") if doc.get("spec") is not None else {}
@@ -202,10 +292,10 @@ def to_routed(doc: dict) -> dict:
         try:
             routed_spec.update(rule(value))
         except _Refused as why:
-            raise InvalidResource(f"{prefix}: spec.{field}: {why}") from None
+            raise InvalidResource(f"{prefix}: spec.{field}{why.at}: {why}") from None
     return {
         "apiVersion": API_VERSION,
         "kind": routed_kind,
-        "metadata": {k: v for k, v in metadata.items() if k in _KEPT_METADATA},
+        "metadata": {k: v for k, v in metadata.items() if k in kept},
         "spec": routed_spec,
     }

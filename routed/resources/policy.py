@@ -11,6 +11,7 @@ import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from routed.resources.base import (
     CIDR,
@@ -19,6 +20,7 @@ from routed.resources.base import (
     Resource,
     NAMESPACE_NAME,
     SelectorText,
+    check_labels,
     field_error,
 )
 
@@ -212,8 +214,15 @@ class LabelSelectorRequirement(Model):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
 
+    _check_key = field_validator("key")(lambda key: check_labels({key: ""}) and key)
+
     @model_validator(mode="after")
     def _check(self):
+        for value in self.values:  # a value no label can have would select nothing, silently
+            try:
+                check_labels({self.key: value})
+            except PydanticCustomError as err:
+                raise field_error(err.context["detail"], "values") from None
         if self.operator in ("In", "NotIn") and not self.values:
             raise field_error(f"operator {self.operator} needs values", "values")
         if self.operator in ("Exists", "DoesNotExist") and self.values:
@@ -224,6 +233,8 @@ class LabelSelectorRequirement(Model):
 class LabelSelector(Model):
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    _check_labels = field_validator("match_labels")(lambda labels: check_labels(labels))
 
 
 class IPBlock(Model):

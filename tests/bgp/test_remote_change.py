@@ -104,9 +104,9 @@ def test_a_burst_of_updates_is_judged_as_a_batch_not_once_per_update(tmp_path_fa
             Announce(f"198.18.{i // 250}.{i % 250}/32", next_hop=f"198.19.{i // 250}.{1 + i % 250}") for i in range(BURST)]))
         a = cluster.add_node("a", 11)
 
-        def received() -> int:
-            peer = a.peer("192.0.2.3")
-            return peer["accepted"] + peer["rejected"]
+        def received() -> int:  # 0 until the agent has configured the peer (it may be ready before)
+            peer = next((p for p in a.peers() if p["address"] == "192.0.2.3"), None)
+            return peer["accepted"] + peer["rejected"] if peer else 0
 
         cluster.wait(lambda: received() == BURST, what=f"a to receive all {BURST} routes")
         judged = counters(a)[("routed_bgp_route_judgements_total", "")]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.integration.test_cli import dump, fails, ok
+from tests.unit.test_calico_policy import SAMPLE_NETWORKPOLICY
 
 pytestmark = pytest.mark.etcd
 
@@ -60,3 +61,46 @@ def test_a_bad_policy_is_refused_naming_the_field_and_nothing_is_written(env, tm
     line = fails(env, "apply", "-f", str(f))
     assert "document 2" in line and "spec.ingress[0].destination.ports" in line and "99999" in line, line
     assert json.loads(ok(env, "get", "gnp", "-o", "json").stdout)["items"] == []
+
+
+CALICO_POLICIES = SAMPLE_NETWORKPOLICY.lstrip() + """\
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: deny-blue
+spec:
+  order: 10
+  selector: color == 'red'
+  ingress:
+    - action: Deny
+      protocol: TCP
+      source:
+        selector: color == 'blue'
+        namespaceSelector: projectcalico.org/name == 'dev'
+"""
+
+
+def test_calico_policies_apply_as_routed_ones(env, tmp_path):
+    f = tmp_path / "calico.yaml"
+    f.write_text(CALICO_POLICIES)
+    assert ok(env, "apply", "-f", str(f)).stdout.split("\n")[:2] == [
+        "networkpolicy/production/allow-tcp-6379 created", "globalnetworkpolicy/deny-blue created"]
+    np = json.loads(ok(env, "get", "networkpolicy", "allow-tcp-6379", "-n", "production", "-o", "json").stdout)
+    assert np["apiVersion"] == "routed.io/v1" and np["spec"]["ingress"][0]["destination"]["ports"] == [6379]
+    assert "metadata" not in np["spec"]["ingress"][0]
+    gnp = json.loads(ok(env, "get", "gnp", "deny-blue", "-o", "json").stdout)
+    assert gnp["spec"]["ingress"][0]["source"]["namespaceSelector"] == "projectcalico.org/name == 'dev'"
+    # convert prints the same routed form without a datastore.
+    converted = ok({**env, "ROUTED_ETCD_ENDPOINTS": "http://127.0.0.1:1"}, "convert", "-f", str(f)).stdout
+    assert "apiVersion: routed.io/v1" in converted and "namespace: production" in converted
+
+
+def test_a_calico_policy_routed_cannot_honour_is_refused_by_path_and_nothing_is_written(env, tmp_path):
+    f = tmp_path / "calico.yaml"
+    f.write_text(CALICO_POLICIES.replace("        selector: color == 'blue'\n",
+                                         "        serviceAccounts:\n          names: [api]\n"))
+    line = fails(env, "apply", "-f", str(f))
+    assert 'GlobalNetworkPolicy "deny-blue" (projectcalico.org/v3): spec.ingress[0].source.serviceAccounts: ' \
+           "not supported by routed" in line, line
+    assert json.loads(ok(env, "get", "networkpolicies", "-o", "json").stdout)["items"] == []

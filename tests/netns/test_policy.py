@@ -41,9 +41,10 @@ def _has_sctp() -> bool:
 
 
 class Pod:
-    def __init__(self, name: str, netns: Netns):
+    def __init__(self, name: str, netns: Netns, ports: tuple[int, ...] = ()):
         self.name, self.netns = name, netns
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns.name, "/usr/bin/python3", "-u", PROBER],
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns.name, "/usr/bin/python3", "-u", PROBER,
+                                      *map(str, ports)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -236,4 +237,69 @@ def test_an_added_pod_programs_what_a_full_render_gives(cluster):
         assert incremental == _listing(cluster.host)
         assert cni("DEL", conf, container="c-new", netns=netns.path, pod=("x", "new"))[0] == 0
     finally:
+        netns.delete()
+
+
+def test_host_traffic_bgp_kubelet_and_dns_are_never_policed(cluster):
+    """Every pod denied everything, both ways (a routed GNP and Kubernetes default deny):
+    the node's own traffic still flows. A peer (a ToR, or the upstream DNS) on a link of
+    the node's reaches its BGP port (179 and a listenPort, 1790) and the kubelet's; the
+    node queries DNS upstream and probes its pods; a pod still asks the node's DNS
+    (node-local DNS on the host). Pod to pod is the control: closed."""
+    deny_all = {"apiVersion": "routed.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "deny-all"},
+                "spec": {"selector": "all()", "types": ["Ingress", "Egress"],
+                         "ingress": [{"action": "Deny"}], "egress": [{"action": "Deny"}]}}
+    kube_deny = [netpol.knp(f"deny-{ns}", ns, {}, ingress=[], egress=[], types=["Ingress", "Egress"])
+                 for ns in netpol.NAMESPACES]
+    _install(cluster, netpol.Case("host", [deny_all, *kube_deny], []))
+    peer = Netns("polpeer")
+    servers = []
+    try:
+        cluster.host.run("ip", "link", "add", "plat-up", "type", "veth", "peer", "name", "eth0", "netns", peer.name)
+        cluster.host.run("ip", "addr", "add", "198.51.100.1/30", "dev", "plat-up")
+        cluster.host.run("ip", "link", "set", "plat-up", "up")
+        peer.run("ip", "addr", "add", "198.51.100.2/30", "dev", "eth0")
+        peer.run("ip", "link", "set", "eth0", "up")
+        node = Pod("node", cluster.host, (179, 1790, 10250, 53))
+        upstream = Pod("peer", peer, (53,))
+        servers += [node, upstream]
+        for port in (179, 1790, 10250):
+            assert upstream.probe("TCP", port, ["198.51.100.1"], timeout=2) == {"198.51.100.1": True}, port
+        assert node.probe("UDP", 53, ["198.51.100.2"], timeout=2) == {"198.51.100.2": True}
+        assert node.probe("TCP", 80, [netpol.address("x/a")], timeout=2) == {netpol.address("x/a"): True}
+        xa = cluster.pods["x/a"]
+        assert xa.probe("UDP", 53, [NODE_IP], timeout=2) == {NODE_IP: True}
+        assert xa.probe("TCP", 80, [netpol.address("y/b")]) == {netpol.address("y/b"): False}  # the control
+    finally:
+        for s in servers:
+            s.stop()
+        cluster.host.run("ip", "link", "del", "plat-up", check=False)
+        peer.delete()
+
+
+def test_a_cali_interface_the_agent_never_programmed_carries_no_traffic(cluster):
+    """The no-window guarantee at ADD, with packets: until the agent puts a pod's interface
+    into @pods (in the transaction that programs its policy), the pod can neither reach nor
+    be reached by other pods, even with no policy at all. The node still reaches it."""
+    _install(cluster, netpol.Case("none", [], []))
+    netns, iface, addr = Netns("pol"), "cali0unprogram", "10.66.8.8"
+    stranger = None
+    try:
+        cluster.host.run("ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", netns.name)
+        cluster.host.run("sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1")
+        cluster.host.run("ip", "link", "set", iface, "up")
+        cluster.host.run("ip", "route", "add", f"{addr}/32", "dev", iface)
+        netns.run("ip", "addr", "add", f"{addr}/32", "dev", "eth0")
+        netns.run("ip", "link", "set", "eth0", "up")
+        netns.run("ip", "route", "add", "169.254.1.1", "dev", "eth0")
+        netns.run("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        stranger = Pod("stranger", netns)
+        assert cluster.host.run("ping", "-c1", "-W2", addr, check=False).returncode == 0  # the path works
+        assert cluster.pods["x/a"].probe("TCP", 80, [addr]) == {addr: False}
+        assert stranger.probe("TCP", 80, [netpol.address("x/a")]) == {netpol.address("x/a"): False}
+        assert cluster.pods["y/b"].probe("TCP", 80, [netpol.address("x/a")]) == {netpol.address("x/a"): True}
+    finally:
+        if stranger:
+            stranger.stop()
+        cluster.host.run("ip", "link", "del", iface, check=False)
         netns.delete()

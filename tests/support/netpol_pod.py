@@ -1,5 +1,5 @@
-"""Run inside a pod's netns: serve TCP and UDP on 80 and 81 (answering "ok"), and probe
-other pods on request. One line in, one line out:
+"""Run inside a pod's netns: serve TCP and UDP on 80 and 81 (or the ports given as
+arguments; answering "ok"), and probe other pods on request. One line in, one line out:
 
     probe TCP 80 1.0 10.66.0.2 10.66.0.3   ->   10.66.0.2=1 10.66.0.3=0
 """
@@ -9,7 +9,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-PORTS = (80, 81)
+PORTS = tuple(int(p) for p in sys.argv[1:]) or (80, 81)
 
 
 def serve_tcp(port):

@@ -272,7 +272,7 @@ metadata:
 
 
 @pytest.mark.parametrize("doc,named", [
-    ({"kind": "GlobalNetworkPolicy", "metadata": {"name": "x"}, "spec": {}}, "GlobalNetworkPolicy"),
+    ({"kind": "Tier", "metadata": {"name": "x"}, "spec": {}}, "Tier"),
     ({"kind": "IPPool", "metadata": {"name": "x", "finalizers": []}, "spec": {}}, "metadata.finalizers"),
     ({"kind": "IPPool", "metadata": {"name": "x"}, "spec": {"cidr": "10.0.0.0/8"}, "status": {}}, "status"),
     ({"kind": "IPPool", "metadata": {"name": "x"}, "spec": ["cidr"]}, "spec: must be a mapping"),

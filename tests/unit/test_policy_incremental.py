@@ -136,3 +136,75 @@ def test_a_failed_transaction_fails_the_add_and_the_next_change_renders_it_all()
     _add(enforcer, 1, {"pod": "b"})  # the runtime tries again: the kernel's table is unknown, so all of it
     assert "delete table" in applied[-1] and '"cali0001"' in applied[-1]
     assert enforcer._table.ruleset == PolicyEnforcer(kv, store, "node-1", None).desired()
+
+
+def _table_addresses(enforcer) -> set[str]:
+    return {e for _, elements in enforcer._table.ruleset.sets.values() for e in elements if e[0].isdigit()}
+
+
+def test_an_older_watch_event_never_undoes_a_newer_add_or_del():
+    """The watch brings this agent's own writes back late: a re-added pod's ADD must not be
+    undone by the DEL of its previous sandbox arriving after it, nor a DEL by the earlier
+    ADD's put (that would put a released address back into the sets)."""
+    from routed.datastore import keys
+
+    kv, store, enforcer, applied = _cluster()
+    _add(enforcer, 0, {"pod": "a"})  # selected by p, whose set of pod=b pods p1 goes into
+    watch = kv.watch(keys.WORKLOADS, kv.revision() + 1)
+    _add(enforcer, 1, {"pod": "b"})  # p1 at 10.1.0.1 (sandbox c1)
+    assert "10.1.0.1" in _table_addresses(enforcer)
+    enforcer.removed("x", "p1", "c1")
+    put_a, del_b = watch.get(1), watch.get(1)
+    enforcer._watched(put_a)  # the first ADD's put, after its DEL: must not bring 10.1.0.1 back
+    assert "10.1.0.1" not in _table_addresses(enforcer)
+    enforcer.added("x", "p1", "c2", "cali0001", ["10.1.0.7/32"], labels={"pod": "b"})  # a new sandbox
+    enforcer._watched(del_b)  # the old sandbox's DEL, after the new ADD: p1 stays
+    assert "10.1.0.7" in _table_addresses(enforcer) and "10.1.0.1" not in _table_addresses(enforcer)
+    assert '"cali0001"' in enforcer._table.ruleset.sets["pods"][1]
+    enforcer._watched(watch.get(1))  # the new ADD's own put: nothing to do
+    assert enforcer._table.ruleset == PolicyEnforcer(kv, store, "node-1", None).desired()
+    watch.cancel()
+
+
+def test_a_resync_listing_never_drops_an_add_newer_than_it():
+    """The periodic re-read races an ADD: a listing taken before the ADD's write must not
+    take the pod back out of the table (it would be closed until its watch event came)."""
+    from routed.datastore import keys
+
+    kv, store, enforcer, applied = _cluster()
+    _add(enforcer, 0, {"pod": "a"})
+    listing = kv.list(keys.WORKLOADS)  # taken before the ADD ...
+    _add(enforcer, 2, {"pod": "b"})
+    kv.list = lambda prefix, **kw: listing if prefix == keys.WORKLOADS else kv._kv.list(prefix, **kw)
+    enforcer.sync()  # ... and applied after it
+    assert '"cali0002"' in enforcer._table.ruleset.sets["pods"][1] and "10.1.0.2" in _table_addresses(enforcer)
+
+
+def test_a_policy_change_is_rendered_from_its_watch_event_without_reading_etcd():
+    """The run loop: an applied or deleted policy costs no etcd read (its watch event has
+    it), and a resource policy is not made of (an IPPool) renders nothing."""
+    from tests.support.wait import eventually
+
+    kv, _, enforcer, applied = _cluster()
+    _add(enforcer, 0, {"pod": "a"})
+    writer = ResourceStore(kv._kv)  # the operator's routedctl: its reads are not the enforcer's
+    stop = threading.Event()
+    thread = threading.Thread(target=enforcer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: len(applied) >= 3, timeout=10, what="the loop's first sync")
+        renders, reads = len(applied), kv.reads
+        deny = r.parse(netpol.knp("deny", "x", {"pod": "a"}, ingress=[]))
+        writer.create(deny)
+        eventually(lambda: any(p.name.endswith("/deny") for p in enforcer._policies) and len(applied) > renders,
+                   timeout=10, what="the policy rendered")
+        writer.create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "p"},
+                               "spec": {"cidr": "10.9.0.0/16"}}))
+        writer.delete(r.KubeNetworkPolicy, "deny", namespace="x")
+        eventually(lambda: not any(p.name.endswith("/deny") for p in enforcer._policies), timeout=10,
+                   what="the policy gone")
+        assert kv.reads == reads
+        assert len(applied) == renders + 2, applied[renders:]  # the policy came, went; the pool: nothing
+    finally:
+        stop.set()
+        thread.join(10)
