@@ -196,12 +196,11 @@ def kube_up(args) -> int:
     progress.line("images: scripts/build-image.sh (builds what changed)")
     images = kubecluster.image_archives()
     kube.up(images, progress.line)
-    progress.line(f"routed: helm install {images['routed'].ref} into kube-system")
+    progress.line(f"routed: helm install --wait {images['routed'].ref} into kube-system")
     # A lab's GC acts within seconds (a cluster's default grace is 5 minutes).
     values = kubecluster.chart_values(kube, controller={"replicas": 1, "extraArgs": ["--grace=2", "--interval=2"]},
                                       metrics={"enabled": True})
-    kubecluster.install_routed(kube, values)
-    kube.kubectl("-n", "kube-system", "rollout", "status", "daemonset/routed", "--timeout=600s")
+    kubecluster.install_routed(kube, values)  # Helm waited: the DaemonSet and the controller are Ready
     progress.line(f"Kubernetes lab up in {time.monotonic() - started:.0f}s")
     print(kube.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
     print()

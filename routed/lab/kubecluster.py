@@ -495,15 +495,38 @@ def helm_config(cluster: KubeCluster):
     return helm_python.Config(kubeconfig_path=cluster.kubeconfig, namespace="kube-system")
 
 
-def install_routed(cluster: KubeCluster, values: dict) -> dict:
-    """`helm install` the chart into kube-system (the image is on every node already).
-    Without --wait, as the README does: Helm's wait would hold the post-install job that
-    creates the IP pool until the controller is Ready, and the controller's pod needs it."""
+def _helm(cluster: KubeCluster, what: str, action: Callable) -> dict:
+    """One Helm action on the cluster; its failure (a timed-out wait, a failed hook) in one line."""
+    from helm_python import HelmError
+
     with helm_config(cluster) as cfg:
-        return cfg.install(str(CHART), RELEASE, values, namespace="kube-system", timeout=600)
+        try:
+            return action(cfg)
+        except HelmError as err:
+            raise RoutedError(f"helm {what} {RELEASE} failed: {err}") from None
+
+
+# Helm's --timeout for install and upgrade: Helm waits this long for every resource to be
+# Ready, then again for each hook job, and fails (never hangs) past it.
+HELM_TIMEOUT = 600
+
+
+def install_routed(cluster: KubeCluster, values: dict) -> dict:
+    """`helm install --wait` of the chart into kube-system (the image is on every node
+    already), as the README installs: Helm waits for the DaemonSet and the controller to be
+    Ready, then runs the post-install job that creates the IP pool."""
+    return _helm(cluster, "install", lambda cfg: cfg.install(
+        str(CHART), RELEASE, values, namespace="kube-system", wait="watcher", timeout=HELM_TIMEOUT))
+
+
+def upgrade_routed(cluster: KubeCluster, changes: dict) -> dict:
+    """`helm upgrade --wait --reuse-values` with changes: the rollout Ready, then the
+    post-upgrade job."""
+    return _helm(cluster, "upgrade", lambda cfg: cfg.upgrade(
+        str(CHART), RELEASE, changes, namespace="kube-system", wait="watcher", timeout=HELM_TIMEOUT,
+        reuse_values=True))
 
 
 def uninstall_routed(cluster: KubeCluster) -> dict:
     """`helm uninstall`: its pre-delete hook job takes routed off every node first."""
-    with helm_config(cluster) as cfg:
-        return cfg.uninstall(RELEASE, timeout=600)
+    return _helm(cluster, "uninstall", lambda cfg: cfg.uninstall(RELEASE, timeout=600))

@@ -189,9 +189,17 @@ def test_schema_refuses_bad_values(case):
     ({"metrics": {"serviceMonitor": {"enabled": True}}}, "need metrics.enabled"),
     ({"metrics": {"enabled": True, "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
      "enable one"),
+    ({"controller": {"healthPort": 9099}}, "agent.healthPort and controller.healthPort are both port 9099"),
+    ({"metrics": {"enabled": True, "controller": {"port": 9091}}},
+     "metrics.agent.port and metrics.controller.port are both port 9091"),
+    ({"metrics": {"enabled": True, "agent": {"port": 179}}}, "bgp.listenPort and metrics.agent.port"),
 ])
 def test_template_refuses_inconsistent_values(values, expected):
     assert expected in cu.render_error(values)
+
+
+def test_a_disabled_controller_takes_no_port():
+    assert cu.render({"controller": {"enabled": False, "healthPort": 9099}}).daemonset()
 
 
 # --- the hook job's resources are what routedctl accepts --------------------------------
@@ -504,11 +512,57 @@ def test_controller_deployment():
     deploy = rendered.get("Deployment", "routed-controller")
     assert deploy["spec"]["replicas"] == 2
     container = rendered.container(deploy, "controller")
-    assert cu.argv(container) == ["routed", "controller", "--leader-election"]
+    assert cu.argv(container) == ["routed", "controller", "--leader-election", "--health-port=9098"]
     assert {"configMapRef": {"name": "routed-config"}} in container["envFrom"]
     assert cu.pod_spec(deploy)["serviceAccountName"] == "routed-controller"
     assert cu.pod_spec(deploy)["securityContext"]["runAsNonRoot"] is True
     assert "Deployment" not in {d["kind"] for d in cu.render(VALUE_SETS["no-controller-no-pool"]).docs}
+
+
+def test_controller_runs_on_the_host_network_one_replica_per_node():
+    """Like Calico's Typha: the controller needs no pod address (helm install --wait holds
+    the job that creates the pool until the controller is Ready), the node's resolver as
+    the agents use, and two replicas never share a node (they would bind the same ports).
+    Ready on its loopback health port, the one `routed controller` listens on."""
+    rendered = cu.render({"controller": {"healthPort": 19098}})
+    deploy = rendered.get("Deployment", "routed-controller")
+    spec = cu.pod_spec(deploy)
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "Default"
+    (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"] == {"matchLabels": deploy["spec"]["selector"]["matchLabels"]}
+    assert term["labelSelector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    container = rendered.container(deploy, "controller")
+    args = _parse_routed(cu.argv(container))
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["host"], probe["port"], probe["path"]) == (args.health_host, args.health_port, "/readyz")
+    assert args.health_port == 19098
+    # a rollout never needs a second node: the old pod goes before the new one comes
+    assert deploy["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_no_pod_of_the_release_needs_the_pool(name):
+    """helm install --wait runs the post-install job that creates the pool only once every
+    workload is Ready: a pod on the pod network would wait for that job forever."""
+    for doc in cu.render(VALUE_SETS[name]).docs:
+        if doc["kind"] in ("DaemonSet", "Deployment", "Job"):
+            assert cu.pod_spec(doc).get("hostNetwork") is True, f"{doc['kind']} {doc['metadata']['name']}"
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_ports_the_agent_and_the_controller_take_on_a_node_differ(name):
+    rendered = cu.render(VALUE_SETS[name])
+    values = cu.merge(cu.chart().values, VALUE_SETS[name])
+    ports = [values["bgp"]["listenPort"]]
+    for kind, workload, container in (("DaemonSet", "routed", "agent"),
+                                      ("Deployment", "routed-controller", "controller")):
+        found = [d for d in rendered.all(kind) if d["metadata"]["name"] == workload]
+        for doc in found:
+            c = rendered.container(doc, container)
+            ports.append(_parse_routed(cu.argv(c)).health_port)
+            ports += [p["containerPort"] for p in c.get("ports", [])]
+    assert len(ports) == len(set(ports)), ports
 
 
 def test_controller_command_exists_in_routed():

@@ -9,9 +9,10 @@ on one cluster (the second last removes a node, the last uninstalls routed).
 
 Helm through helm-python-sdk's install (Helm 4's own code, no helm binary): unlike
 render + `kubectl apply`, it runs the chart's hooks (the post-install job that creates the
-IP pool) and keeps a release that `uninstall` removes, which is what users run. Without
-`--wait`, as the README installs: with it, Helm would wait for the controller Deployment
-before running the post-install job, but the controller's pod needs that job's pool.
+IP pool) and keeps a release that `uninstall` removes, which is what users run. With
+`--wait`, as the README installs (and `helm upgrade --wait` later): Helm runs the
+post-install job only once the DaemonSet and the controller are Ready, so none of them may
+need the pool that job creates (the controller runs on the host network).
 
 The routed image comes from the image lane: scripts/build-image.sh writes
 $ROUTED_IMAGE_DIR/routed.tar (default build/image). The lab's controller runs with
@@ -132,6 +133,24 @@ def test_lab_up_prints_how_to_use_kubectl(kube_lab):
     assert nodes == [f"node/{n['name']}" for n in kube_lab.cluster.nodes()]
 
 
+def controller_pods(cluster) -> list[dict]:
+    return get(cluster, "-n", "kube-system", "pods", "-l", "app.kubernetes.io/component=controller")["items"]
+
+
+def test_helm_install_wait_returned_with_everything_ready_and_the_pool_created(kube_cluster, release, kv):
+    """`routed lab up --kubernetes` ran `helm install --wait`: it returned, so Helm saw the
+    DaemonSet and the controller Ready and then ran the post-install job; nothing here waits."""
+    from routed import resources as r
+    from routed.datastore.resources import ResourceStore
+
+    assert ds_ready(kube_cluster)
+    (pod,) = controller_pods(kube_cluster)
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+    assert pod["status"]["podIP"] == pod["status"]["hostIP"]  # the host network
+    assert ResourceStore(kv).find(r.IPPool, "default-ipv4-ippool").spec.cidr == POOL
+    assert not get(kube_cluster, "-n", "kube-system", "jobs")["items"]  # the hook job succeeded and went
+
+
 def test_install_makes_every_node_ready(kube_cluster, release):
     eventually(lambda: ds_ready(kube_cluster), "the routed DaemonSet Ready on every node", timeout=300,
                details=describe(kube_cluster, "-n", "kube-system", "pods"))
@@ -173,7 +192,7 @@ def test_every_agents_and_the_controllers_metrics_are_reachable_through_their_se
         assert "# TYPE routed_bgp_session_up gauge" in text and "routed_cni_request_seconds" in text, text[:2000]
     (controller,) = eventually(lambda: endpoints("routed-controller-metrics"), "the controller's metrics endpoint",
                                timeout=120)
-    assert ipaddress.ip_address(controller) in ipaddress.ip_network(POOL)  # a pod address: routed's own network
+    assert controller in {n["ip"] for n in kube_cluster.nodes()}  # host network: no pod address needed
     text = eventually(lambda: 'routed_ipam_pool_size{pool="default-ipv4-ippool"}' in scrape(controller, 9094)
                       and scrape(controller, 9094), "the leader's IPAM metrics", timeout=120)
     assert "routed_controller_leader 1.0" in text, text[:2000]
@@ -242,6 +261,27 @@ def test_deleting_pods_releases_their_addresses(kube_cluster, release, kv):
     kube_cluster.kubectl("delete", "-n", "default", "deployment", "pinger")
     eventually(lambda: not pinger_pods(kube_cluster), "the pinger pods gone", timeout=120)
     eventually(lambda: not (ips & allocated()), "their addresses released (CNI DEL)", timeout=60)
+
+
+def test_helm_upgrade_wait_rolls_the_controller_and_applies_the_new_configuration(kube_cluster, release, kv):
+    """`helm upgrade --wait --reuse-values`: a new controller pod (its arguments changed)
+    on the host network Ready, then the post-upgrade job applies the new BGP setting."""
+    from routed import resources as r
+    from routed.datastore.resources import ResourceStore
+    from routed.lab.kubecluster import upgrade_routed
+
+    (before,) = controller_pods(kube_cluster)
+    upgraded = upgrade_routed(kube_cluster, {
+        "controller": {"extraArgs": ["--grace=2", "--interval=2", "--policy-interval=3"]},
+        "bgp": {"maxPrefixes": 50000}})
+    assert (upgraded["revision"], upgraded["status"]) == (2, "deployed")
+    assert ResourceStore(kv).get(r.BGPConfiguration, "default").spec.max_prefixes == 50000
+    after = [p for p in controller_pods(kube_cluster) if not p["metadata"].get("deletionTimestamp")]
+    assert [p["metadata"]["name"] for p in after] != [before["metadata"]["name"]]
+    (pod,) = after
+    assert "--policy-interval=3" in pod["spec"]["containers"][0]["args"]
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+    assert ds_ready(kube_cluster)
 
 
 def test_deleted_node_releases_its_blocks(kube_cluster, release, kv):

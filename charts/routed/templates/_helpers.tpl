@@ -156,6 +156,33 @@ ConfigMap, so `helm template` and `helm install` fail with a clear message.
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- end -}}
+{{- include "routed.validatePorts" . -}}
+{{- end -}}
+
+{{/*
+The agent and the controller both run on the host network: every port either listens on
+must differ from the others on the same node (loopback health ports, the BGP port, the
+/metrics listeners).
+*/}}
+{{- define "routed.validatePorts" -}}
+{{- $listeners := list (list "agent.healthPort" .Values.agent.healthPort) (list "bgp.listenPort" (.Values.bgp.listenPort | default 179)) -}}
+{{- if .Values.controller.enabled -}}
+{{- $listeners = append $listeners (list "controller.healthPort" .Values.controller.healthPort) -}}
+{{- end -}}
+{{- if .Values.metrics.enabled -}}
+{{- $listeners = append $listeners (list "metrics.agent.port" .Values.metrics.agent.port) -}}
+{{- if .Values.controller.enabled -}}
+{{- $listeners = append $listeners (list "metrics.controller.port" .Values.metrics.controller.port) -}}
+{{- end -}}
+{{- end -}}
+{{- $taken := dict -}}
+{{- range $listeners -}}
+{{- $port := index . 1 | int | toString -}}
+{{- if hasKey $taken $port -}}
+{{- fail (printf "%s and %s are both port %s: the agent and the controller run on the host network, so every port they listen on must differ" (index $taken $port) (index . 0) $port) -}}
+{{- end -}}
+{{- $_ := set $taken $port (index . 0) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
