@@ -79,6 +79,15 @@ def test_tor_spreads_a_load_balancer_ip_over_exactly_the_right_nodes(lab: LabRun
     wait_ecmp(lab, rack1, LOCAL_LB, {ip["node1"], ip["node2"]})
     wait_ecmp(lab, rack2, LOCAL_LB, {rack1["core_ip"]})
 
+    # `routed lab status` shows the same sets.
+    routes = {r["name"]: r["serviceRoutes"] for r in lab.status()["routers"]}
+    assert routes[rack1["tor"]][CLUSTER_LB] == [ip["node1"], ip["node2"]], routes
+    assert routes[rack2["tor"]][LOCAL_LB] == [rack1["core_ip"]], routes
+    text = lab.run("status", "--no-ping").stdout
+    assert "SERVICE ROUTES AT THE TORS" in text, text
+    rows = [line.split() for line in text.splitlines()]
+    assert [rack1["tor"], CLUSTER_LB, f"{ip['node1']},", ip["node2"]] in rows, text
+
     # node2's endpoint goes away: node2 withdraws, the ToR keeps node1 alone.
     apply(lab, [endpoint_slice({"node1": True, "node2": False, "node3": False})])
     wait_ecmp(lab, rack1, LOCAL_LB, {ip["node1"]})
