@@ -375,15 +375,15 @@ class BGPController:
 
     def _update_services(self) -> None:
         """The service prefixes to announce, from the source's current view. Only the
-        families this node's sessions carry (ExaBGP speaks the node address's family)."""
+        families this node's sessions carry: its own address's, and its usable peers'."""
         if self.services is None:
             return
         with self._lock:
             adv, pools = self.advertisement, [p.network for p in self.pools]
+            families = {self.interface.version} | {ipaddress.ip_address(a).version for a in self.peers}
         wanted = self.services.prefixes(adv, pools)
-        family = self.interface.version
         with self._lock:
-            self.service_prefixes = {p for p in wanted if ipaddress.ip_network(p).version == family}
+            self.service_prefixes = {p for p in wanted if ipaddress.ip_network(p).version in families}
 
     def _own_prefixes(self) -> set[str] | None:
         """This node's blocks, and /32s of addresses it holds in other nodes' blocks (IPAM's rule)."""

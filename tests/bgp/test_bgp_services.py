@@ -134,3 +134,52 @@ def test_nodes_never_install_each_others_service_routes_nor_call_them_rejections
         assert peer["rejected"] == 0 and peer["rejectedBy"] == {}, peer
     log = n1.agent.log.read_text()
     assert "rejected 203.0.113.30/32" not in log and "rejected 10.96.0.0/12" not in log
+
+
+def test_an_agent_with_kubernetes_announces_from_its_informers(tmp_path, etcd, kube, root):
+    """The same, with the Services and EndpointSlices in a real kube-apiserver only (etcd
+    holds none): the agent's own informers drive what it announces."""
+    from kubernetes import client as k8s
+
+    from routed import resources as r
+    from tests.support.cluster import Cluster
+
+    cluster = Cluster(tmp_path, etcd)
+    api = kube.api.api_client()
+    core, discovery = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+    namespace, address = "svc-bgp", "192.0.2.11"
+    try:
+        cluster.apply({"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}})
+        cluster.apply(CONFIG)
+        cluster.apply({"kind": "BGPPeer", "metadata": {"name": "tor"}, "spec": {"peerIP": TOR, "asNumber": TOR_AS}})
+        tor = cluster.add_router("tor", GoBgp, RouterSpec(TOR, TOR_AS, [Neighbor(address, NODE_AS)]))
+        kube.add_node("svc-k1", internal_ip=address)
+        node = cluster.add_node("svc-k1", 11, start=False)
+        node.agent.extra_args += ["--kubeconfig", kube.kubeconfig]
+        node.start()
+        cluster.wait(lambda: cluster.sessions_up(node, 1), what="the ToR session")
+        wait_hops(cluster, tor, CLUSTER_CIDR, {address})
+
+        kube.ensure_namespace(namespace)
+        body = service("api", "Local", "203.0.113.20", "10.96.0.20")
+        core.create_namespaced_service(namespace, {"metadata": {"name": "api"}, "spec": body["spec"]})
+        core.patch_namespaced_service_status("api", namespace, {"status": body["status"]})
+        eps = endpoints("api", {"svc-k1": True})
+        eps["metadata"]["namespace"] = namespace
+        discovery.create_namespaced_endpoint_slice(namespace, eps)
+        wait_hops(cluster, tor, LB_LOCAL, {address})
+        assert cluster.store.list(r.Service) == [] and cluster.store.list(r.EndpointSlice) == []
+        # Not ready any more: withdrawn, with no etcd change to wake the agent.
+        discovery.patch_namespaced_endpoint_slice("api-1", namespace, {"endpoints": endpoints(
+            "api", {"svc-k1": False})["endpoints"]})
+        wait_hops(cluster, tor, LB_LOCAL, set())
+        assert hops(tor, CLUSTER_CIDR) == {address}
+    finally:
+        for delete in (lambda: discovery.delete_namespaced_endpoint_slice("api-1", namespace),
+                       lambda: core.delete_namespaced_service("api", namespace)):
+            try:
+                delete()
+            except k8s.ApiException as err:
+                if err.status != 404:
+                    raise
+        cluster.close()
