@@ -128,7 +128,10 @@ class EndpointSlice(NamespacedResource):
         return name if name and NAMESPACE_NAME.fullmatch(name) else None
 
     def ready_nodes(self) -> set[str]:
-        """The nodes holding a ready endpoint of this slice."""
+        """The nodes holding a ready endpoint of this slice (FQDN slices name no pod:
+        kube-proxy ignores them, and so does routed)."""
+        if self.address_type == "FQDN":
+            return set()
         return {e.node_name for e in self.endpoints or [] if e.ready and e.node_name}
 
 

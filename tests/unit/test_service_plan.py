@@ -65,7 +65,8 @@ def test_local_policy_services_go_out_only_from_nodes_with_a_ready_endpoint():
     for node in ("b", "d"):  # endpoint not ready; no endpoint
         assert plan(CFG, [svc], slices, node, POOLS).prefixes == {"10.96.0.0/12", "fd00:96::/112"}
     # slices of another namespace's or another service's do not count
-    other = [slice_("web", [("b", True)], namespace="elsewhere"), slice_("api", [("b", True)])]
+    other = [slice_("web", [("b", True)], namespace="elsewhere"), slice_("api", [("b", True)]),
+             slice_("web", [("b", True)], name="web-fqdn", family="FQDN")]
     assert "203.0.113.10/32" not in plan(CFG, [svc], other, "b", POOLS).prefixes
 
 
