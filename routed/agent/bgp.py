@@ -608,6 +608,7 @@ class BGPController:
             dropped = [({"peer": peer}, n) for peer, n in sorted(self.dropped_total.items())]
             skipped = sum(1 for s in statuses if s.error)
             received = [({"peer": s.address}, len(self.received.get(s.address, {}))) for s in statuses]
+            services = len(self.service_prefixes)
         # Every state a session can be in, 1 for the one it is in: alerts need no absent() tricks.
         states = [({"peer": s.address, "state": state}, int(s.state == state))
                   for s in statuses for state in sorted(SESSION_STATES | {s.state})]
@@ -633,7 +634,9 @@ class BGPController:
                        [({}, self.judged_total)]),
                 Family("routed_bgp_peers_skipped", "gauge",
                        "BGP peers left out of the configuration (missing secret, bad password, ...).",
-                       [({}, skipped)])]
+                       [({}, skipped)]),
+                Family("routed_bgp_service_prefixes", "gauge", "Service prefixes this node announces "
+                       "(serviceClusterIPs CIDRs, external and LoadBalancer IPs).", [({}, services)])]
 
 
 def _info(s: PeerStatus) -> str:

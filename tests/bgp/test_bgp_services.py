@@ -100,6 +100,9 @@ def test_tor_holds_exactly_the_expected_next_hops_and_follows_local_endpoints(se
     rib = tor.rib()
     for outside in ("192.0.2.99/32", "8.8.8.8/32", "10.96.0.10/32"):
         assert outside not in rib, f"{outside} announced: {rib.get(outside)}"
+    # n1: the CIDR, web's LB and external IP, api's LB and cluster IP; n3 only web's and the CIDR.
+    assert "routed_bgp_service_prefixes 5.0" in nodes[0].agent.metrics()
+    assert "routed_bgp_service_prefixes 3.0" in nodes[2].agent.metrics()
 
     # n2's endpoint goes away: n2 withdraws, n3's becomes ready: n3 announces.
     routedctl(cluster, "apply", "-f", "-", docs=[endpoints("api", {"n1": True, "n2": False, "n3": True})])
