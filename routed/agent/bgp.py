@@ -136,10 +136,15 @@ class HelperLink:
 
 
 def announce_commands(verb: str, prefixes: list[str]) -> list[str]:
-    """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line."""
-    ordered = sorted(prefixes, key=network_key)
-    return [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
-            for i in range(0, len(ordered), BATCH)]
+    """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line,
+    one family a line: ExaBGP reads a mixed nlri list as one family (the IPv4 prefixes of a
+    line with IPv6 ones never reached an IPv4 peer)."""
+    out = []
+    for version in (4, 6):
+        ordered = sorted((p for p in prefixes if network_key(p)[0] == version), key=network_key)
+        out += [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
+                for i in range(0, len(ordered), BATCH)]
+    return out
 
 
 class BGPController:

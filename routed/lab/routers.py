@@ -327,25 +327,29 @@ def ecmp(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str, 
     BIRD and FRR: the ToR namespace's kernel table, what really forwards (BIRD's
     `merge paths`, FRR's `maximum-paths` through zebra). GoBGP has no FIB here: the paths
     of its RIB as long as the best one's AS path, the multipath set it would install."""
+    out: dict[str, set[str]] = {}
     if kind in ("bird", "frr"):
-        text = _run(None, ["ip", "-j", "-n", netns, "route", "show", "proto", "bird" if kind == "bird" else "bgp"])
-        try:
-            table = json.loads(text) if text else []
-        except ValueError:
-            table = []
-        out: dict[str, set[str]] = {}
-        for route in table:
-            dst = route.get("dst", "")
-            prefix = dst if "/" in dst else f"{dst}/32"
-            hops = [h.get("gateway") for h in route.get("nexthops") or [route]]
-            out[prefix] = {h for h in hops if h}
+        for family in ("-4", "-6"):
+            text = _run(None, ["ip", family, "-j", "-n", netns, "route", "show", "proto",
+                               "bird" if kind == "bird" else "bgp"])
+            try:
+                routes_ = json.loads(text) if text else []
+            except ValueError:
+                routes_ = []
+            for route in routes_:
+                dst = route.get("dst", "")
+                prefix = dst if "/" in dst else f"{dst}/{32 if family == '-4' else 128}"
+                hops = [h.get("gateway") for h in route.get("nexthops") or [route]]
+                out[prefix] = {h for h in hops if h}
         return out
-    text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-j"])
-    try:
-        table = json.loads(text) if text else {}
-    except ValueError:
-        table = {}
-    out = {}
+    table = {}
+    for family in ("ipv4", "ipv6"):
+        text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
+                            "-j"])
+        try:
+            table.update(json.loads(text) if text else {})
+        except (ValueError, TypeError):
+            pass
     for prefix, paths in (table or {}).items():
         found = [(_as_path_length(p), _next_hop(p)) for p in paths]
         shortest = min((length for length, _ in found), default=0)

@@ -140,7 +140,7 @@ def router_routes(state: dict) -> dict[str, dict[str, str]]:
 
 def service_routes(state: dict) -> dict[str, dict[str, list[str]]]:
     """ToR name -> {service prefix: the next hops it spreads traffic over (ECMP)}."""
-    cidrs = [ipaddress.ip_network(c) for c in cluster.SERVICE_CIDRS.values()]
+    cidrs = [ipaddress.ip_network(c) for c in (*cluster.SERVICE_CIDRS.values(), *cluster.SERVICE_CIDRS6.values())]
     out = {}
     for rack in state["racks"]:
         table = routers.ecmp(rack["kind"], cluster.router_spec(state, rack), Path(rack["dir"]), rack["tor_ns"])

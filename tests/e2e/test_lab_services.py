@@ -96,3 +96,25 @@ def test_tor_spreads_a_load_balancer_ip_over_exactly_the_right_nodes(lab: LabRun
     wait_ecmp(lab, rack2, LOCAL_LB, {ip["node3"]})
     assert ecmp(state, rack1, CLUSTER_LB) == {ip["node1"], ip["node2"]}
     lab.down()
+
+
+def test_dual_stack_lab_spreads_an_ipv6_load_balancer_ip_too(lab: LabRun):
+    """IPv6 service addresses go out over the nodes' IPv6 sessions (ExaBGP takes one family
+    per announce line: before it did, a line mixing both reached no IPv4 peer)."""
+    lab.run("up", "--nodes", "2", "--racks", "1", "--tor", "bird", "--dual-stack")
+    state = lab.state()
+    (rack,) = state["racks"]
+    svc = service("web6", "Local", "10.98.0.30", "10.96.0.30")
+    svc["status"]["loadBalancer"]["ingress"].append({"ip": "fd00:98::30"})
+    eps = endpoint_slice({"node1": True, "node2": True})
+    eps["metadata"]["labels"]["kubernetes.io/service-name"] = "web6"
+    apply(lab, [svc, eps])
+    node1, node2 = state["nodes"]
+    wait_ecmp(lab, rack, "10.98.0.30/32", {node1["ip"], node2["ip"]})
+    wait_ecmp(lab, rack, "fd00:98::30/128", {node1["ip6"], node2["ip6"]})  # over the IPv6 sessions
+    wait_ecmp(lab, rack, "fd00:96::/112", {node1["ip6"], node2["ip6"]})
+    eps["endpoints"][1]["conditions"]["ready"] = False  # node2's
+    apply(lab, [eps])
+    wait_ecmp(lab, rack, "fd00:98::30/128", {node1["ip6"]})
+    wait_ecmp(lab, rack, "10.98.0.30/32", {node1["ip"]})
+    lab.down()
