@@ -298,19 +298,24 @@ def routes(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str
             hops = best.get("nexthops") or [{}]
             out[prefix] = hops[0].get("ip", "")
     elif kind == "gobgp":
-        table = {}
-        for family in ("ipv4", "ipv6"):
-            text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
-                                "-j"])
-            try:
-                table.update(json.loads(text) if text else {})
-            except (ValueError, TypeError):
-                pass
-        for prefix, paths in table.items():
+        for prefix, paths in _gobgp_rib(spec, netns).items():
             best = next((p for p in paths if p.get("best")), paths[0] if paths else {})
             hop = next((a.get("nexthop") for a in best.get("attrs", []) if a.get("nexthop")), "")
             out[prefix] = hop
     return out
+
+
+def _gobgp_rib(spec: RouterSpec, netns: str) -> dict[str, list]:
+    """GoBGP's RIB of both families: prefix -> its paths (JSON)."""
+    table: dict[str, list] = {}
+    for family in ("ipv4", "ipv6"):
+        text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
+                            "-j"])
+        try:
+            table.update(json.loads(text) or {} if text else {})
+        except (ValueError, TypeError):
+            pass
+    return table
 
 
 def _is_prefix(text: str) -> bool:
@@ -342,15 +347,7 @@ def ecmp(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str, 
                 hops = [h.get("gateway") for h in route.get("nexthops") or [route]]
                 out[prefix] = {h for h in hops if h}
         return out
-    table = {}
-    for family in ("ipv4", "ipv6"):
-        text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
-                            "-j"])
-        try:
-            table.update(json.loads(text) if text else {})
-        except (ValueError, TypeError):
-            pass
-    for prefix, paths in (table or {}).items():
+    for prefix, paths in _gobgp_rib(spec, netns).items():
         found = [(_as_path_length(p), _next_hop(p)) for p in paths]
         shortest = min((length for length, _ in found), default=0)
         out[prefix] = {hop for length, hop in found if length == shortest and hop}
