@@ -45,6 +45,9 @@ class Policy:
     origins: Originators
     node_addresses: dict[str, str]  # node name -> its BGP address
     node_addresses6: dict[str, str] = field(default_factory=dict)  # node name -> its IPv6 address
+    # The BGPConfiguration's service CIDRs: routes inside them (outside the pools) are other
+    # nodes' service announcements, meant for external routers (bgp/services.py).
+    service_cidrs: tuple = ()
 
     @cached_property
     def _nodes_by_address(self) -> dict[str, list[str]]:
@@ -67,6 +70,10 @@ class Rejection:
         return self.detail
 
 
+# Not a rejection: a service route, for external routers; nodes never install it (Calico's
+# nodes do not import them either) and it says nothing bad about the peer.
+SERVICE = "service"
+
 # The reasons, as counted in routed_bgp_rejected_routes{reason=...}.
 REASONS = ("invalid", "own-as", "own-prefix", "next-hop-not-a-node", "not-in-ipam", "wrong-next-hop",
            "outside-pools", "max-prefixes")
@@ -77,8 +84,9 @@ def rejection(route: Learned, policy: Policy, allowed: tuple[str, ...] = ()) -> 
 
     Inside a pool (or anything IPAM gives to a node) only IPAM's word counts: the prefix
     must be a block or borrowed address of a node, and the next hop that node's address
-    (reflectors and ToRs pass the originator's next hop on). Outside every pool, the
-    peer's allowedPrefixes decide.
+    (reflectors and ToRs pass the originator's next hop on). Outside every pool, a
+    service address is never installed (reason SERVICE), and the peer's allowedPrefixes
+    decide the rest.
     """
     try:
         prefix = ipaddress.ip_network(route.prefix)
@@ -96,6 +104,8 @@ def rejection(route: Learned, policy: Policy, allowed: tuple[str, ...] = ()) -> 
     owner = policy.origins.originator(str(prefix))
     in_pool = any(prefix.version == p.network.version and prefix.subnet_of(p.network) for p in policy.pools)
     if owner is None and not in_pool:
+        if any(prefix.version == c.version and prefix.subnet_of(c) for c in policy.service_cidrs):
+            return Rejection(SERVICE, "a Service address: announced for external routers, not installed")
         if any(_within(prefix, a) for a in allowed):
             return None
         return Rejection("outside-pools", "outside every IP pool and not allowed for this peer")

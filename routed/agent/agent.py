@@ -34,6 +34,7 @@ from .liveness import Heartbeats, verdict
 from .locks import KeyedLocks
 from .podnet import HostDataplane
 from .presence import NodePresence
+from .services import KubeServices, ServiceAnnouncer, StoredServices
 from .spool import LastAdds, PendingReleases, replay_shim_spool
 from .wireguard import WireGuard
 
@@ -90,7 +91,7 @@ class Agent:
         self.registered = threading.Event()
         self.labels: dict = dict(config.node_labels)
         self.own_labels: dict = dict(config.node_labels)  # what we register: Kubernetes' + --node-labels
-        self.kube = self.pod_info = None
+        self.kube = self.pod_info = self.service_informers = None
         self.kube_ip6: str | None = None  # the Kubernetes Node's IPv6 InternalIP
         self._threads: list[threading.Thread] = []
         self.heartbeats = Heartbeats(grace=config.stuck_after)
@@ -143,8 +144,11 @@ class Agent:
         if c.bgp:
             self.dataplane.use_uplink(self.address, self.address6)
             self.bgp = BGPController(self.kv, self.store, self.dataplane, c.node_name, self.address, c.bgp_dir,
-                                     c.bgp_socket, c.secrets_dir, c.resync, node_address6=self.address6)
+                                     c.bgp_socket, c.secrets_dir, c.resync, node_address6=self.address6,
+                                     services=ServiceAnnouncer(self._service_source(), c.node_name))
             self.metrics.collectors.append(self.bgp.metrics)
+            if self.service_informers is not None:
+                self.service_informers.start()
         documents = {"/bgp/peers": self.bgp.peer_status if self.bgp else list}
         documents["/wireguard"] = self.wireguard.status
         documents["/version"] = lambda: {"version": version(), "node": c.node_name}
@@ -179,6 +183,14 @@ class Agent:
                     if a.get("type") == "InternalIP"]
         self.kube_ip6 = next((a for a in internal if ":" in a), None)
         return next((a for a in internal if "." in a), None)
+
+    def _service_source(self):
+        """Services and EndpointSlices: Kubernetes' (informers) when the agent has it, else
+        what `routedctl apply` stored in etcd (a resource change there resyncs BGP anyway)."""
+        if self.kube is None:
+            return StoredServices(self.store)
+        self.service_informers = KubeServices(self.kube, lambda: self.bgp.events.put(("services", None)))
+        return self.service_informers  # started once self.bgp exists
 
     def _start_policy(self):
         """The policy table goes in before the CNI server serves: no pod is ever
@@ -415,6 +427,8 @@ class Agent:
         self.cni.stop()
         if self.pod_info is not None:
             self.pod_info.stop()
+        if self.service_informers is not None:
+            self.service_informers.stop()
         self.health.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bgp import decide, exabgp, peers as peering
 from bgp.order import address_key, link_local_first, network_key
+from bgp.services import Advertisement
 from bgp.speaker import group_shared, write_config
 from ipam.origins import Origins
 from routed import resources as r
@@ -135,18 +136,28 @@ class HelperLink:
 
 
 def announce_commands(verb: str, prefixes: list[str]) -> list[str]:
-    """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line."""
-    ordered = sorted(prefixes, key=network_key)
-    return [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
-            for i in range(0, len(ordered), BATCH)]
+    """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line,
+    one family a line: ExaBGP reads a mixed nlri list as one family (the IPv4 prefixes of a
+    line with IPv6 ones never reached an IPv4 peer)."""
+    out = []
+    for version in (4, 6):
+        ordered = sorted((p for p in prefixes if network_key(p)[0] == version), key=network_key)
+        out += [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
+                for i in range(0, len(ordered), BATCH)]
+    return out
 
 
 class BGPController:
     name = "bgp"
 
     def __init__(self, kv, store, dataplane, node: str, node_address: str, bgp_dir: str, socket_path: str,
-                 secrets_dir: str = "/etc/routed/secrets", resync: float = 30.0, node_address6: str | None = None):
+                 secrets_dir: str = "/etc/routed/secrets", resync: float = 30.0, node_address6: str | None = None,
+                 services=None):
         self.kv, self.store, self.dataplane = kv, store, dataplane
+        # Service addresses announced beside the blocks (routed/agent/services.py), if any.
+        self.services = services
+        self.advertisement = Advertisement()
+        self.service_prefixes: set[str] = set()
         self.node, self.interface = node, ipaddress.ip_interface(node_address)
         # This node's subnets, one per family: a next hop on one of them is reached directly.
         self.subnets = tuple(ipaddress.ip_interface(a).network for a in (node_address, node_address6) if a)
@@ -213,6 +224,9 @@ class BGPController:
                     next_resync = time.monotonic() + self.resync
                 if kind == "helper":
                     self.on_helper(payload)
+                elif kind == "services":  # Kubernetes changed a Service or EndpointSlice
+                    self._update_services()
+                    self.refresh(program=False)
                 elif kind == "helper-gone":
                     log.warning("bgp.helper disconnected (ExaBGP restarting?)")
                 elif kind == "tick":
@@ -340,6 +354,9 @@ class BGPController:
             self.pools = [decide.PoolView(p.network, p.spec.ipip_mode, p.spec.vxlan_mode) for p in pools]
             self.node_addresses = {n.metadata.name: a for n in nodes if (a := peering.node_address(n))}
             self.node_addresses6 = {n.metadata.name: a for n in nodes if (a := peering.node_address6(n))}
+            default = next((c.spec for c in configs if c.name == "default"), None)
+            self.advertisement = Advertisement.from_spec(default) if default else Advertisement()
+        self._update_services()
         self._send_limits()
         self.refresh()
         early, self._before_sync = self._before_sync, None
@@ -352,13 +369,26 @@ class BGPController:
         if limits != self._limits_sent and self.link.send_limits(limits):
             self._limits_sent = limits
 
-    def refresh(self) -> None:
-        """Announce what IPAM says is ours; judge every received route again."""
+    def refresh(self, program: bool = True) -> None:
+        """Announce what IPAM says is ours (and the service prefixes); judge every received route again."""
         own = self._own_prefixes()
         if own is None:
             return  # IPAM not read yet
         self._announce(own)
-        self.program()
+        if program:
+            self.program()
+
+    def _update_services(self) -> None:
+        """The service prefixes to announce, from the source's current view. Only the
+        families this node's sessions carry: its own address's, and its usable peers'."""
+        if self.services is None:
+            return
+        with self._lock:
+            adv, pools = self.advertisement, [p.network for p in self.pools]
+            families = {self.interface.version} | {ipaddress.ip_address(a).version for a in self.peers}
+        wanted = self.services.prefixes(adv, pools)
+        with self._lock:
+            self.service_prefixes = {p for p in wanted if ipaddress.ip_network(p).version in families}
 
     def _own_prefixes(self) -> set[str] | None:
         """This node's blocks, and /32s of addresses it holds in other nodes' blocks (IPAM's rule)."""
@@ -367,9 +397,10 @@ class BGPController:
 
     # -- announcements ----------------------------------------------------------------------
 
-    def _announce(self, wanted: set[str], full: bool = False) -> None:
+    def _announce(self, own: set[str], full: bool = False) -> None:
         with self._lock:
-            self.own_prefixes = wanted
+            self.own_prefixes = own
+            wanted = own | self.service_prefixes
             add = wanted if full else wanted - self.announced
             remove = set() if full else self.announced - wanted
         commands = announce_commands("withdraw", sorted(remove)) + announce_commands("announce", sorted(add))
@@ -431,7 +462,8 @@ class BGPController:
                 self.stale_until.pop(peer, None)
                 # A session carries one family, the peer's (an IPv6 session IPv6 blocks).
                 version = ipaddress.ip_address(peer).version
-                prefixes = sorted(p for p in self.own_prefixes if ipaddress.ip_network(p).version == version)
+                prefixes = sorted(p for p in self.own_prefixes | self.service_prefixes
+                                  if ipaddress.ip_network(p).version == version)
             # ExaBGP gives a neighbour added by a reload none of what was announced before
             # it existed: announce everything to this one, then End-of-RIB, which tells a
             # peer in graceful restart that our routes are all there.
@@ -508,17 +540,20 @@ class BGPController:
     def _accepted(self) -> dict[str, list[decide.Learned]]:
         """The routes that pass every filter, by prefix (called with the lock held)."""
         policy = decide.Policy(self.my_as, self.pools, self.own_prefixes, self.origins, self.node_addresses,
-                               self.node_addresses6)
+                               self.node_addresses6, service_cidrs=self.advertisement.cidrs)
         by_prefix: dict[str, list[decide.Learned]] = {}
         rejected = set()
         for peer, table in self.received.items():
             config, status = self.peers.get(peer), self.status.get(peer)
             if config is None or status is None:
                 continue
-            accepted, by_reason = 0, {}
+            accepted, services, by_reason = 0, 0, {}
             for prefix in sorted(table):
                 route = table[prefix]
                 why = decide.rejection(route, policy, config.allowed_prefixes)
+                if why is not None and why.reason == decide.SERVICE:
+                    services += 1  # another node's service address: for external routers, not us
+                    continue
                 if why is not None:
                     by_reason[why.reason] = by_reason.get(why.reason, 0) + 1
                     rejected.add((peer, prefix))
@@ -527,7 +562,8 @@ class BGPController:
                     continue
                 accepted += 1
                 by_prefix.setdefault(prefix, []).append(route)
-            status.accepted, status.rejected, status.rejected_by = accepted, len(table) - accepted, by_reason
+            status.accepted, status.rejected = accepted, len(table) - accepted - services
+            status.rejected_by = by_reason
         self._rejected = rejected
         return by_prefix
 
@@ -577,6 +613,7 @@ class BGPController:
             dropped = [({"peer": peer}, n) for peer, n in sorted(self.dropped_total.items())]
             skipped = sum(1 for s in statuses if s.error)
             received = [({"peer": s.address}, len(self.received.get(s.address, {}))) for s in statuses]
+            services = len(self.service_prefixes)
         # Every state a session can be in, 1 for the one it is in: alerts need no absent() tricks.
         states = [({"peer": s.address, "state": state}, int(s.state == state))
                   for s in statuses for state in sorted(SESSION_STATES | {s.state})]
@@ -602,7 +639,9 @@ class BGPController:
                        [({}, self.judged_total)]),
                 Family("routed_bgp_peers_skipped", "gauge",
                        "BGP peers left out of the configuration (missing secret, bad password, ...).",
-                       [({}, skipped)])]
+                       [({}, skipped)]),
+                Family("routed_bgp_service_prefixes", "gauge", "Service prefixes this node announces "
+                       "(serviceClusterIPs CIDRs, external and LoadBalancer IPs).", [({}, services)])]
 
 
 def _info(s: PeerStatus) -> str:

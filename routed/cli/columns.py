@@ -58,6 +58,17 @@ def _namespace(n):
     return [n.metadata.name, _labels(n.metadata.labels)], []
 
 
+def _service(s):
+    spec = s.spec
+    return [s.namespace, s.metadata.name, spec.type, ",".join(spec.all_cluster_ips())], [
+        ",".join(spec.external_ips), ",".join(s.load_balancer_ips()), spec.external_traffic_policy or "Cluster"]
+
+
+def _endpointslice(e):
+    return [e.namespace, e.metadata.name, e.service_name or "", e.address_type], [
+        ",".join(sorted(e.ready_nodes()))]
+
+
 COLUMNS = {
     r.IPPool: (["NAME", "CIDR", "SELECTOR"], ["BLOCKSIZE", "IPIP", "VXLAN", "NAT", "DISABLED"], _pool),
     r.BGPPeer: (["NAME", "PEERIP", "ASN", "NODE"], ["HOLD", "KEEPALIVE", "GRACEFUL", "PASSWORD"], _peer),
@@ -68,6 +79,9 @@ COLUMNS = {
     r.GlobalNetworkPolicy: (["NAME", "ORDER", "SELECTOR"], ["TYPES", "INGRESS", "EGRESS"], _policy),
     r.KubeNetworkPolicy: (["NAMESPACE", "NAME", "PODSELECTOR"], ["TYPES", "INGRESS", "EGRESS"], _kube_policy),
     r.Namespace: (["NAME", "LABELS"], [], _namespace),
+    r.Service: (["NAMESPACE", "NAME", "TYPE", "CLUSTERIP"], ["EXTERNALIPS", "LOADBALANCERIPS", "TRAFFICPOLICY"],
+                _service),
+    r.EndpointSlice: (["NAMESPACE", "NAME", "SERVICE", "ADDRESSTYPE"], ["READYNODES"], _endpointslice),
 }
 
 

@@ -2,8 +2,8 @@
 
 Objects are plain dicts, decoded from the API's JSON: the client's model classes cost
 far more to build than the few fields routed reads (names, labels, annotations,
-addresses). Only nodes, namespaces and pods are used, always with the verbs the chart's
-ClusterRoles grant (get, list, watch).
+addresses). Only nodes, namespaces, pods, network policies, services and endpoint slices
+are used, always with the verbs the chart's ClusterRoles grant (get, list, watch).
 
 Importing this module imports `kubernetes` (~300 ms): the agent does it once at start-up
 and only when it runs with Kubernetes; the CNI shim never does.
@@ -27,13 +27,14 @@ from . import Gone, KubeError
 
 log = logging.getLogger("routed.k8s")
 
-KINDS = ("nodes", "namespaces", "pods", "networkpolicies")
+KINDS = ("nodes", "namespaces", "pods", "networkpolicies", "services", "endpointslices")
 
 
 class KubeClient:
     def __init__(self, api_client, where: str):
         self.api = k8s.CoreV1Api(api_client)
         self.networking = k8s.NetworkingV1Api(api_client)
+        self.discovery = k8s.DiscoveryV1Api(api_client)
         self.where = where  # for error messages: the server URL
 
     @classmethod
@@ -61,7 +62,9 @@ class KubeClient:
     def _lister(self, kind: str):
         return {"nodes": self.api.list_node, "namespaces": self.api.list_namespace,
                 "pods": self.api.list_pod_for_all_namespaces,
-                "networkpolicies": self.networking.list_network_policy_for_all_namespaces}[_kind(kind)]
+                "networkpolicies": self.networking.list_network_policy_for_all_namespaces,
+                "services": self.api.list_service_for_all_namespaces,
+                "endpointslices": self.discovery.list_endpoint_slice_for_all_namespaces}[_kind(kind)]
 
     def list(self, kind: str, *, field_selector: str | None = None,
              label_selector: str | None = None) -> tuple[list[dict], str]:
@@ -182,8 +185,10 @@ class Informer:
     """
 
     def __init__(self, kube: KubeClient, kind: str, *, field_selector: str | None = None,
-                 watch_timeout: int = 300, backoff_max: float = 30.0):
+                 watch_timeout: int = 300, backoff_max: float = 30.0,
+                 on_change: Callable[[], None] | None = None):
         self.kube, self.kind, self.field_selector = kube, kind, field_selector
+        self.on_change = on_change  # called after each change (a listing or an event), outside the lock
         self.watch_timeout, self.backoff_max = watch_timeout, backoff_max
         self.synced = threading.Event()
         self.relists = 0  # how many times the whole kind was listed (tests, metrics)
@@ -267,6 +272,7 @@ class Informer:
             self.relists += 1
             self._changed.notify_all()
         self.synced.set()
+        self._notify()
         return rv
 
     def _apply(self, type_: str, obj: dict) -> None:
@@ -278,6 +284,14 @@ class Informer:
             else:
                 self._objects[key_of(obj)] = obj
             self._changed.notify_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # noqa: BLE001 - a reader's bug must not stop the watch
+                log.exception("%s: change callback failed", self.kind)
 
 
 __all__ = ["KubeClient", "Informer", "key_of", "KINDS"]

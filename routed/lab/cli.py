@@ -97,6 +97,11 @@ def status_sections(data: dict) -> list[Section]:
             [[i, p["node"], p["name"], p["namespace"], " ".join(filter(None, (p["ip"], p.get("ip6")))) or "-",
               p["netns"] if p["present"] else "(missing)"] for i, p in enumerate(data["pods"], 1)])),
     ]
+    service_rows = [[r["name"], prefix, ", ".join(hops)] for r in data["routers"]
+                    for prefix, hops in r.get("serviceRoutes", {}).items()]
+    if service_rows:
+        sections.insert(3, Section("SERVICE ROUTES AT THE TORS (ECMP next hops)",
+                                   Table(["TOR", "PREFIX", "NEXT HOPS"], service_rows)))
     if "wireguard" in data:
         sections.insert(4, Section("WIREGUARD PEERS", Table(
             ["NODE", "PEER", "ENDPOINT", "STATE", "RX BYTES", "TX BYTES"],

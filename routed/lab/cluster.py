@@ -76,6 +76,12 @@ NODE_AS = 64512
 TOR_AS_BASE = 65000
 POOL_NAME = "default-ipv4-ippool"
 POOL_CIDR = "10.244.0.0/16"
+# Service advertisement (Calico's BGPConfiguration fields): declare a Service and its
+# EndpointSlice with `routedctl apply -f` and the ToRs learn its addresses.
+SERVICE_CIDRS = {"serviceClusterIPs": "10.96.0.0/16", "serviceExternalIPs": "10.97.0.0/16",
+                 "serviceLoadBalancerIPs": "10.98.0.0/16"}
+SERVICE_CIDRS6 = {"serviceClusterIPs": "fd00:96::/112", "serviceExternalIPs": "fd00:97::/112",
+                  "serviceLoadBalancerIPs": "fd00:98::/112"}  # beside them with --dual-stack
 CORE_SUBNET = "10.10.0.0/24"
 POOL6_NAME = "default-ipv6-ippool"
 POOL6_CIDR = "fd00:244::/48"
@@ -197,6 +203,8 @@ def resources(options: Options, state: dict) -> list[dict]:
              "spec": {"cidr": POOL_CIDR, "blockSize": 26, **ENCAPS[options.encap], "natOutgoing": True}},
             {"apiVersion": "routed.io/v1", "kind": "BGPConfiguration", "metadata": {"name": "default"},
              "spec": {"asNumber": NODE_AS, "nodeToNodeMeshEnabled": True,
+                      **{field: [{"cidr": cidr}] + ([{"cidr": SERVICE_CIDRS6[field]}] if options.dual_stack else [])
+                         for field, cidr in SERVICE_CIDRS.items()},
                       **({"wireguard": "Enabled"} if options.wireguard else {})}}]
     if options.dual_stack:
         docs.append({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": POOL6_NAME},

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = ("bird", "frr", "gobgp")
+MAX_PATHS = 16  # ECMP width of the ToRs (BIRD's kernel protocol merges without a limit)
 FRR = "/usr/lib/frr"
 
 
@@ -74,7 +75,8 @@ def render_bird(spec: RouterSpec) -> str:
              "log stderr all;",
              "protocol device { scan time 10; }",
              "",
-             "# Learned blocks go into this namespace's kernel, so the ToR forwards to them.",
+             "# Learned blocks go into this namespace's kernel, so the ToR forwards to them; equal",
+             "# routes from several nodes (a Service's address) become one ECMP route.",
              "protocol kernel {",
              "  ipv4 { import none; export where source = RTS_BGP; };",
              "  merge paths on;",
@@ -136,7 +138,8 @@ def render_frr_bgpd(spec: RouterSpec) -> str:
         family = [n for n in spec.neighbors if n.version == version]
         if version == 6 and not family:
             continue
-        lines.append(f" address-family ipv{version} unicast")
+        # ECMP over the nodes announcing one prefix (a Service's address): zebra installs them all.
+        lines += [f" address-family ipv{version} unicast", f"  maximum-paths {MAX_PATHS}"]
         for n in family:
             lines.append(f"  neighbor {n.address} activate")
             if n.kind == "node":
@@ -152,6 +155,9 @@ def render_gobgp(spec: RouterSpec) -> str:
              f"  as = {spec.as_number}",
              f'  router-id = "{spec.router_id}"',
              "  port = 179",
+             # Equal paths (a Service's address from several nodes) are all kept as multipath.
+             "[global.use-multiple-paths.config]",
+             "  enabled = true",
              "",
              "[[policy-definitions]]",
              '  name = "nothing"',
@@ -292,19 +298,24 @@ def routes(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str
             hops = best.get("nexthops") or [{}]
             out[prefix] = hops[0].get("ip", "")
     elif kind == "gobgp":
-        table = {}
-        for family in ("ipv4", "ipv6"):
-            text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
-                                "-j"])
-            try:
-                table.update(json.loads(text) if text else {})
-            except (ValueError, TypeError):
-                pass
-        for prefix, paths in table.items():
+        for prefix, paths in _gobgp_rib(spec, netns).items():
             best = next((p for p in paths if p.get("best")), paths[0] if paths else {})
             hop = next((a.get("nexthop") for a in best.get("attrs", []) if a.get("nexthop")), "")
             out[prefix] = hop
     return out
+
+
+def _gobgp_rib(spec: RouterSpec, netns: str) -> dict[str, list]:
+    """GoBGP's RIB of both families: prefix -> its paths (JSON)."""
+    table: dict[str, list] = {}
+    for family in ("ipv4", "ipv6"):
+        text = _run(netns, ["gobgp", "-u", "127.0.0.1", "-p", str(spec.api_port), "global", "rib", "-a", family,
+                            "-j"])
+        try:
+            table.update(json.loads(text) or {} if text else {})
+        except (ValueError, TypeError):
+            pass
+    return table
 
 
 def _is_prefix(text: str) -> bool:
@@ -313,3 +324,42 @@ def _is_prefix(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def ecmp(kind: str, spec: RouterSpec, directory: Path, netns: str) -> dict[str, set[str]]:
+    """prefix -> the next hops the router spreads its traffic over (the ECMP set).
+
+    BIRD and FRR: the ToR namespace's kernel table, what really forwards (BIRD's
+    `merge paths`, FRR's `maximum-paths` through zebra). GoBGP has no FIB here: the paths
+    of its RIB as long as the best one's AS path, the multipath set it would install."""
+    out: dict[str, set[str]] = {}
+    if kind in ("bird", "frr"):
+        for family in ("-4", "-6"):
+            text = _run(None, ["ip", family, "-j", "-n", netns, "route", "show", "proto",
+                               "bird" if kind == "bird" else "bgp"])
+            try:
+                routes_ = json.loads(text) if text else []
+            except ValueError:
+                routes_ = []
+            for route in routes_:
+                dst = route.get("dst", "")
+                prefix = dst if "/" in dst else f"{dst}/{32 if family == '-4' else 128}"
+                hops = [h.get("gateway") for h in route.get("nexthops") or [route]]
+                out[prefix] = {h for h in hops if h}
+        return out
+    for prefix, paths in _gobgp_rib(spec, netns).items():
+        found = [(_as_path_length(p), _next_hop(p)) for p in paths]
+        shortest = min((length for length, _ in found), default=0)
+        out[prefix] = {hop for length, hop in found if length == shortest and hop}
+    return out
+
+
+def _next_hop(path: dict) -> str:
+    return next((a.get("nexthop") for a in path.get("attrs", []) if a.get("nexthop")), "")
+
+
+def _as_path_length(path: dict) -> int:
+    for attr in path.get("attrs", []):
+        if "as_paths" in attr:
+            return sum(len(seg.get("asns") or []) for seg in attr.get("as_paths") or [])
+    return 0

@@ -138,6 +138,25 @@ def router_routes(state: dict) -> dict[str, dict[str, str]]:
             for rack in state["racks"]}
 
 
+def service_routes(state: dict) -> dict[str, dict[str, list[str]]]:
+    """ToR name -> {service prefix: the next hops it spreads traffic over (ECMP)}."""
+    cidrs = [ipaddress.ip_network(c) for c in (*cluster.SERVICE_CIDRS.values(), *cluster.SERVICE_CIDRS6.values())]
+    out = {}
+    for rack in state["racks"]:
+        table = routers.ecmp(rack["kind"], cluster.router_spec(state, rack), Path(rack["dir"]), rack["tor_ns"])
+        out[rack["tor"]] = {prefix: sorted(hops, key=ipaddress.ip_address) for prefix, hops in sorted(table.items())
+                            if _inside(prefix, cidrs)}
+    return out
+
+
+def _inside(prefix: str, cidrs: list) -> bool:
+    try:
+        net = ipaddress.ip_network(prefix)
+    except ValueError:
+        return False
+    return any(net.version == c.version and net.subnet_of(c) for c in cidrs)
+
+
 def ipam(state: dict) -> tuple[list[dict], dict]:
     """(block rows, Node resources by name), from etcd at one revision."""
     from ipam import usage
@@ -218,6 +237,7 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
              "present": os.path.exists(f"{topology.NETNS_DIR}/{p['netns']}"),
              **({"ip6": p["ip6"]} if p.get("ip6") else {})} for p in ordered]
     tor_routes = router_routes(state)
+    services = service_routes(state)
     out = {"lab": {"dir": str(lab.dir), "prefix": state["prefix"], "options": state["options"],
                    "etcd": state["etcd"]["endpoint"], "created": state.get("created", "")},
            "nodes": nodes(lab, state, registered),
@@ -226,7 +246,8 @@ def collect(lab: Lab, reach: bool = True, timeout: float = 20.0, progress: Progr
                         **({"address6": rack["gateway6"], "coreAddress6": rack["core_ip6"]}
                            if rack.get("gateway6") else {}),
                         "running": all(procs.alive(p, lab.marker) for p in rack["pids"].values()),
-                        "routes": tor_routes[rack["tor"]], "podRoutes": in_pools(tor_routes[rack["tor"]])}
+                        "routes": tor_routes[rack["tor"]], "podRoutes": in_pools(tor_routes[rack["tor"]]),
+                        "serviceRoutes": services[rack["tor"]]}
                        for rack in state["racks"]],
            "sessions": sessions(state), "blocks": blocks, "pods": pods}
     if reach:

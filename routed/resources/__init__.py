@@ -31,6 +31,7 @@ from routed.resources.policy import (
     NetworkPolicy,
 )
 from routed.resources.selector import Selector, parse_selector
+from routed.resources.service import EndpointSlice, Service
 
 KINDS: dict[str, type[Resource]] = {
     cls.kind_name: cls
@@ -38,7 +39,7 @@ KINDS: dict[str, type[Resource]] = {
 }
 # Kubernetes documents routedctl stores as they are: (apiVersion, kind) -> class.
 KUBE_KINDS: dict[tuple[str, str], type[Resource]] = {
-    (cls.api_group, cls.model_fields["kind"].default): cls for cls in (KubeNetworkPolicy, Namespace)
+    (cls.api_group, cls.model_fields["kind"].default): cls for cls in (KubeNetworkPolicy, Namespace, Service, EndpointSlice)
 }
 
 # Every word routedctl accepts for a kind, as calicoctl does: "ippool", "IPPools", "pool"...
@@ -164,6 +165,8 @@ __all__ = [
     "ObjectMeta",
     "Resource",
     "Selector",
+    "Service",
+    "EndpointSlice",
     "check_pool_overlap",
     "check_pool_update",
     "format_validation_error",

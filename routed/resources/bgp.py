@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from routed.resources.base import (
     CIDR,
@@ -28,6 +28,24 @@ from routed.resources.base import (
 DEFAULT_MAX_PREFIXES = 100_000
 
 
+class ServiceCIDR(Model):
+    """One entry of serviceClusterIPs / serviceExternalIPs / serviceLoadBalancerIPs, as Calico's."""
+
+    cidr: CIDR
+
+
+def _distinct_cidrs(entries: list[ServiceCIDR]) -> list[ServiceCIDR]:
+    seen = set()
+    for entry in entries:
+        if entry.cidr in seen:
+            raise field_error(f"{entry.cidr} is listed twice")
+        seen.add(entry.cidr)
+    return entries
+
+
+ServiceCIDRs = Annotated[list[ServiceCIDR], AfterValidator(_distinct_cidrs)]
+
+
 class BGPConfigurationSpec(Model):
     as_number: ASNumber = 64512
     node_to_node_mesh_enabled: bool = Field(True, alias="nodeToNodeMeshEnabled")
@@ -42,6 +60,13 @@ class BGPConfigurationSpec(Model):
     # Disabled, port 51820.
     wireguard: Literal["Enabled", "Disabled", "Required"] | None = None
     wireguard_listen_port: int | None = Field(None, ge=1, le=65535)
+    # Service addresses announced over BGP (routed/agent/services.py), both families: every
+    # node announces the cluster-IP CIDRs; Services' external and LoadBalancer IPs inside
+    # these CIDRs go out as /32 (/128). Only on "default", as Calico has it. None: [] (and
+    # left out of the stored document, as every unset field is).
+    service_cluster_ips: ServiceCIDRs | None = Field(None, alias="serviceClusterIPs")
+    service_external_ips: ServiceCIDRs | None = Field(None, alias="serviceExternalIPs")
+    service_load_balancer_ips: ServiceCIDRs | None = Field(None, alias="serviceLoadBalancerIPs")
 
 
 class BGPConfiguration(Resource):
@@ -69,7 +94,16 @@ class BGPConfiguration(Resource):
                 f'not "{self.name}"',
                 "metadata.name",
             )
+        if self.name != "default":
+            for field in ("serviceClusterIPs", "serviceExternalIPs", "serviceLoadBalancerIPs"):
+                if getattr(self.spec, SERVICE_FIELDS[field]):
+                    raise field_error('Service advertisement is cluster-wide: set it on the "default" '
+                                      "BGPConfiguration only", f"spec.{field}")
         return self
+
+
+SERVICE_FIELDS = {"serviceClusterIPs": "service_cluster_ips", "serviceExternalIPs": "service_external_ips",
+                  "serviceLoadBalancerIPs": "service_load_balancer_ips"}
 
 
 # --- BGPPeer --------------------------------------------------------------------------

@@ -141,9 +141,10 @@ _BGPCONFIGURATION = {
     "nodeToNodeMeshEnabled": _same("nodeToNodeMeshEnabled"),
     "logSeverityScreen": _same("logSeverity"),
     "listenPort": _same("listenPort"),
-    "serviceClusterIPs": _refuse("Service addresses are not announced"),
-    "serviceExternalIPs": _refuse("Service addresses are not announced"),
-    "serviceLoadBalancerIPs": _refuse("Service addresses are not announced"),
+    # The same shape in both: a list of {cidr}; the routed model validates the entries.
+    "serviceClusterIPs": _same("serviceClusterIPs"),
+    "serviceExternalIPs": _same("serviceExternalIPs"),
+    "serviceLoadBalancerIPs": _same("serviceLoadBalancerIPs"),
     "communities": _refuse("no BGP communities"),
     "prefixAdvertisements": _refuse("no BGP communities"),
     "nodeMeshPassword": _refuse("no password on the node-to-node mesh"),

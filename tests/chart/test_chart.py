@@ -53,7 +53,8 @@ VALUE_SETS = {
                                                           {"cidr": "10.250.0.0/24", "blockSize": 32}]}},
     "everything": {"etcd": {"endpoints": ["https://192.0.2.10:2379"], "tls": {"enabled": True}},
                    "routeReflector": {"enabled": True, "addresses": RR_ADDRESSES},
-                   "bgp": {"peers": TOR_PEERS_WITH_PASSWORDS},
+                   "bgp": {"peers": TOR_PEERS_WITH_PASSWORDS, "serviceClusterIPs": ["10.96.0.0/12", "fd00:96::/112"],
+                           "serviceLoadBalancerIPs": ["203.0.113.0/24"]},
                    "ipPool": {"cidr": "172.20.0.0/14", "blockSize": 24, "natOutgoing": False},
                    "installCNI": {"chain": False, "pools": ["default-ipv4-ippool"]},
                    "mtu": 8950, "imagePullSecrets": [{"name": "regcred"}],
@@ -228,6 +229,9 @@ def test_resources_parse_with_routeds_loader(name):
 
     (config,) = by_kind["BGPConfiguration"]
     assert config.name == "default"
+    for field, attr in (("serviceClusterIPs", "service_cluster_ips"), ("serviceExternalIPs", "service_external_ips"),
+                        ("serviceLoadBalancerIPs", "service_load_balancer_ips")):
+        assert [c.cidr for c in getattr(config.spec, attr) or []] == values["bgp"][field]
     assert config.spec.as_number == values["bgp"]["asNumber"]
     mesh = values["bgp"]["nodeToNodeMesh"] and not values["routeReflector"]["enabled"]
     assert config.spec.node_to_node_mesh_enabled is mesh
@@ -665,7 +669,10 @@ def test_rbac_is_least_privilege():
     rules = {d["metadata"]["name"]: d["rules"] for d in rendered.all("ClusterRole")}
     assert rules == {
         "routed-agent": [{"apiGroups": [""], "resources": ["nodes", "pods", "namespaces"],
-                          "verbs": ["get", "list", "watch"]}],
+                          "verbs": ["get", "list", "watch"]},
+                         {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+                         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                          "verbs": ["list", "watch"]}],
         "routed-controller": [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]}],
         "routed-cni": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
     }

@@ -218,3 +218,17 @@ def test_every_peer_has_a_receive_limit():
     assert sorted((p.kind, p.max_prefixes) for p in mesh) == [("global", 300), ("mesh", 300), ("mesh", 300)]
     with pytest.raises(InvalidResource, match="maxPrefixes"):
         config(maxPrefixes=0)
+
+
+def test_service_routes_are_not_installed_and_never_open_a_pool():
+    """Other nodes' service announcements (for external routers) are set apart, not
+    rejected as hostile; a service CIDR over a pool changes nothing inside the pool."""
+    nets = tuple(ipaddress.ip_network(c) for c in ("10.96.0.0/12", "203.0.113.0/24", "10.0.0.0/8"))
+    policy = decide.Policy(64512, POOLS, {"10.244.0.0/26"}, OWNERS, NODE_ADDRESSES, service_cidrs=nets)
+    for prefix in ("10.96.0.0/12", "203.0.113.10/32", "10.96.0.10/32"):
+        assert decide.rejection(decide.Learned(prefix, "10.0.0.1", "10.0.0.1"), policy).reason == decide.SERVICE
+    # Inside the pools IPAM still decides: a's block is accepted, a /32 hijack is refused.
+    assert decide.rejection(decide.Learned("10.244.1.0/26", "10.0.0.1", "10.0.0.1"), policy) is None
+    assert decide.rejection(decide.Learned("10.244.1.5/32", "10.0.0.254", "p"), policy).reason == \
+        "next-hop-not-a-node"
+    assert decide.SERVICE not in decide.REASONS

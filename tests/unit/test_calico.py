@@ -199,15 +199,44 @@ spec:
   listenPort: 178
   bindMode: NodeIP
 """
-    # Calico's own sample uses three things routed does not have; the first is named.
+    # Calico's own sample uses two things routed does not have; the first is named.
     assert "spec.nodeMeshMaxRestartTime: not supported by routed" in refused(sample)
-    for line in ("  nodeMeshMaxRestartTime: 120s\n", "  serviceClusterIPs:\n    - cidr: 10.96.0.0/12\n"):
-        sample = sample.replace(line, "")
+    sample = sample.replace("  nodeMeshMaxRestartTime: 120s\n", "")
     assert 'spec.bindMode: "NodeIP" is not supported' in refused(sample)
     config = converted(sample.replace("  bindMode: NodeIP\n", ""))
     assert isinstance(config, BGPConfiguration)
     assert config.to_dict()["spec"] == {"asNumber": 63400, "nodeToNodeMeshEnabled": True, "listenPort": 178,
-                                        "logSeverity": "Info", "maxPrefixes": 100000}
+                                        "logSeverity": "Info", "maxPrefixes": 100000,
+                                        "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]}
+
+
+def test_bgpconfiguration_service_advertisement_is_carried_over_and_validated():
+    config = converted("""
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: "fd00:10:96::/112"}]
+  serviceExternalIPs: [{cidr: 198.51.100.0/24}]
+  serviceLoadBalancerIPs: [{cidr: 203.0.113.0/24}, {cidr: "2001:db8:5::/64"}]
+""")
+    spec = config.to_dict()["spec"]
+    assert spec["serviceClusterIPs"] == [{"cidr": "10.96.0.0/12"}, {"cidr": "fd00:10:96::/112"}]
+    assert spec["serviceExternalIPs"] == [{"cidr": "198.51.100.0/24"}]
+    assert spec["serviceLoadBalancerIPs"] == [{"cidr": "203.0.113.0/24"}, {"cidr": "2001:db8:5::/64"}]
+    bad = refused("""
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {serviceLoadBalancerIPs: [{cidr: 203.0.113.7/24}]}
+""")
+    assert "spec.serviceLoadBalancerIPs[0].cidr: host bits set in 203.0.113.7/24" in bad
+    assert "cluster-wide" in refused("""
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: node.a}
+spec: {serviceExternalIPs: [{cidr: 198.51.100.0/24}]}
+""")
 
 
 def test_bgpconfiguration_per_node_and_empty_lists():

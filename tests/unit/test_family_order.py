@@ -11,9 +11,10 @@ MIXED_PREFIXES = ["fd00:10::/122", "10.244.1.0/26", "2001:db8::/64", "10.244.0.0
 
 
 def test_announce_commands_order_both_families_ipv4_first():
-    (line,) = announce_commands("announce", MIXED_PREFIXES)
-    assert line.split("nlri ")[1].split() == [
-        "10.9.0.0/16", "10.244.0.0/26", "10.244.1.0/26", "2001:db8::/64", "fd00:10::/122"]
+    # One family a line: ExaBGP reads a mixed nlri list as one family.
+    v4, v6 = announce_commands("announce", MIXED_PREFIXES)
+    assert v4.split("nlri ")[1].split() == ["10.9.0.0/16", "10.244.0.0/26", "10.244.1.0/26"]
+    assert v6.split("nlri ")[1].split() == ["2001:db8::/64", "fd00:10::/122"]
 
 
 def node(name, address):
