@@ -35,6 +35,9 @@ from .errors import AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBloc
 from .handle import Handle
 
 RETRIES = 64
+# Allocations of one group commit: 2 compares and 1 put each, plus the block, stay within
+# etcd's 128 operations per transaction.
+GROUP_MAX = 32
 _RETRY = object()  # an allocation step lost a race: start the attempt over
 _CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
 
@@ -73,6 +76,32 @@ class _HandleState:
 
 
 @dataclass
+class _Request:
+    """One allocate() call waiting to be served (group commit)."""
+    handle: str
+    node: str
+    attrs: dict
+    num: int
+    pools: tuple
+    version: int
+    labels: tuple
+    done: bool = False
+    result: Allocation | None = None
+    error: BaseException | None = None
+
+    @property
+    def group(self) -> tuple:
+        """Requests with the same group may share a transaction."""
+        return self.node, self.pools, self.version, self.labels
+
+    def succeed(self, result: Allocation) -> None:
+        self.result, self.done = result, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+
+
+@dataclass
 class _Cached:
     block: Block
     revision: int
@@ -84,7 +113,9 @@ class IPAM:
     def __init__(self, kv: KV, clock=time.monotonic):
         self.kv = kv
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one caller at a time talks to etcd for allocations
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Request] = []  # allocate() calls not served yet (group commit)
         self._blocks: dict[str, _Cached] = {}  # block key -> as we last saw it
         self._affine: dict[str, list[str]] = {}  # node -> its block keys
         self._config_at = -1e9
@@ -170,31 +201,134 @@ class IPAM:
 
         Idempotent: when the handle already holds addresses (a retried CNI ADD), those
         are returned and nothing new is taken.
+
+        Group commit: calls that arrive while another is being served wait for it, and
+        the next of them serves all that queued meanwhile together, in ONE transaction
+        when one of the node's blocks has room for all (see _serve). A failed
+        transaction takes nobody's address: each caller then goes its own way.
         """
         attrs = {"node": node, "time": _now(), **(attrs or {})}
+        request = _Request(handle, node, attrs, num, tuple(pools or ()), version,
+                           tuple(sorted((node_labels or {}).items())))
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
-            candidates = self.pools_for(node_labels or {}, pools, version, node=node)
-            steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
-            # Assume the handle is new, as it is for every first ADD; a failed transaction's
-            # failure branch tells us otherwise, so the steady state reads nothing first.
-            held = _HandleState(handle, Handle(handle), 0)
-            for _ in range(RETRIES):
-                if held.revision:
-                    existing = self._existing(handle, held.record, candidates, version)
-                    if existing.ips:
-                        return existing
-                for step in steps:
-                    outcome = step(held, node, attrs, num, candidates)
-                    if outcome is _RETRY:
-                        # A lost race may mean a pool changed (its revision is compared
-                        # when claiming): read the configuration again, not from cache.
-                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True, node=node)
-                        break
-                    if outcome is not None:
-                        return outcome
-                else:
-                    raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
-            raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
+            if not request.done:
+                # Our request is still queued: whoever takes a request serves it before
+                # letting go of the lock. Take it and everything queued behind it.
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._serve(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _serve(self, batch: list[_Request]) -> None:
+        """Serve every request of batch (the lock is held): compatible requests (same node,
+        pools, family, labels) together when they fit, the rest one by one."""
+        groups: dict[tuple, list[_Request]] = {}
+        for request in batch:
+            groups.setdefault(request.group, []).append(request)
+        for members in groups.values():
+            for start in range(0, len(members), GROUP_MAX):
+                chunk = members[start:start + GROUP_MAX]
+                try:
+                    if len(chunk) > 1:
+                        self._group_commit(chunk)
+                    for request in chunk:
+                        if not request.done:
+                            self._serve_one(request)
+                finally:
+                    for request in chunk:  # whatever happened, nobody waits forever
+                        if not request.done:
+                            request.fail(Conflict(f"IPAM: allocation for {request.handle} was not served"))
+
+    def _serve_one(self, q: _Request) -> None:
+        try:
+            q.succeed(self._allocate_one(q.handle, q.node, q.attrs, q.num, list(q.pools) or None, q.version,
+                                         dict(q.labels)))
+        except Exception as err:  # the caller's error, raised in the caller's thread
+            q.fail(err)
+
+    def _group_commit(self, chunk: list[_Request]) -> None:
+        """All of chunk from one affine block in one transaction, assuming every handle is
+        new (as for every first ADD). Leaves the requests undone (for _serve_one) when no
+        block has room for all or a compare failed; fails them all when etcd does."""
+        first = chunk[0]
+        handles = {q.handle for q in chunk}
+        if len(handles) < len(chunk):
+            return  # one handle twice (a retried ADD racing itself): one put per key per txn
+        try:
+            candidates = self.pools_for(dict(first.labels), list(first.pools) or None, first.version,
+                                        node=first.node)
+            wanted = sum(q.num for q in chunk)
+            for bkey in self._affine_blocks(first.node):
+                cached = self._blocks.get(bkey)
+                if cached is None or cached.block.free < wanted:
+                    continue
+                pool = _pool_of(cached.block.cidr, candidates)
+                if pool is None:
+                    continue
+                block = cached.block.copy()
+                compare, ops, got = [Compare.mod(bkey, cached.revision)], [], []
+                for q in chunk:
+                    ips = block.assign(q.num, q.handle, _block_attrs(q.attrs))
+                    record = Handle(q.handle, attrs=q.attrs)
+                    record.add(block.cidr, len(ips))
+                    hkey = keys.handle(q.handle)
+                    compare.append(Compare.absent(hkey))
+                    ops.append(Op.put(hkey, record.to_json()))
+                    got.append(ips)
+                result = self.kv.txn(compare, [Op.put(bkey, block.to_json()), *ops], [Op.get(bkey)])
+                self.stats["txn"] += 1
+                if not result.succeeded:
+                    # The block moved on, or a handle exists: each request finds out alone.
+                    self.stats["conflict"] += 1
+                    self._recache(bkey, result.results[0])
+                    return
+                self._blocks[bkey] = _Cached(block, result.revision)
+                self.stats["grouped"] += len(chunk)
+                for q, ips in zip(chunk, got):
+                    q.succeed(Allocation(q.handle, ips, pool.metadata.name))
+                return
+        except Exception as err:
+            # Nothing of the transaction is known to be written; each caller's CNI ADD fails
+            # and is retried, and finds its handle if the transaction was applied after all.
+            for q in chunk:
+                q.fail(err)
+
+    def _recache(self, bkey: str, item: KeyValue | None) -> None:
+        """Cache what a failed transaction's failure branch read of a block."""
+        block = self._block(item) if item is not None else None
+        if block is None:
+            self._blocks.pop(bkey, None)
+        else:
+            self._blocks[bkey] = _Cached(block, item.mod_revision)
+
+    def _allocate_one(self, handle: str, node: str, attrs: dict, num: int, pools: list[str] | None,
+                      version: int, node_labels: dict) -> Allocation:
+        candidates = self.pools_for(node_labels, pools, version, node=node)
+        steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
+        # Assume the handle is new, as it is for every first ADD; a failed transaction's
+        # failure branch tells us otherwise, so the steady state reads nothing first.
+        held = _HandleState(handle, Handle(handle), 0)
+        for _ in range(RETRIES):
+            if held.revision:
+                existing = self._existing(handle, held.record, candidates, version)
+                if existing.ips:
+                    return existing
+            for step in steps:
+                outcome = step(held, node, attrs, num, candidates)
+                if outcome is _RETRY:
+                    # A lost race may mean a pool changed (its revision is compared
+                    # when claiming): read the configuration again, not from cache.
+                    candidates = self.pools_for(node_labels, pools, version, fresh=True, node=node)
+                    break
+                if outcome is not None:
+                    return outcome
+            else:
+                raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
+        raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
 
     def _labels_of(self, node: str) -> dict:
         item = self.kv.get(keys.resource(r.Node.plural, node))
@@ -214,8 +348,8 @@ class IPAM:
         None when a compare failed; the block's cache and `held` then hold what etcd has.
         """
         block = cached.block.copy()
-        ips = block.assign(n, held.id, attrs)
-        record = Handle(held.id, dict(held.record.blocks), held.record.sequence)
+        ips = block.assign(n, held.id, _block_attrs(attrs))
+        record = Handle(held.id, dict(held.record.blocks), held.record.sequence, {**held.record.attrs, **attrs})
         record.add(block.cidr, len(ips))
         bkey, hkey = keys.block(block.cidr), keys.handle(held.id)
         result = self.kv.txn(
@@ -232,12 +366,7 @@ class IPAM:
             # The handle is not what we assumed (a retried request): learn what it is.
             held.record = Handle.from_json(current.value, key=hkey) if current else Handle(held.id)
             held.revision = current.mod_revision if current else 0
-        fresh = result.results[0]
-        block = self._block(fresh) if fresh is not None else None
-        if block is None:
-            self._blocks.pop(bkey, None)
-        else:
-            self._blocks[bkey] = _Cached(block, fresh.mod_revision)
+        self._recache(bkey, result.results[0])
         return None
 
     def _from_affine(self, held, node, attrs, num, candidates):
@@ -394,8 +523,8 @@ class IPAM:
                     owner = block.attributes_for(addr)
                     if owner and owner["handle"] == handle:  # a retried request
                         return Allocation(handle, [addr], pool.metadata.name, reused=True)
-                got = block.assign_ip(addr, handle, attrs)  # AddressInUse when taken
-                record = Handle(handle, dict(held.record.blocks), held.record.sequence)
+                got = block.assign_ip(addr, handle, _block_attrs(attrs))  # AddressInUse when taken
+                record = Handle(handle, dict(held.record.blocks), held.record.sequence, {**held.record.attrs, **attrs})
                 record.add(cidr, 1)
                 ops += [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json())]
                 if self.kv.txn(compare, ops).succeeded:
@@ -630,6 +759,13 @@ def _block_cidrs(items) -> list:
         except ValueError:
             continue
     return found
+
+
+def _block_attrs(attrs: dict) -> dict:
+    """What a block keeps of an allocation's attributes: the node holding the address, which
+    BGP (ipam/origins.py) and borrowing need from the block alone. The rest (pod, namespace,
+    time, ...) is in the handle record (layout 2)."""
+    return {"node": attrs["node"]} if attrs.get("node") else {}
 
 
 def _pool_of(cidr, candidates) -> r.IPPool | None:

@@ -227,10 +227,10 @@ class Block:
 
     def copy(self) -> "Block":
         """An independent copy (cheaper than a JSON round trip)."""
+        # Attribute entries are never changed in place (a change appends a new entry or
+        # drops old ones), so the copy shares them.
         return Block(cidr=self.cidr, affinity=self.affinity, allocations=list(self.allocations),
-                     unallocated=list(self.unallocated),
-                     attributes=[{"handle": a["handle"], "secondary": dict(a["secondary"])}
-                                 for a in self.attributes],
+                     unallocated=list(self.unallocated), attributes=list(self.attributes),
                      sequence=self.sequence)
 
     # -- JSON ---------------------------------------------------------------------

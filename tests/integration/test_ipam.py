@@ -11,6 +11,7 @@ import pytest
 from ipam.allocator import IPAM, EmptyBlockReaper
 from ipam.block import Block
 from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
+from ipam.handle import Handle
 from routed import resources as r
 from routed.datastore import keys
 from routed.datastore.memory import MemoryKV
@@ -65,8 +66,10 @@ def test_first_allocation_claims_an_affine_block(store, kv, ipam):
     assert kv.get(keys.affinity("node-1", block)) is not None
     stored = block_of(kv, block)
     assert stored.affinity == "host:node-1"
-    assert stored.attributes_for(ip)["secondary"]["pod"] == "a"
-    assert stored.attributes_for(ip)["handle"] == "net.c1.eth0"
+    # The block keeps the handle and the node; the pod's attributes are in the handle record.
+    assert stored.attributes_for(ip) == {"handle": "net.c1.eth0", "secondary": {"node": "node-1"}}
+    record = Handle.from_json(kv.get(keys.handle("net.c1.eth0")).value, key="h")
+    assert record.attrs["pod"] == "a" and record.attrs["namespace"] == "default" and record.attrs["node"] == "node-1"
     b = ipam.allocate("net.c2.eth0", "node-1")
     assert b.ips[0] in block and b.ips[0] != ip
 

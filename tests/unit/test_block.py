@@ -492,14 +492,21 @@ def test_handle_rejects_bad_counts(n):
 
 
 def test_handle_json_round_trip():
-    h = Handle("net.cid.eth0")
+    h = Handle("net.cid.eth0", attrs={"pod": "p", "namespace": "ns"})
     h.add("10.0.0.64/26", 1)
     h.add("10.0.0.0/26", 2)
     text = h.to_json()
-    assert text == ('{"blocks":{"10.0.0.0/26":2,"10.0.0.64/26":1},'
+    assert text == ('{"attrs":{"namespace":"ns","pod":"p"},"blocks":{"10.0.0.0/26":2,"10.0.0.64/26":1},'
                     '"handle":"net.cid.eth0","sequence":2}')
     back = Handle.from_json(text.encode(), key="k")
     assert back == h and back.to_json() == text
+
+
+def test_a_layout_1_handle_without_attrs_reads_with_none_and_bad_attrs_are_refused():
+    old = Handle.from_json('{"blocks":{"10.0.0.0/26":1},"handle":"h","sequence":1}', key="k")
+    assert old.attrs == {} and old.total == 1
+    with pytest.raises(CorruptData, match="attrs: attributes must map strings to strings"):
+        Handle.from_json('{"attrs":{"pod":1},"blocks":{},"handle":"h","sequence":1}', key="k")
 
 
 HKEY = "/routed/ipam/v1/handles/net.cid.eth0"
