@@ -74,6 +74,28 @@ def test_first_allocation_claims_an_affine_block(store, kv, ipam):
     assert b.ips[0] in block and b.ips[0] != ip
 
 
+def test_layout_1_records_are_read_as_they_are(store, ipam, kv):
+    """Layout 1 kept the pod's attributes in the block and none in the handle: a layout-2
+    program reads them from there, and allocates and releases next to them."""
+    from ipam import usage
+    from ipam.check import check
+
+    store.create(pool("p", "10.10.0.0/16"))
+    block = Block.new("10.10.0.0/26", "host:node-1")
+    (old_ip,) = block.assign(1, "net.old.eth0", {"node": "node-1", "pod": "old", "namespace": "ns"})
+    kv.put(keys.block(block.cidr), block.to_json())
+    kv.put(keys.affinity("node-1", block.cidr), '{"node":"node-1","cidr":"10.10.0.0/26","pool":"p"}')
+    kv.put(keys.handle("net.old.eth0"), '{"blocks":{"10.10.0.0/26":1},"handle":"net.old.eth0","sequence":1}')
+    held = usage.who_holds(kv, str(old_ip))
+    assert (held["handle"], held["pod"], held["namespace"], held["node"]) == ("net.old.eth0", "old", "ns", "node-1")
+    new = ipam.allocate("net.new.eth0", "node-1", {"pod": "new", "namespace": "ns"})
+    assert new.ips[0] in block.cidr and new.ips[0] != old_ip
+    assert usage.who_holds(kv, str(new.ips[0]))["pod"] == "new"
+    assert check(kv).clean
+    assert ipam.release_handle("net.old.eth0") == [old_ip]
+    assert check(kv).clean
+
+
 def test_allocation_is_idempotent_per_handle(store, ipam, kv):
     store.create(pool("p", "10.10.0.0/16"))
     first = ipam.allocate("net.c1.eth0", "node-1")
