@@ -38,6 +38,7 @@ RETRIES = 64
 # Allocations of one group commit: 2 compares and 1 put each, plus the block, stay within
 # etcd's 128 operations per transaction.
 GROUP_MAX = 32
+HANDLES_CACHED = 4096  # handle records kept as written (a node's pods), for reads-free releases
 _RETRY = object()  # an allocation step lost a race: start the attempt over
 _CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
 
@@ -116,6 +117,9 @@ class IPAM:
         self._lock = threading.Lock()  # one caller at a time talks to etcd for allocations
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []  # allocate() calls not served yet (group commit)
+        self._handles: dict[str, tuple[Handle, int]] = {}  # handle -> (record, revision) as we wrote it
+        self._borrowable: list[str] | None = None  # block keys of the last borrow's listing
+        self._full_until: dict[tuple, float] = {}  # candidate pools -> until when no block is left to claim
         self._blocks: dict[str, _Cached] = {}  # block key -> as we last saw it
         self._affine: dict[str, list[str]] = {}  # node -> its block keys
         self._config_at = -1e9
@@ -270,7 +274,7 @@ class IPAM:
                 if pool is None:
                     continue
                 block = cached.block.copy()
-                compare, ops, got = [Compare.mod(bkey, cached.revision)], [], []
+                compare, ops, got, records = [Compare.mod(bkey, cached.revision)], [], [], []
                 for q in chunk:
                     ips = block.assign(q.num, q.handle, _block_attrs(q.attrs))
                     record = Handle(q.handle, attrs=q.attrs)
@@ -279,6 +283,7 @@ class IPAM:
                     compare.append(Compare.absent(hkey))
                     ops.append(Op.put(hkey, record.to_json()))
                     got.append(ips)
+                    records.append(record)
                 result = self.kv.txn(compare, [Op.put(bkey, block.to_json()), *ops], [Op.get(bkey)])
                 self.stats["txn"] += 1
                 if not result.succeeded:
@@ -287,6 +292,8 @@ class IPAM:
                     self._recache(bkey, result.results[0])
                     return
                 self._blocks[bkey] = _Cached(block, result.revision)
+                for record in records:
+                    self._wrote_handle(record, result.revision)
                 self.stats["grouped"] += len(chunk)
                 for q, ips in zip(chunk, got):
                     q.succeed(Allocation(q.handle, ips, pool.metadata.name))
@@ -296,6 +303,13 @@ class IPAM:
             # and is retried, and finds its handle if the transaction was applied after all.
             for q in chunk:
                 q.fail(err)
+
+    def _wrote_handle(self, record: Handle, revision: int) -> None:
+        """Keep a handle record as written, so its release needs no read (release_handle)."""
+        self._handles.pop(record.handle_id, None)
+        self._handles[record.handle_id] = (record, revision)
+        if len(self._handles) > HANDLES_CACHED:
+            del self._handles[next(iter(self._handles))]  # the oldest: a long-lived pod's
 
     def _recache(self, bkey: str, item: KeyValue | None) -> None:
         """Cache what a failed transaction's failure branch read of a block."""
@@ -359,6 +373,7 @@ class IPAM:
         self.stats["txn"] += 1
         if result.succeeded:
             self._blocks[bkey] = _Cached(block, result.revision)
+            self._wrote_handle(record, result.revision)
             return ips
         self.stats["conflict"] += 1
         current = result.results[1]
@@ -422,6 +437,11 @@ class IPAM:
                 raise TooManyBlocks(f"node {node!r} holds its maximum of {config.max_blocks_per_host} "
                                     "blocks and strictAffinity forbids borrowing")
             return None
+        full = (tuple(c.pool.metadata.name for c in candidates), num)
+        if self._clock() < self._full_until.get(full, 0.0):
+            # No block was left to claim a moment ago: borrow without listing every block
+            # key again (a borrower would otherwise list them per allocation).
+            return None
         listing = self.kv.list(keys.BLOCKS, keys_only=True)
         existing = _block_cidrs(listing.items)
         # The claim holds only if no block was created since this listing: then the overlap
@@ -451,6 +471,7 @@ class IPAM:
                 # Lost to a claim (of this block or any other), a pool or a handle change:
                 # start over from a fresh listing.
                 return _RETRY
+        self._full_until[full] = self._clock() + _CONFIG_TTL
         return None
 
     def _borrow(self, held, node, attrs, num, candidates):
@@ -458,15 +479,25 @@ class IPAM:
         _, config = self._config()
         if config.strict_affinity:
             return None
-        items = self.kv.list(keys.BLOCKS).items
-        random.shuffle(items)  # borrowers that all pick the first free block only collide
-        for item in items:
-            block = self._block(item)
-            pool = _pool_of(block.cidr, candidates) if block else None
-            if pool is None or block.free < num or block.affinity == affinity_of(node):
-                continue
-            ips = self._write_allocation(held, _Cached(block, item.mod_revision), num, attrs)
-            return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
+        # Other nodes' blocks as last listed (or written, or returned by a failed write): a
+        # borrower tries them first and lists all blocks again only when none has room. A
+        # stale one costs one failed transaction, which brings it up to date.
+        for fresh in (False, True):
+            if fresh or self._borrowable is None:
+                listing = self.kv.list(keys.BLOCKS).items
+                random.shuffle(listing)  # borrowers that all pick the first free block only collide
+                self._borrowable = []
+                for item in listing:
+                    self._recache(item.key, item)
+                    self._borrowable.append(item.key)
+            for bkey in self._borrowable:
+                cached = self._blocks.get(bkey)
+                block = cached.block if cached else None
+                pool = _pool_of(block.cidr, candidates) if block else None
+                if pool is None or block.free < num or block.affinity == affinity_of(node):
+                    continue
+                ips = self._write_allocation(held, cached, num, attrs)
+                return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
         return None
 
     def _existing(self, handle: str, record: Handle, candidates, version: int) -> Allocation:
@@ -537,35 +568,75 @@ class IPAM:
     # -- release ----------------------------------------------------------------------
 
     def release_handle(self, handle: str) -> list:
-        """Free every address of handle. Releasing an unknown handle succeeds (CNI DEL twice)."""
+        """Free every address of handle. Releasing an unknown handle succeeds (CNI DEL twice).
+
+        Like an allocation, the steady state reads nothing first: a handle this allocator
+        wrote, in blocks it has cached, is released in one transaction comparing the
+        revisions it wrote them at; a failed compare's failure branch brings the fresh ones.
+        """
         hkey = keys.handle(handle)
+        with self._lock:
+            state = self._cached_release(handle)
         for _ in range(RETRIES):
-            item = self.kv.get(hkey)
-            if item is None:
-                return []
-            record = Handle.from_json(item.value, key=hkey)
-            compare, ops, released, changed = [Compare.mod(hkey, item.mod_revision)], [Op.delete(hkey)], [], []
-            for cidr in record.blocks:
-                bkey = keys.block(cidr)
-                bitem = self.kv.get(bkey)
-                compare.append(Compare.mod(bkey, bitem.mod_revision if bitem else 0))
+            if state is None:
+                item = self.kv.get(hkey)
+                if item is None:
+                    return []
+                state = self._release_state(item, [keys.block(c) for c in Handle.from_json(item.value, key=hkey).blocks],
+                                            None)
+            record, hrev, blocks = state
+            compare, ops, released, changed = [Compare.mod(hkey, hrev)], [Op.delete(hkey)], [], []
+            for bkey, (block, brev) in blocks.items():
+                compare.append(Compare.mod(bkey, brev))
                 # An unreadable block keeps what it holds until repaired (ipam check then
                 # finds an address without a handle); the DEL still frees everything else.
-                block = self._block(bitem) if bitem is not None else None
                 if block is None:
                     continue
+                block = block.copy()
                 freed = block.release_handle(handle)
                 if freed:
                     released += freed
                     changed.append(block)
                     ops.append(Op.put(bkey, block.to_json()))
-            result = self.kv.txn(compare, ops)
+            result = self.kv.txn(compare, ops, [Op.get(hkey), *(Op.get(b) for b in blocks)])
+            self.stats["release_txn"] += 1
             if result.succeeded:
                 with self._lock:
                     for block in changed:
                         self._remember(block, result.revision)
                 return released
+            self.stats["release_conflict"] += 1
+            current = result.results[0]
+            if current is None:
+                return []  # released meanwhile (a DEL racing this one)
+            state = self._release_state(current, list(blocks), result.results[1:])
         raise Conflict(f"IPAM: could not release {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _cached_release(self, handle: str):
+        """(record, revision, {block key: (block, revision)}) as this allocator last wrote them,
+        or None when it did not write the handle or no longer caches one of its blocks."""
+        known = self._handles.pop(handle, None)
+        if known is None:
+            return None
+        record, revision = known
+        blocks = {}
+        for cidr in record.blocks:
+            cached = self._blocks.get(keys.block(cidr))
+            if cached is None:
+                return None
+            blocks[keys.block(cidr)] = (cached.block, cached.revision)
+        return record, revision, blocks
+
+    def _release_state(self, item: KeyValue, bkeys: list[str], bitems):
+        """The release state from a stored handle and its blocks (read here when bitems is None,
+        or when the handle now names other blocks than bitems are of)."""
+        record = Handle.from_json(item.value, key=item.key)
+        wanted = [keys.block(c) for c in record.blocks]
+        if bitems is None or wanted != bkeys:
+            bitems = [self.kv.get(b) for b in wanted]
+        return record, item.mod_revision, {
+            bkey: (self._block(bitem) if bitem is not None else None, bitem.mod_revision if bitem else 0)
+            for bkey, bitem in zip(wanted, bitems)}
 
     def _remember(self, block: Block, revision: int) -> None:
         """Keep a block we just wrote in the cache (only if we already track it)."""
@@ -681,6 +752,7 @@ class IPAM:
                     break
         with self._lock:
             self._forget(node)
+            self._full_until.clear()
         return done
 
     def empty_blocks(self, node: str | None = None) -> list[tuple[str, int]]:
@@ -708,6 +780,7 @@ class IPAM:
         ok = self.kv.txn(compare, ops).succeeded
         if ok:
             with self._lock:
+                self._full_until.clear()  # room to claim a block again
                 self._blocks.pop(bkey, None)
                 for bkeys in self._affine.values():
                     if bkey in bkeys:
