@@ -12,14 +12,15 @@ writing a block and the handle, no read).
     8 nodes, 4 blocks   as above on a pool of 4 blocks, so half    vs the same, on a fresh etcd
                         the nodes borrow; each op also releases
 
-Every scenario runs on a fresh etcd per implementation, the reference and the IPAM
-alternated ROUNDS times on it. The lines print lost transactions (IPAM.stats["conflict"], each one
+Every scenario runs on a fresh etcd, on which the reference, the baseline and this code
+take turns ROUNDS times. The lines print lost transactions (IPAM.stats["conflict"], each one
 a retry) per allocation. Prints only; never asserts.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,13 @@ NODES = 8
 THREADS = 16
 POOL = {"cidr": "10.128.0.0/14", "blockSize": 26}  # 4096 blocks: never runs out here
 # Fewer blocks than nodes, so half the nodes borrow and blocks are written by several
-# nodes at once; 8 nodes holding at most 8 each fit in its 64 addresses.
+# nodes at once; 8 nodes holding at most 6 each leave 16 of its 64 addresses free (with
+# all 64 held, nodes below their 6 would mostly find the pool exhausted, and the figure
+# would measure that).
 CONTENDED_POOL = {"cidr": "10.9.0.0/26", "blockSize": 28}
-CONTENDED_HOLD = 8
+CONTENDED_HOLD = 6
 WARMUP = 20
-ROUNDS = 2  # reference and IPAM alternated, per scenario and implementation
+ROUNDS = 3  # the reference and each implementation take turns, per scenario
 
 
 def cas_writer(kv, key: str, size: int = 64):
@@ -73,6 +76,7 @@ def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None 
 
     counter = count()
     held: deque[str] = deque()
+    prefix += f"{os.getpid()}-"  # a later round (another process) must not meet this round's handles
 
     def op():
         if hold is not None and len(held) >= hold:
@@ -89,9 +93,11 @@ def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None 
     return op
 
 
-def _worker(kind: str, impl: str | None, url: str, index: int, duration: float, barrier, results) -> None:
+def _worker(kind: str, impl: str | None, label: str, url: str, index: int, duration: float, barrier,
+            results) -> None:
     """One writer, in its own process (spawned: no gRPC state across fork). With impl, the
-    `ipam` package is imported from there (the baseline's)."""
+    `ipam` package is imported from there (the baseline's). Each label (implementation) has
+    its own nodes and its own small pool, so implementations taking turns never share a block."""
     if impl:
         sys.path.insert(0, impl)
     from routed.datastore.etcd import EtcdKV
@@ -109,13 +115,13 @@ def _worker(kind: str, impl: str | None, url: str, index: int, duration: float, 
     from ipam.allocator import IPAM
 
     ipam = IPAM(kv)
-    node = f"{kind}-{index}"
+    node = f"{label}-{kind}-{index}"
     if kind == "threads":
         ops = [allocator(ipam, node, prefix=f"t{i}-") for i in range(THREADS)]
     else:
         contended = kind == "contended"
         ops = [allocator(ipam, node, hold=CONTENDED_HOLD if contended else None,
-                         pools=["small" if contended else "bench"])]
+                         pools=[f"small-{label}" if contended else "bench"])]
     for _ in range(WARMUP):
         ops[0]()
     before = dict(ipam.stats)
@@ -128,16 +134,19 @@ def _worker(kind: str, impl: str | None, url: str, index: int, duration: float, 
     for t in threads:
         t.join()
     stats = {k: v - before.get(k, 0) for k, v in ipam.stats.items()}
-    stats["blockBytes"] = max(len(i.value) for i in kv.list("/routed/v1/ipam/blocks/").items)
-    results.put((sum(n for n, _ in done), max(t for _, t in done), stats))
+    stats["blockBytes"] = max([len(c.block.to_json()) for c in ipam._blocks.values()
+                               if c.block.affinity == f"host:{node}"] or [0])
+    # An op that found the pool exhausted allocated nothing: count allocations only.
+    results.put((sum(n for n, _ in done) - stats.get("exhausted", 0), max(t for _, t in done), stats))
     kv.close()
 
 
-def measure(kind: str, url: str, duration: float, writers: int, impl: str | None = None) -> tuple[float, int, dict]:
+def measure(kind: str, url: str, duration: float, writers: int, impl: str | None = None,
+            label: str = "") -> tuple[float, int, dict]:
     """(total ops/s, ops, summed stats) of `writers` processes running at once."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(writers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(kind, impl, url, i, duration, barrier, results))
+    procs = [ctx.Process(target=_worker, args=(kind, impl, label, url, i, duration, barrier, results))
              for i in range(writers)]
     for p in procs:
         p.start()
@@ -152,11 +161,17 @@ def measure(kind: str, url: str, duration: float, writers: int, impl: str | None
     return ops / max(g[1] for g in got), ops, stats
 
 
-def make_pools(kv) -> None:
+def make_pools(kv, labels: list[str]) -> None:
+    """The big pool, and a small pool per implementation (10.9.0.0/26, 10.9.0.64/26, ...)."""
+    import ipaddress
+
     from routed import resources as r
     from routed.datastore.resources import ResourceStore
 
-    for name, spec in (("bench", POOL), ("small", CONTENDED_POOL)):
+    small = ipaddress.ip_network(CONTENDED_POOL["cidr"])
+    pools = [("bench", POOL)] + [(f"small-{label}", {**CONTENDED_POOL, "cidr": str(ipaddress.ip_network(
+        (int(small.network_address) + i * small.num_addresses, small.prefixlen)))}) for i, label in enumerate(labels)]
+    for name, spec in pools:
         ResourceStore(kv).create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool",
                                           "metadata": {"name": name}, "spec": spec}))
 
@@ -182,18 +197,19 @@ SCENARIOS = [
 ]
 
 
-def _run(kind: str, writers: int, ref_writers: int, duration: float, impl: str | None):
-    """The reference and the IPAM, alternated ROUNDS times on one etcd (the machine's load
-    drifts; alternating shares the drift): summed (rate, ops, stats) of each."""
+def _run(kind: str, writers: int, ref_writers: int, duration: float, impls: dict[str, str | None]):
+    """The reference and each implementation, taking turns ROUNDS times on one etcd (the
+    machine's load drifts; taking turns shares the drift): {name: summed (rate, ops, stats)}."""
     with private_etcd() as etcd:
         kv = etcd.client()
-        make_pools(kv)
+        make_pools(kv, list(impls))
         kv.close()
-        runs = {"cas": [], kind: []}
+        runs: dict[str, list] = {"cas": [], **{label: [] for label in impls}}
         for _ in range(ROUNDS):
             runs["cas"].append(measure("cas", etcd.url, duration, ref_writers))
-            runs[kind].append(measure(kind, etcd.url, duration, writers, impl))
-        return _sum(runs["cas"]), _sum(runs[kind])
+            for label, impl in impls.items():
+                runs[label].append(measure(kind, etcd.url, duration, writers, impl, label))
+        return {label: _sum(r) for label, r in runs.items()}
 
 
 def _sum(runs) -> tuple[float, int, dict]:
@@ -209,31 +225,31 @@ def _sum(runs) -> tuple[float, int, dict]:
 def main() -> None:
     duration = seconds()
     with tempfile.TemporaryDirectory(prefix="routed-bench-baseline-") as workdir:
-        before_impl, why = baseline_tree(workdir)
-        if before_impl is None:
+        before, why = baseline_tree(workdir)
+        if before is None:
             note(f"before: skipped, {why}")
+        impls = {"before": before, "after": None} if before else {"after": None}
         for title, kind, writers, ref_writers in SCENARIOS:
+            got = _run(kind, writers, ref_writers, duration, impls)
+            ref_rate, ref_ops, ref_stats = got["cas"]
             ratios = {}
-            for label, impl in (("before", before_impl), ("after", None)):
-                if label == "before" and impl is None:
-                    continue
-                (ref_rate, ref_ops, ref_stats), (got, ops, stats) = _run(kind, writers, ref_writers, duration, impl)
-                report(f"{title} [{label}]", got, ref_rate, "ops/s")
-                ratios[label] = got / ref_rate
+            for label in impls:
+                rate, ops, stats = got[label]
+                report(f"{title} [{label}]", rate, ref_rate, "ops/s")
+                ratios[label] = rate / ref_rate
                 conflicts = stats.get("conflict", 0)
                 note(f"  {ops} allocations in {stats.get('txn', 0)} transactions ({stats.get('grouped', 0)} "
-                     f"allocations group-committed), {conflicts} lost and retried: "
+                     f"group-committed), {conflicts} lost and retried: "
                      f"{conflicts / max(ops, 1):.3f} conflicts per allocation"
                      + (f", {stats['exhausted']} exhausted" if stats.get("exhausted") else "")
                      + (f"; releases: {stats.get('release_txn', 0)} transactions, "
                         f"{stats.get('release_conflict', 0)} lost" if stats.get("release_txn") else "")
-                     + f"; largest block value {stats.get('blockBytes', 0)} B; reference: {ref_writers} raw CAS "
-                     f"writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost")
-            if len(ratios) == 2:
-                note(f"  after/before: {ratios['after'] / ratios['before']:.2f}x (ratio {ratios['before']:.2f}x "
-                     f"-> {ratios['after']:.2f}x of raw CAS)")
-    note(f"before = ipam/ at {BASELINE}; 'borrowing' also releases the node's oldest address once it "
-         f"holds {CONTENDED_HOLD}")
+                     + f"; largest block value {stats.get('blockBytes', 0)} B")
+            note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost"
+                 + (f"; after/before: {ratios['after'] / ratios['before']:.2f}x" if len(ratios) == 2 else ""))
+    note(f"before = ipam/ at {BASELINE}; each scenario on its own etcd, reference and implementations taking "
+         f"turns {ROUNDS} times; 'borrowing' also releases the node's oldest address once it holds "
+         f"{CONTENDED_HOLD}")
 
 
 if __name__ == "__main__":

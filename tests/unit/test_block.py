@@ -397,8 +397,8 @@ CORRUPT_BLOCKS = [
     (_with(sequence=1.5), "sequence must be a non-negative integer"),
     (_with(attributes={}), "attributes must be a list"),
     (_with(attributes=["h1", "h2"]), "attributes[0] must be an object"),
-    (_with(attributes=[{"handle": "h1"}, {"handle": "h2", "secondary": {}}]),
-     "attributes[0] must be an object with exactly 'handle' and 'secondary'"),
+    (_with(affinity=None, attributes=[{"handle": "h1"}, {"handle": "h2", "secondary": {}}]),
+     "attributes[0] has no 'secondary', which only a block affine to a host may leave out"),
     (_with(attributes=[{"handle": "h1", "secondary": {}, "x": 1},
                        {"handle": "h2", "secondary": {}}]), "attributes[0] must be"),
     (_with(attributes=[{"handle": "", "secondary": {}}, {"handle": "h2", "secondary": {}}]),
@@ -577,3 +577,15 @@ def test_pool_exhausted_names_pools_and_node():
 
 def test_max_block_addresses():
     assert MAX_BLOCK_ADDRESSES == 4096
+
+
+def test_the_block_nodes_own_addresses_are_stored_as_their_handle_alone():
+    b = Block.new("10.0.0.0/30", "host:node-1")
+    b.assign(2, "h1", {"node": "node-1"})
+    b.assign(1, "h2", {"node": "node-2"})  # borrowed: its node is stored
+    text = b.to_json()
+    assert '"attributes":[{"handle":"h1"},{"handle":"h2","secondary":{"node":"node-2"}}]' in text
+    back = Block.from_json(text, key="k")
+    assert back == b and back.attributes_for("10.0.0.0") == {"handle": "h1", "secondary": {"node": "node-1"}}
+    back.set_affinity(None)  # the node is gone: its addresses keep naming it
+    assert Block.from_json(back.to_json(), key="k").attributes_for("10.0.0.1")["secondary"] == {"node": "node-1"}
