@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from bench.common import note, private_etcd, report, run_for, seconds
@@ -90,6 +91,12 @@ def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None 
             return
         held.append(handle)
 
+    def release_all():
+        """After the timed run: the next round's processes start from an empty pool."""
+        while hold is not None and held:
+            ipam.release_handle(held.popleft())
+
+    op.release_all = release_all
     return op
 
 
@@ -126,6 +133,7 @@ def _worker(kind: str, impl: str | None, label: str, url: str, index: int, durat
         ops[0]()
     before = dict(ipam.stats)
     barrier.wait()
+    cpu = time.process_time()
     done: list[tuple[int, float]] = []
     threads = [threading.Thread(target=lambda op=op: done.append(run_for(duration, op))) for op in ops[1:]]
     for t in threads:
@@ -134,8 +142,11 @@ def _worker(kind: str, impl: str | None, label: str, url: str, index: int, durat
     for t in threads:
         t.join()
     stats = {k: v - before.get(k, 0) for k, v in ipam.stats.items()}
+    stats["cpu_us"] = int((time.process_time() - cpu) * 1e6)
     stats["blockBytes"] = max([len(c.block.to_json()) for c in ipam._blocks.values()
                                if c.block.affinity == f"host:{node}"] or [0])
+    for op in ops:
+        op.release_all()
     # An op that found the pool exhausted allocated nothing: count allocations only.
     results.put((sum(n for n, _ in done) - stats.get("exhausted", 0), max(t for _, t in done), stats))
     kv.close()
@@ -244,7 +255,8 @@ def main() -> None:
                      + (f", {stats['exhausted']} exhausted" if stats.get("exhausted") else "")
                      + (f"; releases: {stats.get('release_txn', 0)} transactions, "
                         f"{stats.get('release_conflict', 0)} lost" if stats.get("release_txn") else "")
-                     + f"; largest block value {stats.get('blockBytes', 0)} B")
+                     + f"; largest block value {stats.get('blockBytes', 0)} B; client CPU "
+                     f"{stats.get('cpu_us', 0) / max(ops, 1):.0f} us per allocation")
             note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost"
                  + (f"; after/before: {ratios['after'] / ratios['before']:.2f}x" if len(ratios) == 2 else ""))
     note(f"before = ipam/ at {BASELINE}; each scenario on its own etcd, reference and implementations taking "

@@ -38,7 +38,8 @@ RETRIES = 64
 # Allocations of one group commit: 2 compares and 1 put each, plus the block, stay within
 # etcd's 128 operations per transaction.
 GROUP_MAX = 32
-HANDLES_CACHED = 4096  # handle records kept as written (a node's pods), for reads-free releases
+HANDLES_CACHED = 4096
+BLOCK_TRIES = 8  # lost races on one block retried at once, before the attempt starts over  # handle records kept as written (a node's pods), for reads-free releases
 _RETRY = object()  # an allocation step lost a race: start the attempt over
 _CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
 
@@ -386,15 +387,30 @@ class IPAM:
 
     def _from_affine(self, held, node, attrs, num, candidates):
         for bkey in self._affine_blocks(node):
-            cached = self._blocks.get(bkey)
-            if cached is None or cached.block.free < num:
-                continue
-            pool = _pool_of(cached.block.cidr, candidates)
-            if pool is None:
-                continue
-            ips = self._write_allocation(held, cached, num, attrs)
-            return Allocation(held.id, ips, pool.metadata.name) if ips else _RETRY
+            outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=False)
+            if outcome is not None:
+                return outcome
         return None
+
+    def _write_to(self, bkey: str, held, node, attrs, num, candidates, borrowing: bool):
+        """The allocation in one cached block, None when it has no room (or is not usable).
+
+        A lost race is retried here at once, from the block the failed transaction's failure
+        branch brought: a borrower's block is written by its node and other borrowers all
+        the time, and a retry that read anything else first would find it changed again.
+        """
+        for _ in range(BLOCK_TRIES):
+            cached = self._blocks.get(bkey)
+            block = cached.block if cached else None
+            pool = _pool_of(block.cidr, candidates) if block else None
+            if pool is None or block.free < num or (block.affinity == affinity_of(node)) == borrowing:
+                return None
+            ips = self._write_allocation(held, cached, num, attrs)
+            if ips:
+                return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips) if borrowing else [])
+            if held.revision:
+                return _RETRY  # the handle exists (a retried request): the caller looks at it
+        return _RETRY
 
     def _refreshed_affine(self, held, node, attrs, num, candidates):
         """Before taking a new block, look again: another process may have freed addresses."""
@@ -491,13 +507,9 @@ class IPAM:
                     self._recache(item.key, item)
                     self._borrowable.append(item.key)
             for bkey in self._borrowable:
-                cached = self._blocks.get(bkey)
-                block = cached.block if cached else None
-                pool = _pool_of(block.cidr, candidates) if block else None
-                if pool is None or block.free < num or block.affinity == affinity_of(node):
-                    continue
-                ips = self._write_allocation(held, cached, num, attrs)
-                return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
+                outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=True)
+                if outcome is not None:
+                    return outcome
         return None
 
     def _existing(self, handle: str, record: Handle, candidates, version: int) -> Allocation:
