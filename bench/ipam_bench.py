@@ -115,8 +115,9 @@ def _worker(kind: str, impl: str | None, label: str, url: str, index: int, durat
         for _ in range(WARMUP):
             op()
         barrier.wait()
+        cpu = time.process_time()
         n, took = run_for(duration, op)
-        results.put((n, took, {"txn": n, "conflict": state["lost"]}))
+        results.put((n, took, {"txn": n, "conflict": state["lost"], "cpu_us": int((time.process_time() - cpu) * 1e6)}))
         kv.close()
         return
     from ipam.allocator import IPAM
@@ -257,7 +258,8 @@ def main() -> None:
                         f"{stats.get('release_conflict', 0)} lost" if stats.get("release_txn") else "")
                      + f"; largest block value {stats.get('blockBytes', 0)} B; client CPU "
                      f"{stats.get('cpu_us', 0) / max(ops, 1):.0f} us per allocation")
-            note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost"
+            note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost, "
+                 f"client CPU {ref_stats.get('cpu_us', 0) / max(ref_ops, 1):.0f} us per txn"
                  + (f"; after/before: {ratios['after'] / ratios['before']:.2f}x" if len(ratios) == 2 else ""))
     note(f"before = ipam/ at {BASELINE}; each scenario on its own etcd, reference and implementations taking "
          f"turns {ROUNDS} times; 'borrowing' also releases the node's oldest address once it holds "
