@@ -387,6 +387,9 @@ class IPAM:
 
     def _from_affine(self, held, node, attrs, num, candidates):
         for bkey in self._affine_blocks(node):
+            cached = self._blocks.get(bkey)
+            if cached is None or cached.block.free < num:
+                continue  # the node's full blocks, passed over on every allocation
             outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=False)
             if outcome is not None:
                 return outcome
@@ -402,8 +405,10 @@ class IPAM:
         for _ in range(BLOCK_TRIES):
             cached = self._blocks.get(bkey)
             block = cached.block if cached else None
-            pool = _pool_of(block.cidr, candidates) if block else None
-            if pool is None or block.free < num or (block.affinity == affinity_of(node)) == borrowing:
+            if block is None or block.free < num or (block.affinity == affinity_of(node)) == borrowing:
+                return None
+            pool = _pool_of(block.cidr, candidates)
+            if pool is None:
                 return None
             ips = self._write_allocation(held, cached, num, attrs)
             if ips:
