@@ -1,32 +1,51 @@
-"""IPAM allocation rate against etcd's raw compare-and-swap rate, same client, same etcd.
+"""IPAM allocation rate against etcd's raw compare-and-swap rate, same client, same etcd;
+this code ("after") and the IPAM of BASELINE ("before", taken from git) in the same run.
 
-Reference: sequential txn(compare mod_revision(key) == R, put key), the writer keeping
-R from the previous result: one round trip per op, as the allocator's steady state
-(which reads the handle, then writes a block and the handle in one transaction).
+Reference: txn(compare mod_revision(key) == R, put key), the writer keeping R from the
+previous result: one round trip per op, as the allocator's steady state (one transaction
+writing a block and the handle, no read).
 
-    sequential        one node, IPAM.allocate back to back        vs one raw CAS writer
-    8 nodes           8 processes, one node each, a big pool      vs 8 raw CAS writers on 8 keys
-    8 nodes, 4 blocks as above on a pool of 4 blocks, so half    vs the same, on a fresh etcd
-                      the nodes borrow; each op also releases
+    sequential          one node, IPAM.allocate back to back      vs one raw CAS writer
+    one node, 16 ADDs   16 threads of one agent calling allocate   vs one raw CAS writer
+                        at once (CNI ADDs in parallel): group commit
+    8 nodes             8 processes, one node each, a big pool     vs 8 raw CAS writers on 8 keys
+    8 nodes, 4 blocks   as above on a pool of 4 blocks, so half    vs the same, on a fresh etcd
+                        the nodes borrow; each op also releases
 
-The 8-node lines also print lost transactions (IPAM.stats["conflict"], each one a
-retry) per allocation. Prints only; never asserts.
+Every scenario runs on a fresh etcd, on which the reference, the baseline and this code
+take turns ROUNDS times. The lines print lost transactions (IPAM.stats["conflict"], each one
+a retry) per allocation. Prints only; never asserts.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from bench.common import note, private_etcd, report, run_for, seconds
 
+# The allocator before issue 16's IPAM work (main at b0cfb14): the block kept every
+# attribute, one transaction per allocation.
+BASELINE = "b0cfb14"
+REPO = Path(__file__).resolve().parents[1]
+
 NODES = 8
+THREADS = 16
 POOL = {"cidr": "10.128.0.0/14", "blockSize": 26}  # 4096 blocks: never runs out here
 # Fewer blocks than nodes, so half the nodes borrow and blocks are written by several
-# nodes at once; 8 nodes holding at most 8 each fit in its 64 addresses.
+# nodes at once; 8 nodes holding at most 6 each leave 16 of its 64 addresses free (with
+# all 64 held, nodes below their 6 would mostly find the pool exhausted, and the figure
+# would measure that).
 CONTENDED_POOL = {"cidr": "10.9.0.0/26", "blockSize": 28}
-CONTENDED_HOLD = 8
+CONTENDED_HOLD = 6
 WARMUP = 20
+ROUNDS = 3  # the reference and each implementation take turns, per scenario
 
 
 def cas_writer(kv, key: str, size: int = 64):
@@ -48,61 +67,99 @@ def cas_writer(kv, key: str, size: int = 64):
     return op, state
 
 
-def allocator(kv, node: str, hold: int | None = None, pools: list[str] | None = None):
+def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None = None, prefix: str = ""):
     """One allocation per call; with hold, the node also releases its oldest handle
     whenever it holds that many (so a small pool never runs out)."""
     from collections import deque
+    from itertools import count
 
-    from ipam.allocator import IPAM
     from ipam.errors import PoolExhausted
 
-    ipam = IPAM(kv)
-    counter = iter(range(10**9))
+    counter = count()
     held: deque[str] = deque()
+    prefix += f"{os.getpid()}-"  # a later round (another process) must not meet this round's handles
 
     def op():
         if hold is not None and len(held) >= hold:
             ipam.release_handle(held.popleft())
-        handle = f"net.{node}-{next(counter)}.eth0"
+        i = next(counter)
+        handle = f"net.{node}-{prefix}{i}.eth0"
         try:
-            ipam.allocate(handle, node, {"pod": "bench", "namespace": "bench"}, pools=pools)
+            ipam.allocate(handle, node, {"pod": f"bench-{prefix}{i}", "namespace": "bench"}, pools=pools)
         except PoolExhausted:
             ipam.stats["exhausted"] += 1
             return
         held.append(handle)
 
-    return op, ipam
+    def release_all():
+        """After the timed run: the next round's processes start from an empty pool."""
+        while hold is not None and held:
+            ipam.release_handle(held.popleft())
+
+    op.release_all = release_all
+    return op
 
 
-def _worker(kind: str, url: str, index: int, duration: float, barrier, results) -> None:
-    """One of the parallel writers, in its own process (spawned: no gRPC state across fork)."""
+def _worker(kind: str, impl: str | None, label: str, url: str, index: int, duration: float, barrier,
+            results) -> None:
+    """One writer, in its own process (spawned: no gRPC state across fork). With impl, the
+    `ipam` package is imported from there (the baseline's). Each label (implementation) has
+    its own nodes and its own small pool, so implementations taking turns never share a block."""
+    if impl:
+        sys.path.insert(0, impl)
     from routed.datastore.etcd import EtcdKV
 
     kv = EtcdKV([url])
     if kind == "cas":
         op, state = cas_writer(kv, f"/bench/cas/{index}")
+        for _ in range(WARMUP):
+            op()
+        barrier.wait()
+        cpu = time.process_time()
+        n, took = run_for(duration, op)
+        results.put((n, took, {"txn": n, "conflict": state["lost"], "cpu_us": int((time.process_time() - cpu) * 1e6)}))
+        kv.close()
+        return
+    from ipam.allocator import IPAM
+
+    ipam = IPAM(kv)
+    node = f"{label}-{kind}-{index}"
+    if kind == "threads":
+        ops = [allocator(ipam, node, prefix=f"t{i}-") for i in range(THREADS)]
     else:
         contended = kind == "contended"
-        op, ipam = allocator(kv, f"{kind}-{index}", hold=CONTENDED_HOLD if contended else None,
-                             pools=["small" if contended else "bench"])
+        ops = [allocator(ipam, node, hold=CONTENDED_HOLD if contended else None,
+                         pools=[f"small-{label}" if contended else "bench"])]
     for _ in range(WARMUP):
-        op()
-    before = dict(ipam.stats) if kind != "cas" else {}
+        ops[0]()
+    before = dict(ipam.stats)
     barrier.wait()
-    n, took = run_for(duration, op)
-    if kind == "cas":
-        stats = {"txn": n, "conflict": state["lost"]}
-    else:
-        stats = {k: v - before.get(k, 0) for k, v in ipam.stats.items()}
-    results.put((n, took, stats))
+    cpu = time.process_time()
+    done: list[tuple[int, float]] = []
+    threads = [threading.Thread(target=lambda op=op: done.append(run_for(duration, op))) for op in ops[1:]]
+    for t in threads:
+        t.start()
+    done.append(run_for(duration, ops[0]))
+    for t in threads:
+        t.join()
+    stats = {k: v - before.get(k, 0) for k, v in ipam.stats.items()}
+    stats["cpu_us"] = int((time.process_time() - cpu) * 1e6)
+    stats["blockBytes"] = max([len(c.block.to_json()) for c in ipam._blocks.values()
+                               if c.block.affinity == f"host:{node}"] or [0])
+    for op in ops:
+        op.release_all()
+    # An op that found the pool exhausted allocated nothing: count allocations only.
+    results.put((sum(n for n, _ in done) - stats.get("exhausted", 0), max(t for _, t in done), stats))
     kv.close()
 
 
-def parallel(kind: str, url: str, duration: float) -> tuple[float, int, dict]:
-    """(total ops/s, ops, summed stats) of NODES processes running at once."""
+def measure(kind: str, url: str, duration: float, writers: int, impl: str | None = None,
+            label: str = "") -> tuple[float, int, dict]:
+    """(total ops/s, ops, summed stats) of `writers` processes running at once."""
     ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(NODES), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(kind, url, i, duration, barrier, results)) for i in range(NODES)]
+    barrier, results = ctx.Barrier(writers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(kind, impl, label, url, i, duration, barrier, results))
+             for i in range(writers)]
     for p in procs:
         p.start()
     got = [results.get(timeout=120 + duration) for _ in procs]
@@ -112,76 +169,101 @@ def parallel(kind: str, url: str, duration: float) -> tuple[float, int, dict]:
     stats: dict[str, int] = {}
     for g in got:
         for k, v in g[2].items():
-            stats[k] = stats.get(k, 0) + v
+            stats[k] = max(stats.get(k, 0), v) if k == "blockBytes" else stats.get(k, 0) + v
     return ops / max(g[1] for g in got), ops, stats
 
 
-def make_pools(kv) -> None:
+def make_pools(kv, labels: list[str]) -> None:
+    """The big pool, and a small pool per implementation (10.9.0.0/26, 10.9.0.64/26, ...)."""
+    import ipaddress
+
     from routed import resources as r
     from routed.datastore.resources import ResourceStore
 
-    for name, spec in (("bench", POOL), ("small", CONTENDED_POOL)):
+    small = ipaddress.ip_network(CONTENDED_POOL["cidr"])
+    pools = [("bench", POOL)] + [(f"small-{label}", {**CONTENDED_POOL, "cidr": str(ipaddress.ip_network(
+        (int(small.network_address) + i * small.num_addresses, small.prefixlen)))}) for i, label in enumerate(labels)]
+    for name, spec in pools:
         ResourceStore(kv).create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool",
                                           "metadata": {"name": name}, "spec": spec}))
 
 
+def baseline_tree(workdir: str) -> tuple[str | None, str]:
+    """The baseline's `ipam` package exported from git into workdir: (path, "") or (None, why not)."""
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "ipam"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", workdir], input=archive, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        stderr = getattr(err, "stderr", b"") or b""
+        return None, f"{BASELINE} not available from git ({stderr.decode(errors='replace').strip() or err})"
+    return workdir, ""
+
+
+SCENARIOS = [
+    # (title, kind, IPAM writers, reference writers)
+    ("sequential IPAM.allocate, one node", "ipam", 1, 1),
+    (f"one node, {THREADS} concurrent ADDs", "threads", 1, 1),
+    (f"{NODES} nodes (processes), own blocks", "ipam", NODES, NODES),
+    (f"{NODES} nodes, 4 blocks for {NODES} (borrowing)", "contended", NODES, NODES),
+]
+
+
+def _run(kind: str, writers: int, ref_writers: int, duration: float, impls: dict[str, str | None]):
+    """The reference and each implementation, taking turns ROUNDS times on one etcd (the
+    machine's load drifts; taking turns shares the drift): {name: summed (rate, ops, stats)}."""
+    with private_etcd() as etcd:
+        kv = etcd.client()
+        make_pools(kv, list(impls))
+        kv.close()
+        runs: dict[str, list] = {"cas": [], **{label: [] for label in impls}}
+        for _ in range(ROUNDS):
+            runs["cas"].append(measure("cas", etcd.url, duration, ref_writers))
+            for label, impl in impls.items():
+                runs[label].append(measure(kind, etcd.url, duration, writers, impl, label))
+        return {label: _sum(r) for label, r in runs.items()}
+
+
+def _sum(runs) -> tuple[float, int, dict]:
+    ops = sum(n for _, n, _ in runs)
+    stats: dict[str, int] = {}
+    for _, _, st in runs:
+        for k, v in st.items():
+            stats[k] = max(stats.get(k, 0), v) if k == "blockBytes" else stats.get(k, 0) + v
+    # Each run lasted about as long: the rate over all of them is the mean of the rates.
+    return sum(rate for rate, _, _ in runs) / len(runs), ops, stats
+
+
 def main() -> None:
-    from routed.datastore import keys
-
     duration = seconds()
-
-    def rate(op) -> float:
-        for _ in range(WARMUP):
-            op()
-        n, took = run_for(duration, op)
-        return n / took
-
-    with private_etcd() as etcd:
-        kv = etcd.client()
-        make_pools(kv)
-        reference = rate(cas_writer(kv, "/bench/cas/seq")[0])
-        op, ipam = allocator(kv, "bench-seq")
-        for _ in range(WARMUP):
-            op()
-        times = []
-        n, took = run_for(duration, lambda: (op(), times.append(time.monotonic())))
-        ours = n / took
-        report("sequential IPAM.allocate, one node", ours, reference, "ops/s")
-        blocks = len(kv.keys(keys.affinity("bench-seq")))
-        first = sum(1 for t in times if t - times[0] < 0.5) / 0.5
-        last = sum(1 for t in times if times[-1] - t < 0.5) / 0.5
-        note(f"  reference: one raw CAS writer, 64-byte value; the node ended with {blocks} /26 blocks, "
-             f"first 0.5 s {first:.0f}/s, last 0.5 s {last:.0f}/s")
-        # Where the gap goes, on the same etcd: an allocation reads the handle, then
-        # writes a whole block (and the handle) in its transaction.
-        block_bytes = max(len(i.value) for i in kv.list(keys.BLOCKS).items)
-        big = rate(cas_writer(kv, "/bench/cas/big", block_bytes)[0])
-        cas_op = cas_writer(kv, "/bench/cas/read", block_bytes)[0]
-        read_then_cas = rate(lambda: (kv.get("/bench/absent"), cas_op()))
-        note(f"  same etcd: CAS of a full block's size ({block_bytes} B) {big:.0f}/s; "
-             f"a get + that CAS {read_then_cas:.0f}/s, ours/that = {ours / read_then_cas:.2f}x")
-        kv.close()
-
-        ref_rate, ref_ops, ref_stats = parallel("cas", etcd.url, duration)
-        got, ops, stats = parallel("ipam", etcd.url, duration)
-        report(f"{NODES} nodes (processes), own blocks", got, ref_rate, "ops/s")
-        note(f"  {ops} allocations, {stats.get('txn', 0)} transactions, {stats.get('conflict', 0)} lost and "
-             f"retried: {stats.get('conflict', 0) / max(ops, 1):.3f} conflicts per allocation")
-        note(f"  reference: {NODES} raw CAS writers (processes) on {NODES} keys: {ref_ops} txns, "
-             f"{ref_stats['conflict']} lost")
-
-    # Contention on a fresh etcd, so borrowing (which reads every block) sees only this pool.
-    with private_etcd() as etcd:
-        kv = etcd.client()
-        make_pools(kv)
-        kv.close()
-        ref_rate, _, _ = parallel("cas", etcd.url, duration)
-        got, ops, stats = parallel("contended", etcd.url, duration)
-        report(f"{NODES} nodes, 4 blocks for {NODES} (borrowing)", got, ref_rate, "ops/s")
-        note(f"  {ops} allocations, {stats.get('txn', 0)} transactions, {stats.get('conflict', 0)} lost and "
-             f"retried: {stats.get('conflict', 0) / max(ops, 1):.3f} conflicts per allocation, "
-             f"{stats.get('exhausted', 0)} exhausted; each op also releases the node's oldest address "
-             f"once it holds {CONTENDED_HOLD}; reference: {NODES} raw CAS writers on {NODES} keys, this etcd")
+    with tempfile.TemporaryDirectory(prefix="routed-bench-baseline-") as workdir:
+        before, why = baseline_tree(workdir)
+        if before is None:
+            note(f"before: skipped, {why}")
+        impls = {"before": before, "after": None} if before else {"after": None}
+        for title, kind, writers, ref_writers in SCENARIOS:
+            got = _run(kind, writers, ref_writers, duration, impls)
+            ref_rate, ref_ops, ref_stats = got["cas"]
+            ratios = {}
+            for label in impls:
+                rate, ops, stats = got[label]
+                report(f"{title} [{label}]", rate, ref_rate, "ops/s")
+                ratios[label] = rate / ref_rate
+                conflicts = stats.get("conflict", 0)
+                note(f"  {ops} allocations in {stats.get('txn', 0)} transactions ({stats.get('grouped', 0)} "
+                     f"group-committed), {conflicts} lost and retried: "
+                     f"{conflicts / max(ops, 1):.3f} conflicts per allocation"
+                     + (f", {stats['exhausted']} exhausted" if stats.get("exhausted") else "")
+                     + (f"; releases: {stats.get('release_txn', 0)} transactions, "
+                        f"{stats.get('release_conflict', 0)} lost" if stats.get("release_txn") else "")
+                     + f"; largest block value {stats.get('blockBytes', 0)} B; client CPU "
+                     f"{stats.get('cpu_us', 0) / max(ops, 1):.0f} us per allocation")
+            note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost, "
+                 f"client CPU {ref_stats.get('cpu_us', 0) / max(ref_ops, 1):.0f} us per txn"
+                 + (f"; after/before: {ratios['after'] / ratios['before']:.2f}x" if len(ratios) == 2 else ""))
+    note(f"before = ipam/ at {BASELINE}; each scenario on its own etcd, reference and implementations taking "
+         f"turns {ROUNDS} times; 'borrowing' also releases the node's oldest address once it holds "
+         f"{CONTENDED_HOLD}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ from .errors import AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBloc
 from .handle import Handle
 
 RETRIES = 64
+# Allocations of one group commit: 2 compares and 1 put each, plus the block, stay within
+# etcd's 128 operations per transaction.
+GROUP_MAX = 32
+HANDLES_CACHED = 4096
+BLOCK_TRIES = 8  # lost races on one block retried at once, before the attempt starts over  # handle records kept as written (a node's pods), for reads-free releases
 _RETRY = object()  # an allocation step lost a race: start the attempt over
 _CONFIG_TTL = 1.0  # seconds a pool/IPAMConfig read is reused; pool edits are rare
 
@@ -73,6 +78,32 @@ class _HandleState:
 
 
 @dataclass
+class _Request:
+    """One allocate() call waiting to be served (group commit)."""
+    handle: str
+    node: str
+    attrs: dict
+    num: int
+    pools: tuple
+    version: int
+    labels: tuple
+    done: bool = False
+    result: Allocation | None = None
+    error: BaseException | None = None
+
+    @property
+    def group(self) -> tuple:
+        """Requests with the same group may share a transaction."""
+        return self.node, self.pools, self.version, self.labels
+
+    def succeed(self, result: Allocation) -> None:
+        self.result, self.done = result, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+
+
+@dataclass
 class _Cached:
     block: Block
     revision: int
@@ -84,7 +115,12 @@ class IPAM:
     def __init__(self, kv: KV, clock=time.monotonic):
         self.kv = kv
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one caller at a time talks to etcd for allocations
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Request] = []  # allocate() calls not served yet (group commit)
+        self._handles: dict[str, tuple[Handle, int]] = {}  # handle -> (record, revision) as we wrote it
+        self._borrowable: list[str] | None = None  # block keys of the last borrow's listing
+        self._full_until: dict[tuple, float] = {}  # candidate pools -> until when no block is left to claim
         self._blocks: dict[str, _Cached] = {}  # block key -> as we last saw it
         self._affine: dict[str, list[str]] = {}  # node -> its block keys
         self._config_at = -1e9
@@ -170,31 +206,144 @@ class IPAM:
 
         Idempotent: when the handle already holds addresses (a retried CNI ADD), those
         are returned and nothing new is taken.
+
+        Group commit: calls that arrive while another is being served wait for it, and
+        the next of them serves all that queued meanwhile together, in ONE transaction
+        when one of the node's blocks has room for all (see _serve). A failed
+        transaction takes nobody's address: each caller then goes its own way.
         """
         attrs = {"node": node, "time": _now(), **(attrs or {})}
+        request = _Request(handle, node, attrs, num, tuple(pools or ()), version,
+                           tuple(sorted((node_labels or {}).items())))
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
-            candidates = self.pools_for(node_labels or {}, pools, version, node=node)
-            steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
-            # Assume the handle is new, as it is for every first ADD; a failed transaction's
-            # failure branch tells us otherwise, so the steady state reads nothing first.
-            held = _HandleState(handle, Handle(handle), 0)
-            for _ in range(RETRIES):
-                if held.revision:
-                    existing = self._existing(handle, held.record, candidates, version)
-                    if existing.ips:
-                        return existing
-                for step in steps:
-                    outcome = step(held, node, attrs, num, candidates)
-                    if outcome is _RETRY:
-                        # A lost race may mean a pool changed (its revision is compared
-                        # when claiming): read the configuration again, not from cache.
-                        candidates = self.pools_for(node_labels or {}, pools, version, fresh=True, node=node)
-                        break
-                    if outcome is not None:
-                        return outcome
-                else:
-                    raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
-            raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
+            if not request.done:
+                # Our request is still queued: whoever takes a request serves it before
+                # letting go of the lock. Take it and everything queued behind it.
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._serve(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _serve(self, batch: list[_Request]) -> None:
+        """Serve every request of batch (the lock is held): compatible requests (same node,
+        pools, family, labels) together when they fit, the rest one by one."""
+        groups: dict[tuple, list[_Request]] = {}
+        for request in batch:
+            groups.setdefault(request.group, []).append(request)
+        for members in groups.values():
+            for start in range(0, len(members), GROUP_MAX):
+                chunk = members[start:start + GROUP_MAX]
+                try:
+                    if len(chunk) > 1:
+                        self._group_commit(chunk)
+                    for request in chunk:
+                        if not request.done:
+                            self._serve_one(request)
+                finally:
+                    for request in chunk:  # whatever happened, nobody waits forever
+                        if not request.done:
+                            request.fail(Conflict(f"IPAM: allocation for {request.handle} was not served"))
+
+    def _serve_one(self, q: _Request) -> None:
+        try:
+            q.succeed(self._allocate_one(q.handle, q.node, q.attrs, q.num, list(q.pools) or None, q.version,
+                                         dict(q.labels)))
+        except Exception as err:  # the caller's error, raised in the caller's thread
+            q.fail(err)
+
+    def _group_commit(self, chunk: list[_Request]) -> None:
+        """All of chunk from one affine block in one transaction, assuming every handle is
+        new (as for every first ADD). Leaves the requests undone (for _serve_one) when no
+        block has room for all or a compare failed; fails them all when etcd does."""
+        first = chunk[0]
+        handles = {q.handle for q in chunk}
+        if len(handles) < len(chunk):
+            return  # one handle twice (a retried ADD racing itself): one put per key per txn
+        try:
+            candidates = self.pools_for(dict(first.labels), list(first.pools) or None, first.version,
+                                        node=first.node)
+            wanted = sum(q.num for q in chunk)
+            for bkey in self._affine_blocks(first.node):
+                cached = self._blocks.get(bkey)
+                if cached is None or cached.block.free < wanted:
+                    continue
+                pool = _pool_of(cached.block.cidr, candidates)
+                if pool is None:
+                    continue
+                block = cached.block.copy()
+                compare, ops, got, records = [Compare.mod(bkey, cached.revision)], [], [], []
+                for q in chunk:
+                    ips = block.assign(q.num, q.handle, _block_attrs(q.attrs))
+                    record = Handle(q.handle, attrs=q.attrs)
+                    record.add(block.cidr, len(ips))
+                    hkey = keys.handle(q.handle)
+                    compare.append(Compare.absent(hkey))
+                    ops.append(Op.put(hkey, record.to_json()))
+                    got.append(ips)
+                    records.append(record)
+                result = self.kv.txn(compare, [Op.put(bkey, block.to_json()), *ops], [Op.get(bkey)])
+                self.stats["txn"] += 1
+                if not result.succeeded:
+                    # The block moved on, or a handle exists: each request finds out alone.
+                    self.stats["conflict"] += 1
+                    self._recache(bkey, result.results[0])
+                    return
+                self._blocks[bkey] = _Cached(block, result.revision)
+                for record in records:
+                    self._wrote_handle(record, result.revision)
+                self.stats["grouped"] += len(chunk)
+                for q, ips in zip(chunk, got):
+                    q.succeed(Allocation(q.handle, ips, pool.metadata.name))
+                return
+        except Exception as err:
+            # Nothing of the transaction is known to be written; each caller's CNI ADD fails
+            # and is retried, and finds its handle if the transaction was applied after all.
+            for q in chunk:
+                q.fail(err)
+
+    def _wrote_handle(self, record: Handle, revision: int) -> None:
+        """Keep a handle record as written, so its release needs no read (release_handle)."""
+        self._handles.pop(record.handle_id, None)
+        self._handles[record.handle_id] = (record, revision)
+        if len(self._handles) > HANDLES_CACHED:
+            del self._handles[next(iter(self._handles))]  # the oldest: a long-lived pod's
+
+    def _recache(self, bkey: str, item: KeyValue | None) -> None:
+        """Cache what a failed transaction's failure branch read of a block."""
+        block = self._block(item) if item is not None else None
+        if block is None:
+            self._blocks.pop(bkey, None)
+        else:
+            self._blocks[bkey] = _Cached(block, item.mod_revision)
+
+    def _allocate_one(self, handle: str, node: str, attrs: dict, num: int, pools: list[str] | None,
+                      version: int, node_labels: dict) -> Allocation:
+        candidates = self.pools_for(node_labels, pools, version, node=node)
+        steps = (self._from_affine, self._refreshed_affine, self._claim, self._borrow)
+        # Assume the handle is new, as it is for every first ADD; a failed transaction's
+        # failure branch tells us otherwise, so the steady state reads nothing first.
+        held = _HandleState(handle, Handle(handle), 0)
+        for _ in range(RETRIES):
+            if held.revision:
+                existing = self._existing(handle, held.record, candidates, version)
+                if existing.ips:
+                    return existing
+            for step in steps:
+                outcome = step(held, node, attrs, num, candidates)
+                if outcome is _RETRY:
+                    # A lost race may mean a pool changed (its revision is compared
+                    # when claiming): read the configuration again, not from cache.
+                    candidates = self.pools_for(node_labels, pools, version, fresh=True, node=node)
+                    break
+                if outcome is not None:
+                    return outcome
+            else:
+                raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
+        raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
 
     def _labels_of(self, node: str) -> dict:
         item = self.kv.get(keys.resource(r.Node.plural, node))
@@ -214,8 +363,8 @@ class IPAM:
         None when a compare failed; the block's cache and `held` then hold what etcd has.
         """
         block = cached.block.copy()
-        ips = block.assign(n, held.id, attrs)
-        record = Handle(held.id, dict(held.record.blocks), held.record.sequence)
+        ips = block.assign(n, held.id, _block_attrs(attrs))
+        record = Handle(held.id, dict(held.record.blocks), held.record.sequence, {**held.record.attrs, **attrs})
         record.add(block.cidr, len(ips))
         bkey, hkey = keys.block(block.cidr), keys.handle(held.id)
         result = self.kv.txn(
@@ -225,6 +374,7 @@ class IPAM:
         self.stats["txn"] += 1
         if result.succeeded:
             self._blocks[bkey] = _Cached(block, result.revision)
+            self._wrote_handle(record, result.revision)
             return ips
         self.stats["conflict"] += 1
         current = result.results[1]
@@ -232,25 +382,40 @@ class IPAM:
             # The handle is not what we assumed (a retried request): learn what it is.
             held.record = Handle.from_json(current.value, key=hkey) if current else Handle(held.id)
             held.revision = current.mod_revision if current else 0
-        fresh = result.results[0]
-        block = self._block(fresh) if fresh is not None else None
-        if block is None:
-            self._blocks.pop(bkey, None)
-        else:
-            self._blocks[bkey] = _Cached(block, fresh.mod_revision)
+        self._recache(bkey, result.results[0])
         return None
 
     def _from_affine(self, held, node, attrs, num, candidates):
         for bkey in self._affine_blocks(node):
             cached = self._blocks.get(bkey)
             if cached is None or cached.block.free < num:
-                continue
-            pool = _pool_of(cached.block.cidr, candidates)
-            if pool is None:
-                continue
-            ips = self._write_allocation(held, cached, num, attrs)
-            return Allocation(held.id, ips, pool.metadata.name) if ips else _RETRY
+                continue  # the node's full blocks, passed over on every allocation
+            outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=False)
+            if outcome is not None:
+                return outcome
         return None
+
+    def _write_to(self, bkey: str, held, node, attrs, num, candidates, borrowing: bool):
+        """The allocation in one cached block, None when it has no room (or is not usable).
+
+        A lost race is retried here at once, from the block the failed transaction's failure
+        branch brought: a borrower's block is written by its node and other borrowers all
+        the time, and a retry that read anything else first would find it changed again.
+        """
+        for _ in range(BLOCK_TRIES):
+            cached = self._blocks.get(bkey)
+            block = cached.block if cached else None
+            if block is None or block.free < num or (block.affinity == affinity_of(node)) == borrowing:
+                return None
+            pool = _pool_of(block.cidr, candidates)
+            if pool is None:
+                return None
+            ips = self._write_allocation(held, cached, num, attrs)
+            if ips:
+                return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips) if borrowing else [])
+            if held.revision:
+                return _RETRY  # the handle exists (a retried request): the caller looks at it
+        return _RETRY
 
     def _refreshed_affine(self, held, node, attrs, num, candidates):
         """Before taking a new block, look again: another process may have freed addresses."""
@@ -293,6 +458,11 @@ class IPAM:
                 raise TooManyBlocks(f"node {node!r} holds its maximum of {config.max_blocks_per_host} "
                                     "blocks and strictAffinity forbids borrowing")
             return None
+        full = (tuple(c.pool.metadata.name for c in candidates), num)
+        if self._clock() < self._full_until.get(full, 0.0):
+            # No block was left to claim a moment ago: borrow without listing every block
+            # key again (a borrower would otherwise list them per allocation).
+            return None
         listing = self.kv.list(keys.BLOCKS, keys_only=True)
         existing = _block_cidrs(listing.items)
         # The claim holds only if no block was created since this listing: then the overlap
@@ -322,6 +492,7 @@ class IPAM:
                 # Lost to a claim (of this block or any other), a pool or a handle change:
                 # start over from a fresh listing.
                 return _RETRY
+        self._full_until[full] = self._clock() + _CONFIG_TTL
         return None
 
     def _borrow(self, held, node, attrs, num, candidates):
@@ -329,15 +500,21 @@ class IPAM:
         _, config = self._config()
         if config.strict_affinity:
             return None
-        items = self.kv.list(keys.BLOCKS).items
-        random.shuffle(items)  # borrowers that all pick the first free block only collide
-        for item in items:
-            block = self._block(item)
-            pool = _pool_of(block.cidr, candidates) if block else None
-            if pool is None or block.free < num or block.affinity == affinity_of(node):
-                continue
-            ips = self._write_allocation(held, _Cached(block, item.mod_revision), num, attrs)
-            return Allocation(held.id, ips, pool.metadata.name, borrowed=list(ips)) if ips else _RETRY
+        # Other nodes' blocks as last listed (or written, or returned by a failed write): a
+        # borrower tries them first and lists all blocks again only when none has room. A
+        # stale one costs one failed transaction, which brings it up to date.
+        for fresh in (False, True):
+            if fresh or self._borrowable is None:
+                listing = self.kv.list(keys.BLOCKS).items
+                random.shuffle(listing)  # borrowers that all pick the first free block only collide
+                self._borrowable = []
+                for item in listing:
+                    self._recache(item.key, item)
+                    self._borrowable.append(item.key)
+            for bkey in self._borrowable:
+                outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=True)
+                if outcome is not None:
+                    return outcome
         return None
 
     def _existing(self, handle: str, record: Handle, candidates, version: int) -> Allocation:
@@ -394,8 +571,8 @@ class IPAM:
                     owner = block.attributes_for(addr)
                     if owner and owner["handle"] == handle:  # a retried request
                         return Allocation(handle, [addr], pool.metadata.name, reused=True)
-                got = block.assign_ip(addr, handle, attrs)  # AddressInUse when taken
-                record = Handle(handle, dict(held.record.blocks), held.record.sequence)
+                got = block.assign_ip(addr, handle, _block_attrs(attrs))  # AddressInUse when taken
+                record = Handle(handle, dict(held.record.blocks), held.record.sequence, {**held.record.attrs, **attrs})
                 record.add(cidr, 1)
                 ops += [Op.put(bkey, block.to_json()), Op.put(hkey, record.to_json())]
                 if self.kv.txn(compare, ops).succeeded:
@@ -408,35 +585,75 @@ class IPAM:
     # -- release ----------------------------------------------------------------------
 
     def release_handle(self, handle: str) -> list:
-        """Free every address of handle. Releasing an unknown handle succeeds (CNI DEL twice)."""
+        """Free every address of handle. Releasing an unknown handle succeeds (CNI DEL twice).
+
+        Like an allocation, the steady state reads nothing first: a handle this allocator
+        wrote, in blocks it has cached, is released in one transaction comparing the
+        revisions it wrote them at; a failed compare's failure branch brings the fresh ones.
+        """
         hkey = keys.handle(handle)
+        with self._lock:
+            state = self._cached_release(handle)
         for _ in range(RETRIES):
-            item = self.kv.get(hkey)
-            if item is None:
-                return []
-            record = Handle.from_json(item.value, key=hkey)
-            compare, ops, released, changed = [Compare.mod(hkey, item.mod_revision)], [Op.delete(hkey)], [], []
-            for cidr in record.blocks:
-                bkey = keys.block(cidr)
-                bitem = self.kv.get(bkey)
-                compare.append(Compare.mod(bkey, bitem.mod_revision if bitem else 0))
+            if state is None:
+                item = self.kv.get(hkey)
+                if item is None:
+                    return []
+                state = self._release_state(item, [keys.block(c) for c in Handle.from_json(item.value, key=hkey).blocks],
+                                            None)
+            record, hrev, blocks = state
+            compare, ops, released, changed = [Compare.mod(hkey, hrev)], [Op.delete(hkey)], [], []
+            for bkey, (block, brev) in blocks.items():
+                compare.append(Compare.mod(bkey, brev))
                 # An unreadable block keeps what it holds until repaired (ipam check then
                 # finds an address without a handle); the DEL still frees everything else.
-                block = self._block(bitem) if bitem is not None else None
                 if block is None:
                     continue
+                block = block.copy()
                 freed = block.release_handle(handle)
                 if freed:
                     released += freed
                     changed.append(block)
                     ops.append(Op.put(bkey, block.to_json()))
-            result = self.kv.txn(compare, ops)
+            result = self.kv.txn(compare, ops, [Op.get(hkey), *(Op.get(b) for b in blocks)])
+            self.stats["release_txn"] += 1
             if result.succeeded:
                 with self._lock:
                     for block in changed:
                         self._remember(block, result.revision)
                 return released
+            self.stats["release_conflict"] += 1
+            current = result.results[0]
+            if current is None:
+                return []  # released meanwhile (a DEL racing this one)
+            state = self._release_state(current, list(blocks), result.results[1:])
         raise Conflict(f"IPAM: could not release {handle} after {RETRIES} tries; etcd is too busy")
+
+    def _cached_release(self, handle: str):
+        """(record, revision, {block key: (block, revision)}) as this allocator last wrote them,
+        or None when it did not write the handle or no longer caches one of its blocks."""
+        known = self._handles.pop(handle, None)
+        if known is None:
+            return None
+        record, revision = known
+        blocks = {}
+        for cidr in record.blocks:
+            cached = self._blocks.get(keys.block(cidr))
+            if cached is None:
+                return None
+            blocks[keys.block(cidr)] = (cached.block, cached.revision)
+        return record, revision, blocks
+
+    def _release_state(self, item: KeyValue, bkeys: list[str], bitems):
+        """The release state from a stored handle and its blocks (read here when bitems is None,
+        or when the handle now names other blocks than bitems are of)."""
+        record = Handle.from_json(item.value, key=item.key)
+        wanted = [keys.block(c) for c in record.blocks]
+        if bitems is None or wanted != bkeys:
+            bitems = [self.kv.get(b) for b in wanted]
+        return record, item.mod_revision, {
+            bkey: (self._block(bitem) if bitem is not None else None, bitem.mod_revision if bitem else 0)
+            for bkey, bitem in zip(wanted, bitems)}
 
     def _remember(self, block: Block, revision: int) -> None:
         """Keep a block we just wrote in the cache (only if we already track it)."""
@@ -552,6 +769,7 @@ class IPAM:
                     break
         with self._lock:
             self._forget(node)
+            self._full_until.clear()
         return done
 
     def empty_blocks(self, node: str | None = None) -> list[tuple[str, int]]:
@@ -579,6 +797,7 @@ class IPAM:
         ok = self.kv.txn(compare, ops).succeeded
         if ok:
             with self._lock:
+                self._full_until.clear()  # room to claim a block again
                 self._blocks.pop(bkey, None)
                 for bkeys in self._affine.values():
                     if bkey in bkeys:
@@ -630,6 +849,13 @@ def _block_cidrs(items) -> list:
         except ValueError:
             continue
     return found
+
+
+def _block_attrs(attrs: dict) -> dict:
+    """What a block keeps of an allocation's attributes: the node holding the address, which
+    BGP (ipam/origins.py) and borrowing need from the block alone. The rest (pod, namespace,
+    time, ...) is in the handle record (layout 2)."""
+    return {"node": attrs["node"]} if attrs.get("node") else {}
 
 
 def _pool_of(cidr, candidates) -> r.IPPool | None:

@@ -8,7 +8,8 @@ JSON shape (compact, keys sorted)::
 
     {"affinity": "host:node-1" | null,
      "allocations": [0, null, 1, ...],          # one slot per address, index into attributes
-     "attributes": [{"handle": "net.cid.eth0", "secondary": {"pod": "p", ...}}, ...],
+     "attributes": [{"handle": "net.cid.eth0"},           # held by the block's node
+                    {"handle": "net.c2.eth0", "secondary": {"node": "node-2"}}, ...],
      "cidr": "10.0.0.0/26",
      "sequence": 7,
      "unallocated": [5, 6, ..., 1]}              # free ordinals, head is handed out first
@@ -227,21 +228,26 @@ class Block:
 
     def copy(self) -> "Block":
         """An independent copy (cheaper than a JSON round trip)."""
+        # Attribute entries are never changed in place (a change appends a new entry or
+        # drops old ones), so the copy shares them.
         return Block(cidr=self.cidr, affinity=self.affinity, allocations=list(self.allocations),
-                     unallocated=list(self.unallocated),
-                     attributes=[{"handle": a["handle"], "secondary": dict(a["secondary"])}
-                                 for a in self.attributes],
+                     unallocated=list(self.unallocated), attributes=list(self.attributes),
                      sequence=self.sequence)
 
     # -- JSON ---------------------------------------------------------------------
 
     def to_json(self) -> str:
+        # Every allocation rewrites the whole block value, and etcd's write cost grows with
+        # it: an address held by the block's own node (nearly all) is stored as its handle
+        # alone, {"handle": h}; from_json gives it back its {"node": <that node>}.
+        own = {"node": self.affinity[5:]} if (self.affinity or "").startswith("host:") else None
         return json.dumps({
             "cidr": str(self.cidr),
             "affinity": self.affinity,
             "allocations": self.allocations,
             "unallocated": self.unallocated,
-            "attributes": self.attributes,
+            "attributes": [{"handle": a["handle"]} if own is not None and a["secondary"] == own else a
+                           for a in self.attributes],
             "sequence": self.sequence,
         }, separators=(",", ":"), sort_keys=True)
 
@@ -281,7 +287,13 @@ class Block:
         attributes = data["attributes"]
         if not isinstance(attributes, list):
             raise bad("attributes must be a list")
+        own = affinity[5:] if affinity and affinity.startswith("host:") else None
         for i, attr in enumerate(attributes):
+            if isinstance(attr, dict) and attr.keys() == {"handle"}:
+                if own is None:
+                    raise bad(f"attributes[{i}] has no 'secondary', which only a block affine to "
+                              f"a host may leave out (for its own node's addresses)")
+                attr = attributes[i] = {"handle": attr["handle"], "secondary": {"node": own}}
             if not isinstance(attr, dict) or attr.keys() != _ATTR_FIELDS:
                 raise bad(f"attributes[{i}] must be an object with exactly "
                           f"'handle' and 'secondary'")

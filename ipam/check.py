@@ -233,7 +233,8 @@ def _fix(kv: KV, p: Problem):
     blocks = [k for k in p.revisions if k.startswith(keys.BLOCKS)]
     if p.type in ("orphaned-address", "handle-count-mismatch", "handle-without-addresses"):
         # The handle must be the one the check saw, not a new one with the same name.
-        if reads.get(p.key) is None or p.revisions.get(p.key) != reads.compare[-1].value:
+        handle_item = reads.get(p.key)
+        if handle_item is None or p.revisions.get(p.key) != reads.compare[-1].value:
             return None
     if p.type == "affinity-without-block":
         item = reads.get(p.key)
@@ -254,6 +255,8 @@ def _fix(kv: KV, p: Problem):
         block.release([ipaddress.ip_address(p.ip)])
         return reads.compare, [Op.put(p.key, block.to_json())], []
     ops, counted = [], Handle(p.handle)
+    if p.type == "handle-count-mismatch":
+        counted.attrs = Handle.from_json(handle_item.value, key=p.key).attrs  # the pod's, kept
     for bkey in blocks:
         block = reads.block(bkey)
         if block is None:

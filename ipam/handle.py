@@ -1,22 +1,31 @@
-"""An IPAM handle: which blocks hold how many addresses for one container interface.
+"""An IPAM handle: which blocks hold how many addresses for one container interface,
+and what the addresses were allocated for.
 
 Written in the same etcd transaction as the block it counts, so a handle never points
 at addresses that do not exist, and release-by-handle only has to visit these blocks.
 
+The handle is written with every allocation anyway, so the allocation's attributes (pod,
+namespace, node, time: `attrs`) live here and not in the block (layout 2, see
+routed/datastore/schema.py): a block value, rewritten by every allocation in it, then
+carries only the handle and the holding node per address and stays small. A layout-1
+handle has no `attrs`; it reads as {} and its block still holds them.
+
 JSON shape (compact, keys sorted)::
 
-    {"blocks": {"10.0.0.0/26": 1}, "handle": "net.cid.eth0", "sequence": 3}
+    {"attrs": {"namespace": "ns", "node": "n1", "pod": "p", "time": "..."},
+     "blocks": {"10.0.0.0/26": 1}, "handle": "net.cid.eth0", "sequence": 3}
 """
 
 import json
 from dataclasses import dataclass, field
 
-from ipam.block import _is_int, _load_object, block_cidr
+from ipam.block import _check_secondary, _is_int, _load_object, block_cidr
 from ipam.blockmath import IPNetwork
 from ipam.errors import InvalidBlock
 from routed.errors import CorruptData
 
 _FIELDS = frozenset({"handle", "blocks", "sequence"})
+_OPTIONAL = frozenset({"attrs"})  # absent in layout 1
 
 
 @dataclass
@@ -24,6 +33,7 @@ class Handle:
     handle_id: str
     blocks: dict[str, int] = field(default_factory=dict)
     sequence: int = 0
+    attrs: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -40,8 +50,9 @@ class Handle:
             raise ValueError(f"count must be a non-negative int, got {n!r}")
         if n == 0:
             return
-        # Canonical text, so "fd00::0/122" and "fd00::/122" are one entry.
-        cidr = str(block_cidr(block))
+        # Canonical text, so "fd00::0/122" and "fd00::/122" are one entry. A parsed
+        # network prints canonically already (and parsing is most of an allocation's CPU).
+        cidr = str(block) if not isinstance(block, str) else str(block_cidr(block))
         self.blocks[cidr] = self.blocks.get(cidr, 0) + n
         self.sequence += 1
 
@@ -63,7 +74,7 @@ class Handle:
 
     def to_json(self) -> str:
         return json.dumps({"handle": self.handle_id, "blocks": self.blocks,
-                           "sequence": self.sequence},
+                           "sequence": self.sequence, "attrs": self.attrs},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -74,7 +85,7 @@ class Handle:
             return CorruptData(f"handle {key}: {problem}")
 
         data = _load_object(text, bad)
-        missing, unknown = _FIELDS - data.keys(), data.keys() - _FIELDS
+        missing, unknown = _FIELDS - data.keys(), data.keys() - _FIELDS - _OPTIONAL
         if missing:
             raise bad(f"missing field(s) {', '.join(sorted(missing))}")
         if unknown:
@@ -103,4 +114,9 @@ class Handle:
                 raise bad(f"count for block {cidr} must be a positive integer, "
                           f"got {count!r}")
 
-        return cls(handle_id=handle_id, blocks=blocks, sequence=sequence)
+        try:
+            attrs = _check_secondary(data.get("attrs"))
+        except ValueError as e:
+            raise bad(f"attrs: {e}") from None
+
+        return cls(handle_id=handle_id, blocks=blocks, sequence=sequence, attrs=attrs)

@@ -14,9 +14,10 @@ from routed import resources as r
 from routed.datastore import keys
 from routed.datastore.kv import KV
 from routed.datastore.resources import ResourceStore, Unreadable
-from routed.errors import RoutedError
+from routed.errors import CorruptData, RoutedError
 
 from .block import Block
+from .handle import Handle
 from .errors import AddressNotInPool
 from .origins import borrowed as borrowed_in, node_of
 
@@ -45,6 +46,19 @@ def snapshot(kv: KV) -> Snapshot:
     return Snapshot(listing.revision, sorted((p for p in pools if p), key=lambda p: p.metadata.name),
                     sorted((b for b in blocks if b), key=lambda b: (b.cidr.version, b.cidr.network_address)),
                     unreadable)
+
+
+def _secondary(kv: KV, attributes: dict) -> dict:
+    """An address's attributes: from its handle record (layout 2), else from its block (layout 1).
+    Read after the snapshot: a handle written with the block the snapshot holds is there."""
+    item = kv.get(keys.handle(attributes["handle"]))
+    record = None
+    if item is not None:
+        try:
+            record = Handle.from_json(item.value, key=item.key)
+        except CorruptData:
+            pass  # `routedctl ipam check` reports it
+    return {**attributes.get("secondary", {}), **(record.attrs if record else {})}
 
 
 def percent(part: int, whole: int) -> float:
@@ -92,7 +106,7 @@ def borrowed(kv: KV, snap: Snapshot | None = None) -> list[dict]:
     rows = []
     for block in snap.blocks:
         for b in borrowed_in(block):
-            secondary = b.attributes.get("secondary", {})
+            secondary = _secondary(kv, b.attributes)
             rows.append({"ip": str(b.ip), "block": str(block.cidr), "blockNode": node_of(block), "node": b.node,
                          "handle": b.attributes["handle"], "pod": secondary.get("pod", ""),
                          "namespace": secondary.get("namespace", "")})
@@ -116,7 +130,7 @@ def who_holds(kv: KV, ip: str) -> dict:
     # Blocks do not overlap (check reports it when they do), so the first that holds it.
     block = next((b for b in snap.blocks if b.cidr.version == addr.version and addr in b.cidr), None)
     attrs = block.attributes_for(addr) if block else None
-    secondary = attrs["secondary"] if attrs else {}
+    secondary = _secondary(kv, attrs) if attrs else {}
     return {"ip": str(addr), "pool": pool.metadata.name, "block": str(block.cidr) if block else "",
             "blockNode": node_of(block) if block else "", "allocated": attrs is not None,
             "handle": attrs["handle"] if attrs else "", "pod": secondary.get("pod", ""),

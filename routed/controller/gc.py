@@ -37,6 +37,7 @@ from typing import Callable
 
 from ipam.allocator import IPAM, EmptyBlockReaper
 from ipam.block import Block
+from ipam.handle import Handle
 from ipam.check import Problem, Report, repair
 from routed import resources as r
 from routed.datastore import Compare, Op, keys
@@ -167,8 +168,14 @@ class GarbageCollector:
     def _owners(self) -> tuple[dict[str, _Owner], dict[str, int]]:
         """From one etcd snapshot: each handle made for a pod, and every handle's revision."""
         listing = self.kv.list(keys.BLOCKS)
-        revisions = {keys.last_segment(i.key): i.mod_revision
-                     for i in self.kv.list(keys.HANDLES, revision=listing.revision).items}
+        handle_items = self.kv.list(keys.HANDLES, revision=listing.revision).items
+        revisions = {keys.last_segment(i.key): i.mod_revision for i in handle_items}
+        pods = {}  # handle -> its attributes, kept in the handle record since layout 2
+        for item in handle_items:
+            try:
+                pods[keys.last_segment(item.key)] = Handle.from_json(item.value, key=item.key).attrs
+            except CorruptData as err:
+                log.warning("GC: %s", err)
         owners: dict[str, _Owner] = {}
         for item in listing.items:
             try:
@@ -177,7 +184,8 @@ class GarbageCollector:
                 log.warning("GC: %s", err)  # `routedctl ipam check` reports it
                 continue
             for handle in block.handles():
-                attrs = block.attributes_for(block.ips_for_handle(handle)[0])["secondary"]
+                # A layout-1 handle has no attributes: its block still holds them.
+                attrs = pods.get(handle) or block.attributes_for(block.ips_for_handle(handle)[0])["secondary"]
                 namespace, pod = attrs.get("namespace"), attrs.get("pod")
                 if not namespace or not pod:
                     continue  # not a Kubernetes pod's address: never ours to judge

@@ -4,6 +4,7 @@ Every program checks /routed/schema before it reads or writes anything else; the
 one that writes into an empty datastore (agent, controller, a writing routedctl command)
 records the version, create-only, so two first writers agree. A datastore without the key
 but with routed's data was written before the key existed: that is layout 1.
+A writer meeting layout 1 records layout 2: layout 1 reads as it is (see READS).
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from __future__ import annotations
 from routed.errors import RoutedError
 
 from . import keys
-from .kv import KV
+from .kv import KV, Compare, Op
 
 # The layout in routed/datastore/keys.py. Bump it, with a migration, when a key or a
 # stored value changes in a way an older program would misread.
-SCHEMA_VERSION = 1
+# 2: an allocation's attributes (pod, namespace, time) are in its IPAM handle record, the
+#    block keeps only the handle and the node per address (ipam/handle.py). A layout-1
+#    program would reject such a handle and find no pod in the blocks.
+SCHEMA_VERSION = 2
+# Layouts this program reads as they are. Layout 1 needs no rewrite: its handles have no
+# attributes and its blocks still hold them, and every reader falls back to the block. The
+# first writer records layout 2, after which layout-1 programs refuse (they would misread).
+READS = frozenset({1, 2})
 
 
 class SchemaMismatch(RoutedError):
@@ -28,7 +36,14 @@ def ensure(kv: KV, write: bool) -> int:
     for _ in range(3):
         item = kv.get(keys.SCHEMA)
         if item is not None:
-            return _check(item.value)
+            found = _check(item.value)
+            if not write or found == SCHEMA_VERSION:
+                return found
+            # An older layout we read as it is: record ours, unless someone else writes the key.
+            if kv.txn([Compare.mod(keys.SCHEMA, item.mod_revision)],
+                      [Op.put(keys.SCHEMA, str(SCHEMA_VERSION).encode())]).succeeded:
+                return SCHEMA_VERSION
+            continue
         if not write or kv.create(keys.SCHEMA, str(SCHEMA_VERSION).encode()):
             return SCHEMA_VERSION
         # Another first writer was faster: check what it wrote.
@@ -41,7 +56,7 @@ def _check(value: bytes) -> int:
         raise SchemaMismatch(f"the datastore's layout version ({keys.SCHEMA}) is {text[:40]!r}, not a number: "
                              "it was not written by routed; refusing to read or write it")
     found = int(text)
-    if found != SCHEMA_VERSION:
+    if found not in READS:
         action = ("upgrade this routed to a version that knows it" if found > SCHEMA_VERSION
                   else "migrate the datastore first")
         raise SchemaMismatch(f"the datastore holds routed data layout {found}, this routed knows layout "

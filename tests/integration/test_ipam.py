@@ -11,6 +11,7 @@ import pytest
 from ipam.allocator import IPAM, EmptyBlockReaper
 from ipam.block import Block
 from ipam.errors import AddressInUse, AddressNotInPool, NoMatchingPool, PoolExhausted, TooManyBlocks
+from ipam.handle import Handle
 from routed import resources as r
 from routed.datastore import keys
 from routed.datastore.memory import MemoryKV
@@ -65,10 +66,34 @@ def test_first_allocation_claims_an_affine_block(store, kv, ipam):
     assert kv.get(keys.affinity("node-1", block)) is not None
     stored = block_of(kv, block)
     assert stored.affinity == "host:node-1"
-    assert stored.attributes_for(ip)["secondary"]["pod"] == "a"
-    assert stored.attributes_for(ip)["handle"] == "net.c1.eth0"
+    # The block keeps the handle and the node; the pod's attributes are in the handle record.
+    assert stored.attributes_for(ip) == {"handle": "net.c1.eth0", "secondary": {"node": "node-1"}}
+    record = Handle.from_json(kv.get(keys.handle("net.c1.eth0")).value, key="h")
+    assert record.attrs["pod"] == "a" and record.attrs["namespace"] == "default" and record.attrs["node"] == "node-1"
     b = ipam.allocate("net.c2.eth0", "node-1")
     assert b.ips[0] in block and b.ips[0] != ip
+
+
+def test_layout_1_records_are_read_as_they_are(store, ipam, kv):
+    """Layout 1 kept the pod's attributes in the block and none in the handle: a layout-2
+    program reads them from there, and allocates and releases next to them."""
+    from ipam import usage
+    from ipam.check import check
+
+    store.create(pool("p", "10.10.0.0/16"))
+    block = Block.new("10.10.0.0/26", "host:node-1")
+    (old_ip,) = block.assign(1, "net.old.eth0", {"node": "node-1", "pod": "old", "namespace": "ns"})
+    kv.put(keys.block(block.cidr), block.to_json())
+    kv.put(keys.affinity("node-1", block.cidr), '{"node":"node-1","cidr":"10.10.0.0/26","pool":"p"}')
+    kv.put(keys.handle("net.old.eth0"), '{"blocks":{"10.10.0.0/26":1},"handle":"net.old.eth0","sequence":1}')
+    held = usage.who_holds(kv, str(old_ip))
+    assert (held["handle"], held["pod"], held["namespace"], held["node"]) == ("net.old.eth0", "old", "ns", "node-1")
+    new = ipam.allocate("net.new.eth0", "node-1", {"pod": "new", "namespace": "ns"})
+    assert new.ips[0] in block.cidr and new.ips[0] != old_ip
+    assert usage.who_holds(kv, str(new.ips[0]))["pod"] == "new"
+    assert check(kv).clean
+    assert ipam.release_handle("net.old.eth0") == [old_ip]
+    assert check(kv).clean
 
 
 def test_allocation_is_idempotent_per_handle(store, ipam, kv):

@@ -25,9 +25,9 @@ def _routed(etcd, *args):
 
 
 def test_routedctl_refuses_a_layout_it_does_not_know(etcd, kv):
-    kv.put(keys.SCHEMA, b"2")
+    kv.put(keys.SCHEMA, b"3")
     line = fails(etcd.env(), "get", "ippools")
-    assert "layout 2" in line and "upgrade" in line, line
+    assert "layout 3" in line and "upgrade" in line, line
 
 
 def test_the_first_writing_routedctl_records_the_layout(etcd, kv, tmp_path):
@@ -35,7 +35,7 @@ def test_the_first_writing_routedctl_records_the_layout(etcd, kv, tmp_path):
     assert kv.get(keys.SCHEMA) is None  # reading writes nothing
     (tmp_path / "pool.yaml").write_text(POOL)
     ok(etcd.env(), "apply", "-f", str(tmp_path / "pool.yaml"))
-    assert kv.get(keys.SCHEMA).value == b"1"
+    assert kv.get(keys.SCHEMA).value == b"2"
 
 
 def test_the_agent_refuses_a_layout_it_does_not_know(etcd, kv, tmp_path):

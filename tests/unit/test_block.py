@@ -397,8 +397,8 @@ CORRUPT_BLOCKS = [
     (_with(sequence=1.5), "sequence must be a non-negative integer"),
     (_with(attributes={}), "attributes must be a list"),
     (_with(attributes=["h1", "h2"]), "attributes[0] must be an object"),
-    (_with(attributes=[{"handle": "h1"}, {"handle": "h2", "secondary": {}}]),
-     "attributes[0] must be an object with exactly 'handle' and 'secondary'"),
+    (_with(affinity=None, attributes=[{"handle": "h1"}, {"handle": "h2", "secondary": {}}]),
+     "attributes[0] has no 'secondary', which only a block affine to a host may leave out"),
     (_with(attributes=[{"handle": "h1", "secondary": {}, "x": 1},
                        {"handle": "h2", "secondary": {}}]), "attributes[0] must be"),
     (_with(attributes=[{"handle": "", "secondary": {}}, {"handle": "h2", "secondary": {}}]),
@@ -492,14 +492,21 @@ def test_handle_rejects_bad_counts(n):
 
 
 def test_handle_json_round_trip():
-    h = Handle("net.cid.eth0")
+    h = Handle("net.cid.eth0", attrs={"pod": "p", "namespace": "ns"})
     h.add("10.0.0.64/26", 1)
     h.add("10.0.0.0/26", 2)
     text = h.to_json()
-    assert text == ('{"blocks":{"10.0.0.0/26":2,"10.0.0.64/26":1},'
+    assert text == ('{"attrs":{"namespace":"ns","pod":"p"},"blocks":{"10.0.0.0/26":2,"10.0.0.64/26":1},'
                     '"handle":"net.cid.eth0","sequence":2}')
     back = Handle.from_json(text.encode(), key="k")
     assert back == h and back.to_json() == text
+
+
+def test_a_layout_1_handle_without_attrs_reads_with_none_and_bad_attrs_are_refused():
+    old = Handle.from_json('{"blocks":{"10.0.0.0/26":1},"handle":"h","sequence":1}', key="k")
+    assert old.attrs == {} and old.total == 1
+    with pytest.raises(CorruptData, match="attrs: attributes must map strings to strings"):
+        Handle.from_json('{"attrs":{"pod":1},"blocks":{},"handle":"h","sequence":1}', key="k")
 
 
 HKEY = "/routed/ipam/v1/handles/net.cid.eth0"
@@ -570,3 +577,15 @@ def test_pool_exhausted_names_pools_and_node():
 
 def test_max_block_addresses():
     assert MAX_BLOCK_ADDRESSES == 4096
+
+
+def test_the_block_nodes_own_addresses_are_stored_as_their_handle_alone():
+    b = Block.new("10.0.0.0/30", "host:node-1")
+    b.assign(2, "h1", {"node": "node-1"})
+    b.assign(1, "h2", {"node": "node-2"})  # borrowed: its node is stored
+    text = b.to_json()
+    assert '"attributes":[{"handle":"h1"},{"handle":"h2","secondary":{"node":"node-2"}}]' in text
+    back = Block.from_json(text, key="k")
+    assert back == b and back.attributes_for("10.0.0.0") == {"handle": "h1", "secondary": {"node": "node-1"}}
+    back.set_affinity(None)  # the node is gone: its addresses keep naming it
+    assert Block.from_json(back.to_json(), key="k").attributes_for("10.0.0.1")["secondary"] == {"node": "node-1"}

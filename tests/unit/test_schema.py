@@ -18,7 +18,16 @@ def test_the_first_writer_of_an_empty_datastore_records_the_layout():
     assert ensure(kv, write=True) == SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("value, says", [(b"2", "layout 2, this routed knows layout 1: upgrade"),
+def test_layout_1_is_read_as_it_is_and_the_first_writer_records_layout_2():
+    kv = MemoryKV()
+    kv.put(keys.SCHEMA, b"1")
+    assert ensure(kv, write=False) == 1
+    assert kv.get(keys.SCHEMA).value == b"1"  # a reader writes nothing
+    assert ensure(kv, write=True) == SCHEMA_VERSION == 2
+    assert kv.get(keys.SCHEMA).value == b"2"
+
+
+@pytest.mark.parametrize("value, says", [(b"3", "layout 3, this routed knows layout 2: upgrade"),
                                          (b"0", "migrate the datastore first"),
                                          (b"{garbage", "not a number")])
 def test_an_unknown_layout_is_refused_in_one_line(value, says):

@@ -1,0 +1,123 @@
+"""Group commit: one agent's concurrent allocations share one etcd transaction (real etcd).
+
+To make the grouping deterministic, each test holds the allocator's lock while the
+callers queue up (as concurrent CNI ADDs do while one allocation is in flight), then
+lets go: the first caller to get the lock serves everything queued.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ipam.allocator import IPAM
+from ipam.check import check
+from ipam.handle import Handle
+from routed import resources as r
+from routed.datastore import keys
+from routed.datastore.resources import ResourceStore
+from routed.errors import DatastoreUnavailable
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.etcd
+
+NODE = "node-1"
+CALLERS = 12
+
+
+@pytest.fixture
+def ipam(kv):
+    ResourceStore(kv).create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "p"},
+                                      "spec": {"cidr": "10.20.0.0/16", "blockSize": 26}}))
+    allocator = IPAM(kv)
+    allocator.allocate("net.first.eth0", NODE)  # claims the node's block: the callers below all fit in it
+    return allocator
+
+
+def queued_callers(ipam: IPAM, n: int = CALLERS):
+    """n threads calling allocate() while the allocator is busy; returns (threads, outcomes)
+    once all n are queued, the lock still held by the caller of this function."""
+    outcomes: dict[str, object] = {}
+
+    def call(i: int) -> None:
+        handle = f"net.c{i}.eth0"
+        try:
+            outcomes[handle] = ipam.allocate(handle, NODE, {"pod": f"p{i}", "namespace": "ns"})
+        except Exception as err:  # recorded for the test to look at
+            outcomes[handle] = err
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    eventually(lambda: len(ipam._queue) == n, f"{n} callers queued")
+    return threads, outcomes
+
+
+def join(threads) -> None:
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive(), "a caller never returned"
+
+
+def test_concurrent_allocations_share_one_transaction_and_each_gets_its_own_address(ipam, kv):
+    before = dict(ipam.stats)
+    with ipam._lock:
+        threads, outcomes = queued_callers(ipam)
+    join(threads)
+    ips = [a.ips[0] for a in outcomes.values()]
+    assert all(len(a.ips) == 1 and not a.borrowed for a in outcomes.values()), outcomes
+    assert len(set(ips)) == CALLERS
+    assert ipam.stats["txn"] - before.get("txn", 0) == 1  # all of them in one transaction
+    assert ipam.stats["grouped"] == CALLERS
+    for handle, allocation in outcomes.items():
+        record = Handle.from_json(kv.get(keys.handle(handle)).value, key=handle)
+        assert record.total == 1 and record.attrs["pod"] == f"p{handle[5:-5]}" and record.attrs["node"] == NODE
+        assert ipam.held_by(handle) == allocation.ips
+    assert check(kv).clean
+
+
+def test_a_lost_race_fails_the_group_transaction_and_every_caller_still_gets_a_distinct_address(ipam, kv):
+    other = IPAM(kv)  # another allocator of the same node (a second agent process) moves the block on
+    with ipam._lock:
+        threads, outcomes = queued_callers(ipam)
+        rival = other.allocate("net.rival.eth0", NODE)
+    join(threads)
+    assert ipam.stats["conflict"] >= 1 and ipam.stats["grouped"] == 0  # the group's compare failed
+    ips = [a.ips[0] for a in outcomes.values()] + rival.ips
+    assert len(set(ips)) == CALLERS + 1, outcomes
+    assert check(kv).clean
+
+
+def test_a_failed_transaction_fails_every_caller_and_loses_nothing(ipam, kv, etcd):
+    with ipam._lock:
+        threads, outcomes = queued_callers(ipam)
+        etcd.pause()  # the group's transaction finds etcd gone
+    try:
+        join(threads)
+    finally:
+        etcd.resume()
+    assert all(isinstance(o, DatastoreUnavailable) for o in outcomes.values()), outcomes
+    # The request may still have reached etcd and be applied on resume: all of it or none.
+    handles = {keys.last_segment(i.key) for i in kv.list(keys.HANDLES).items} - {"net.first.eth0"}
+    assert handles in (set(), set(outcomes)), handles
+    assert check(kv).clean
+    # The callers' retries (CNI ADD is retried) get an address each: the one written, if any.
+    retried = {h: ipam.allocate(h, NODE) for h in outcomes}
+    assert len({a.ips[0] for a in retried.values()}) == CALLERS
+    assert all(a.reused == bool(handles) for a in retried.values())
+    assert check(kv).clean
+
+
+def test_one_handle_queued_twice_is_served_alone_and_gets_one_address(ipam, kv):
+    results = []
+    with ipam._lock:
+        threads = [threading.Thread(target=lambda: results.append(ipam.allocate("net.same.eth0", NODE)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        eventually(lambda: len(ipam._queue) == 2, "2 callers queued")
+    join(threads)
+    assert len(results) == 2 and results[0].ips == results[1].ips
+    assert Handle.from_json(kv.get(keys.handle("net.same.eth0")).value, key="h").total == 1
+    assert check(kv).clean
