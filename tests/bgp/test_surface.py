@@ -199,3 +199,27 @@ def test_per_node_as_numbers_peer_over_ebgp_and_with_a_tor(cluster):
             tor.wait_route(block, node.ip)
             assert [65010 + i] in tor.as_paths(block), tor.as_paths(block)
         assert {p["state"] for p in node.peers()} == {"up"}, node.peers()
+
+
+def test_calicos_route_reflector_manifest_peers_every_node_with_the_reflector(cluster):
+    """Calico's documented set-up: mesh off, the reflector Node labelled route-reflector=true
+    with a routeReflectorClusterID (here a real BIRD, as ExaBGP cannot reflect), and
+    BGPPeer nodeSelector all(), peerSelector route-reflector == 'true'."""
+    cluster.apply(POOL)
+    bgp_config(cluster, nodeToNodeMeshEnabled=False)
+    rr_ip, cluster_id = "192.0.2.250", "244.0.0.1"
+    cluster.apply({"kind": "Node", "metadata": {"name": "rr1", "labels": {"route-reflector": "true"}},
+                   "spec": {"bgp": {"ipv4Address": f"{rr_ip}/24", "routeReflectorClusterID": cluster_id}}})
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "peer-with-route-reflectors"},
+                   "spec": {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}})
+    ips = ["192.0.2.11", "192.0.2.12"]
+    rr = cluster.add_router("rr1", Bird, RouterSpec(rr_ip, NODE_AS, [Neighbor(ip, NODE_AS, rr_client=True)
+                                                                     for ip in ips], cluster_id=cluster_id))
+    nodes = [cluster.add_node(f"n{i}", 10 + i) for i in (1, 2)]
+    for node in nodes:
+        node.add_pod("p")
+    rr.wait_established(ips)
+    learn_each_other(cluster, nodes)
+    for node in nodes:
+        assert [(p["address"], p["type"], p["name"], p["state"]) for p in node.peers()] == \
+            [(rr_ip, "node", "peer-with-route-reflectors", "up")], node.peers()
