@@ -124,6 +124,7 @@ _BGPPEER = {
     "maxRestartTime": _same("maxRestartTime"),
     "restartMode": _restart_mode,
     "peerSelector": _same("peerSelector"),
+    "reversePeering": _only("Auto", "a session with a node is always configured at both ends"),
     "keepOriginalNextHop": _only(False, "the next hop is always the node"),
     "nextHopMode": _only("Auto", "the next hop is always the node"),
     "localASNumber": _refuse("one local AS per node, from BGPConfiguration or the Node"),

@@ -304,3 +304,16 @@ def test_communities_go_with_every_prefix_inside_an_advertised_cidr():
     assert ("announce attributes next-hop self community [65001:20 65001:100] nlri 10.244.0.0/16 10.244.200.0/26"
             in lines)
     assert len(lines) == 4
+
+
+def test_a_peer_ip_that_is_a_nodes_own_makes_that_node_answer():
+    # Calico's automatic reverse peering: b answers a, whose BGPPeer names b's address and AS.
+    a_to_b = peer("a-to-b", "10.0.0.2", 64512, node="a")
+    mesh_off = [config(nodeToNodeMeshEnabled=False)]
+    assert [(p.address, p.name) for p in peers.desired_peers(NODES[0], NODES, mesh_off, [a_to_b])] == \
+        [("10.0.0.2", "a-to-b")]
+    assert [(p.address, p.name) for p in peers.desired_peers(NODES[1], NODES, mesh_off, [a_to_b])] == \
+        [("10.0.0.1", "a-to-b")]
+    assert peers.desired_peers(NODES[2], NODES, mesh_off, [a_to_b]) == []
+    # Another AS than b's: a router that happens to have that address, not b.
+    assert peers.desired_peers(NODES[1], NODES, mesh_off, [peer("x", "10.0.0.2", 65000, node="a")]) == []
