@@ -223,3 +223,17 @@ def test_calicos_route_reflector_manifest_peers_every_node_with_the_reflector(cl
     for node in nodes:
         assert [(p["address"], p["type"], p["name"], p["state"]) for p in node.peers()] == \
             [(rr_ip, "node", "peer-with-route-reflectors", "up")], node.peers()
+
+
+def test_a_bgppeer_naming_a_nodes_address_and_as_is_answered_by_that_node(cluster):
+    """Calico's automatic reverse peering: n1's BGPPeer names n2's address and AS; n2
+    configures the other end itself, the session comes up and the blocks cross."""
+    cluster.apply(POOL)
+    bgp_config(cluster, nodeToNodeMeshEnabled=False)
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "n1-to-n2"},
+                   "spec": {"node": "n1", "peerIP": "192.0.2.12", "asNumber": NODE_AS}})
+    nodes = [cluster.add_node(f"n{i}", 10 + i) for i in (1, 2)]
+    for node in nodes:
+        node.add_pod("p")
+    learn_each_other(cluster, nodes)
+    assert [(p["address"], p["name"]) for p in nodes[1].peers()] == [("192.0.2.11", "n1-to-n2")]
