@@ -139,6 +139,13 @@ def test_communities_and_prefix_advertisements_reach_the_tor(cluster):
     tor.wait_route(block, node.ip)
     cluster.wait(lambda: tor.communities(block) == ({"65001:100", "65001:200"}, {"65001:7:8"}),
                  what=f"the ToR to see the block's communities (now {tor.communities(block)})")
+    # A peer that comes later gets the block with them too (announced to it alone when its session is up).
+    late = cluster.add_router("late", Bird, RouterSpec("192.0.2.4", TOR_AS, [Neighbor("192.0.2.11", NODE_AS)]))
+    cluster.apply({"kind": "BGPPeer", "metadata": {"name": "late"},
+                   "spec": {"peerIP": "192.0.2.4", "asNumber": TOR_AS}})
+    late.wait_route(block, node.ip)
+    cluster.wait(lambda: late.communities(block) == ({"65001:100", "65001:200"}, {"65001:7:8"}),
+                 what=f"the late ToR to see the block's communities (now {late.communities(block)})")
     # A change re-announces the block with the new set; none left: no community at all.
     bgp_config(cluster, prefixAdvertisements=[{"cidr": "10.244.0.0/16", "communities": ["65001:300"]}])
     cluster.wait(lambda: tor.communities(block) == ({"65001:300"}, set()),
