@@ -317,3 +317,21 @@ def test_a_peer_ip_that_is_a_nodes_own_makes_that_node_answer():
     assert peers.desired_peers(NODES[2], NODES, mesh_off, [a_to_b]) == []
     # Another AS than b's: a router that happens to have that address, not b.
     assert peers.desired_peers(NODES[1], NODES, mesh_off, [peer("x", "10.0.0.2", 65000, node="a")]) == []
+
+
+def test_peer_selector_peers_over_both_families_where_both_ends_have_them():
+    def dual(name, v4, v6, rack):
+        return r.parse({"apiVersion": "routed.io/v1", "kind": "Node", "metadata": {"name": name, "labels": {"rack": rack}},
+                        "spec": {"bgp": {"ipv4Address": v4, "ipv6Address": v6}}})
+
+    a1, a2 = dual("a1", "10.0.0.1/24", "fd00::1/64", "a"), dual("a2", "10.0.0.2/24", "fd00::2/64", "a")
+    v4_only = node("a3", "10.0.0.3/24", labels={"rack": "a"})
+    within_a = peer_selector("rack-a", "rack == 'a'", nodeSelector="rack == 'a'")
+    mesh_off = [config(nodeToNodeMeshEnabled=False)]
+    assert [p.address for p in peers.desired_peers(a1, [a1, a2, v4_only], mesh_off, [within_a])] == \
+        ["10.0.0.2", "10.0.0.3", "fd00::2"]
+    assert [p.address for p in peers.desired_peers(v4_only, [a1, a2, v4_only], mesh_off, [within_a])] == \
+        ["10.0.0.1", "10.0.0.2"]
+    # A BGPPeer by peerIP is answered over its own family only.
+    by_v6 = peer("a1-to-a2", "fd00::2", 64512, node="a1")
+    assert [p.address for p in peers.desired_peers(a2, [a1, a2], mesh_off, [by_v6])] == ["fd00::1"]
