@@ -10,21 +10,11 @@ from __future__ import annotations
 import pytest
 
 from tests.bgp.routers import Bird, GoBgp, Neighbor, RouterSpec, ping
-from tests.support.cluster import Cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
 POOL = {"kind": "IPPool", "metadata": {"name": "pods"}, "spec": {"cidr": "10.244.0.0/16"}}
 NODE_AS, TOR_AS = 64512, 65001
-
-
-@pytest.fixture
-def cluster(tmp_path, etcd, root):
-    c = Cluster(tmp_path, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def bgp_config(cluster, **spec) -> None:
