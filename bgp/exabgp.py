@@ -72,7 +72,8 @@ def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[s
     lines = [f"neighbor {peer.address} {{",
              f"  description \"{peer.kind} {peer.name}\";",
              f"  router-id {speaker.address};",
-             f"  local-address {source};",
+             # sourceAddress None: no fixed source, the kernel's route to the peer chooses it.
+             f"  local-address {'auto' if peer.source_address == 'None' else source};",
              f"  local-as {speaker.as_number};",
              f"  peer-as {peer.as_number};",
              f"  hold-time {peer.hold_time};",
@@ -81,7 +82,7 @@ def _neighbor(speaker: LocalSpeaker, peer: Peer, password: str | None) -> list[s
              # graceful restart would otherwise flush our routes before they arrive.
              "  manual-eor true;",
              "  group-updates true;"]
-    if peer.port != 179:
+    if peer.port != speaker.listen_port:  # ExaBGP connects to its own listen port otherwise
         lines.append(f"  connect {peer.port};")
     if password is not None:
         if not _SAFE_PASSWORD.match(password):

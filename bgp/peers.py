@@ -8,7 +8,13 @@
   reflector registered as a Node) peers with every ordinary node; ExaBGP cannot
   reflect, so a cluster that outgrows the mesh runs real reflectors;
 - BGPPeer resources: global (no node, no nodeSelector), for one node, or for the
-  nodes a selector matches (e.g. the top-of-rack routers of a rack).
+  nodes a selector matches (e.g. the top-of-rack routers of a rack); with peerSelector
+  instead of peerIP, the peers are the cluster's nodes it selects (both families where
+  both ends have them, as Calico), and a node a BGPPeer picks (by peerSelector, or a
+  peerIP and AS that are its own) peers back with the BGPPeer's scope: a session needs
+  both ends;
+- a node's peer listens on its own BGPConfiguration's listenPort (Calico's rule, also
+  for a BGPPeer whose peerIP, without a port, is a node's address).
 A more specific peering of the same address wins: node > global > route reflector > mesh.
 """
 
@@ -36,6 +42,7 @@ class Peer:
     keepalive_time: int = 30
     graceful_restart: int = 120  # seconds; 0: off
     password_ref: tuple[str, str] | None = None  # (secret name, key); resolved when rendering
+    source_address: str = "UseNodeIP"  # "None": the kernel picks the session's source address
     max_prefixes: int = 0
     allowed_prefixes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -78,6 +85,15 @@ def local_speaker(me: r.Node, configs: list[r.BGPConfiguration]) -> LocalSpeaker
     return LocalSpeaker(me.metadata.name, address, asn, spec.listen_port, spec.log_severity, node_address6(me))
 
 
+def _in_scope(spec, node: r.Node) -> bool:
+    """Whether a BGPPeer's node / nodeSelector (neither: every node) takes in node."""
+    if spec.node:
+        return spec.node == node.metadata.name
+    if spec.node_selector:
+        return r.parse_selector(spec.node_selector).matches(dict(node.metadata.labels or {}))
+    return True
+
+
 def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfiguration],
                   peers: list[r.BGPPeer]) -> list[Peer]:
     spec = global_config(configs, me.metadata.name)
@@ -85,38 +101,59 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
     mine6 = node_address6(me) is not None
     i_am_reflector = bool(me.spec.bgp and me.spec.bgp.route_reflector_cluster_id)
     found: list[Peer] = []
+
+    def as_of(node: r.Node) -> int:
+        return (node.spec.bgp.as_number if node.spec.bgp else None) or spec.as_number
+
+    def port_of(node: r.Node) -> int:
+        return global_config(configs, node.metadata.name).listen_port
+
+    def addresses_of(node: r.Node) -> list[str]:
+        """The node's sessions: IPv4, and IPv6 when both ends have it."""
+        return [a for a in (node_address(node), node_address6(node) if mine6 else None) if a]
+
+    node_ports = {a: port_of(n) for n in nodes for a in (node_address(n), node_address6(n)) if a}
     for other in nodes:
-        address = node_address(other)
-        if other.metadata.name == me.metadata.name or address is None:
+        if other.metadata.name == me.metadata.name or node_address(other) is None:
             continue
-        asn = (other.spec.bgp.as_number if other.spec.bgp else None) or spec.as_number
         other_is_reflector = bool(other.spec.bgp.route_reflector_cluster_id)
-        address6 = node_address6(other) if mine6 else None
-        for each in filter(None, (address, address6)):
+        for each in addresses_of(other):
             if other_is_reflector and not i_am_reflector:
-                found.append(Peer(each, asn, "route-reflector", other.metadata.name,
-                                  max_prefixes=spec.max_prefixes))
+                found.append(Peer(each, as_of(other), "route-reflector", other.metadata.name,
+                                  port=port_of(other), max_prefixes=spec.max_prefixes))
             elif spec.node_to_node_mesh_enabled and not other_is_reflector and not i_am_reflector:
-                found.append(Peer(each, asn, "mesh", other.metadata.name, max_prefixes=spec.max_prefixes))
-    labels = dict(me.metadata.labels or {})
+                found.append(Peer(each, as_of(other), "mesh", other.metadata.name, port=port_of(other),
+                                  max_prefixes=spec.max_prefixes))
     for peer in peers:
         s = peer.spec
-        if s.node:
-            if s.node != me.metadata.name:
-                continue
-            kind = "node"
-        elif s.node_selector:
-            if not r.parse_selector(s.node_selector).matches(labels):
-                continue
-            kind = "node"
-        else:
-            kind = "global"
+        kind = "node" if s.node or s.node_selector else "global"
         ref = (s.password.secret_key_ref.name, s.password.secret_key_ref.key) if s.password else None
-        found.append(Peer(str(s.address), s.as_number, kind, peer.metadata.name, port=s.port or 179,
-                          hold_time=s.hold_time, keepalive_time=s.keepalive_time,
-                          graceful_restart=s.max_restart_time if s.graceful_restart else 0,
-                          password_ref=ref, max_prefixes=s.max_prefixes or spec.max_prefixes,
-                          allowed_prefixes=tuple(s.allowed_prefixes)))
+        options = dict(hold_time=s.hold_time, keepalive_time=s.keepalive_time,
+                       graceful_restart=s.max_restart_time if s.graceful_restart else 0, password_ref=ref,
+                       source_address=s.source_address, max_prefixes=s.max_prefixes or spec.max_prefixes,
+                       allowed_prefixes=tuple(s.allowed_prefixes))
+        if s.peer_selector is None:
+            address = str(s.address)
+            if _in_scope(s, me):
+                found.append(Peer(address, s.as_number, kind, peer.metadata.name,
+                                  port=s.port or node_ports.get(address, 179), **options))
+            targets = []
+            picked_me = address in mine and s.as_number == as_of(me) and s.port in (None, port_of(me))
+            family = s.address.version  # answered over the family the BGPPeer names, as Calico
+        else:
+            selected = r.parse_selector(s.peer_selector)
+            targets = [o for o in nodes if _in_scope(s, me) and selected.matches(dict(o.metadata.labels or {}))]
+            picked_me, family = selected.matches(dict(me.metadata.labels or {})), None
+        # Both ends of each session with a node, as Calico's automatic reverse peering: a
+        # node the BGPPeer picks answers every node of the BGPPeer's scope.
+        answer = [o for o in nodes if _in_scope(s, o)] if picked_me else []
+        for other in targets + answer:
+            if other.metadata.name == me.metadata.name:
+                continue
+            for each in addresses_of(other):
+                if family is None or ipaddress.ip_address(each).version == family:
+                    found.append(Peer(each, as_of(other), kind, peer.metadata.name, port=port_of(other),
+                                      **options))
     best: dict[str, Peer] = {}
     for peer in found:
         if peer.address in mine:

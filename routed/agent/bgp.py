@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bgp import decide, exabgp, peers as peering
+from bgp import communities, decide, exabgp, peers as peering
 from bgp.order import address_key, link_local_first, network_key
 from bgp.services import Advertisement
 from bgp.speaker import group_shared, write_config
@@ -135,14 +135,18 @@ class HelperLink:
         self.path.unlink(missing_ok=True)
 
 
-def announce_commands(verb: str, prefixes: list[str]) -> list[str]:
+def announce_commands(verb: str, prefixes: list[str], attributes: dict[str, str] | None = None) -> list[str]:
     """`announce|withdraw attributes next-hop self nlri p1 p2 ...`, BATCH prefixes a line,
     one family a line: ExaBGP reads a mixed nlri list as one family (the IPv4 prefixes of a
-    line with IPv6 ones never reached an IPv4 peer)."""
+    line with IPv6 ones never reached an IPv4 peer). attributes (prefix -> " community
+    [..]"...): prefixes with the same ones share lines."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for prefix in prefixes:
+        groups.setdefault((network_key(prefix)[0], (attributes or {}).get(prefix, "")), []).append(prefix)
     out = []
-    for version in (4, 6):
-        ordered = sorted((p for p in prefixes if network_key(p)[0] == version), key=network_key)
-        out += [f"{verb} attributes next-hop self nlri {' '.join(ordered[i:i + BATCH])}"
+    for version, extra in sorted(groups):
+        ordered = sorted(groups[version, extra], key=network_key)
+        out += [f"{verb} attributes next-hop self{extra} nlri {' '.join(ordered[i:i + BATCH])}"
                 for i in range(0, len(ordered), BATCH)]
     return out
 
@@ -172,6 +176,10 @@ class BGPController:
         self._rejected: set[tuple[str, str]] = set()  # logged once each
         self.stale_until: dict[str, float] = {}  # peer -> when its kept routes go (graceful restart)
         self.announced: set[str] = set()
+        # BGPConfiguration's prefixAdvertisements: (cidr, community values), and what each
+        # announced prefix carries by them (a change re-announces the prefix).
+        self.advertisements: list[tuple[str, tuple[str, ...]]] = []
+        self.announced_attributes: dict[str, str] = {}
         self.peers: dict[str, peering.Peer] = {}
         self.my_as = peering.DEFAULT_AS
         self.pools: list[decide.PoolView] = []
@@ -330,6 +338,7 @@ class BGPController:
             log.info("ExaBGP configuration written: %d peer(s)", len(usable))
         with self._lock:
             self.my_as = speaker.as_number
+            self.advertisements = peering.global_config(configs, self.node).community_values()
             self.peers = {p.address: p for p in usable}
             for p in wanted:
                 status = self.status.get(p.address)
@@ -401,14 +410,18 @@ class BGPController:
         with self._lock:
             self.own_prefixes = own
             wanted = own | self.service_prefixes
-            add = wanted if full else wanted - self.announced
+            attributes = communities.attributes(wanted, self.advertisements)
+            # A prefix whose communities changed is announced again: the new route replaces it.
+            add = wanted if full else {p for p in wanted if p not in self.announced
+                                       or self.announced_attributes.get(p) != attributes[p]}
             remove = set() if full else self.announced - wanted
-        commands = announce_commands("withdraw", sorted(remove)) + announce_commands("announce", sorted(add))
+        commands = (announce_commands("withdraw", sorted(remove))
+                    + announce_commands("announce", sorted(add), attributes))
         if not commands:
             return
         if self.link.send(commands):
             with self._lock:
-                self.announced = set(wanted)
+                self.announced, self.announced_attributes = set(wanted), attributes
             log.info("announced %d, withdrew %d prefix(es)", len(add), len(remove))
 
     # -- what ExaBGP tells us ---------------------------------------------------------------
@@ -464,10 +477,11 @@ class BGPController:
                 version = ipaddress.ip_address(peer).version
                 prefixes = sorted(p for p in self.own_prefixes | self.service_prefixes
                                   if ipaddress.ip_network(p).version == version)
+                attributes = communities.attributes(prefixes, self.advertisements)
             # ExaBGP gives a neighbour added by a reload none of what was announced before
             # it existed: announce everything to this one, then End-of-RIB, which tells a
             # peer in graceful restart that our routes are all there.
-            self.link.send([f"neighbor {peer} {c}" for c in announce_commands("announce", prefixes)]
+            self.link.send([f"neighbor {peer} {c}" for c in announce_commands("announce", prefixes, attributes)]
                            + [f"neighbor {peer} announce eor ipv{version} unicast"])
         elif state == "down":
             reason = neighbor.get("reason", "")

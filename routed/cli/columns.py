@@ -15,7 +15,9 @@ def _pool(p):
 def _peer(p):
     s = p.spec
     scope = f"node={s.node}" if s.node else (s.node_selector or "(global)")
-    return [p.metadata.name, s.peer_ip, s.as_number, scope], [s.hold_time, s.keepalive_time,
+    # A peerSelector peer's address and AS are each selected node's own.
+    peer = s.peer_ip or f"nodes: {s.peer_selector}"
+    return [p.metadata.name, peer, s.as_number or "(node's)", scope], [s.hold_time, s.keepalive_time,
                                                               s.graceful_restart, "yes" if s.password else ""]
 
 

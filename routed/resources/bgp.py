@@ -46,6 +46,54 @@ def _distinct_cidrs(entries: list[ServiceCIDR]) -> list[ServiceCIDR]:
 ServiceCIDRs = Annotated[list[ServiceCIDR], AfterValidator(_distinct_cidrs)]
 
 
+# A community as Calico spells it: standard "aa:nn" (16-bit parts) or large "aa:nn:mm" (32-bit).
+_COMMUNITY = re.compile(r"(\d+):(\d+)(?::(\d+))?")
+_COMMUNITY_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?")
+
+
+def community_problem(value: str) -> str | None:
+    """Why value is not a BGP community literal; None when it is one."""
+    found = _COMMUNITY.fullmatch(value)
+    if not found:
+        return f'"{value}" is not a community: aa:nn (standard) or aa:nn:mm (large)'
+    parts = [int(p) for p in found.groups() if p is not None]
+    top = 0xFFFF if len(parts) == 2 else 0xFFFFFFFF
+    if any(p > top for p in parts):
+        kind = "standard community aa:nn" if len(parts) == 2 else "large community aa:nn:mm"
+        return f'"{value}": each part of a {kind} is at most {top}'
+    return None
+
+
+class Community(Model):
+    """A named community value, for prefixAdvertisements to refer to."""
+
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _COMMUNITY_NAME.fullmatch(name) or _COMMUNITY.fullmatch(name):
+            raise field_error(f'"{name}" is not a community name: letters, digits, "-", "_", "." '
+                              "(and not itself a community value)")
+        return name
+
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: str) -> str:
+        problem = community_problem(value)
+        if problem:
+            raise field_error(problem)
+        return value
+
+
+class PrefixAdvertisement(Model):
+    """Communities for every announced prefix inside cidr (the cidr itself included)."""
+
+    cidr: CIDR
+    communities: list[str] = Field(min_length=1)
+
+
 class BGPConfigurationSpec(Model):
     as_number: ASNumber = 64512
     node_to_node_mesh_enabled: bool = Field(True, alias="nodeToNodeMeshEnabled")
@@ -67,6 +115,30 @@ class BGPConfigurationSpec(Model):
     service_cluster_ips: ServiceCIDRs | None = Field(None, alias="serviceClusterIPs")
     service_external_ips: ServiceCIDRs | None = Field(None, alias="serviceExternalIPs")
     service_load_balancer_ips: ServiceCIDRs | None = Field(None, alias="serviceLoadBalancerIPs")
+
+
+    # Unset (None) rather than empty, so a configuration without them reads as before.
+    communities: list[Community] | None = None
+    prefix_advertisements: list[PrefixAdvertisement] | None = None
+
+    @model_validator(mode="after")
+    def _check_communities(self) -> BGPConfigurationSpec:
+        names = set()
+        for i, community in enumerate(self.communities or ()):
+            if community.name in names:
+                raise field_error(f'community name "{community.name}" is defined twice', f"communities[{i}].name")
+            names.add(community.name)
+        for i, advertisement in enumerate(self.prefix_advertisements or ()):
+            for j, item in enumerate(advertisement.communities):
+                if item not in names and community_problem(item):
+                    raise field_error(f'"{item}" is neither a name in spec.communities nor a community '
+                                      "value aa:nn or aa:nn:mm", f"prefixAdvertisements[{i}].communities[{j}]")
+        return self
+
+    def community_values(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(cidr, community values) per prefixAdvertisement, names resolved."""
+        named = {c.name: c.value for c in self.communities or ()}
+        return [(a.cidr, tuple(named.get(c, c) for c in a.communities)) for a in self.prefix_advertisements or ()]
 
 
 class BGPConfiguration(Resource):
@@ -183,15 +255,23 @@ class PeerPassword(Model):
     secret_key_ref: SecretKeyRef
 
 
+DEFAULT_HOLD_TIME = 90
+
+
 class BGPPeerSpec(Model):
-    peer_ip: str = Field(alias="peerIP")
-    as_number: ASNumber
+    # peerIP (with asNumber): one router. peerSelector instead: the cluster's nodes it selects,
+    # each with its own address, AS number and listen port (Calico's way to make nodes peers).
+    peer_ip: str | None = Field(None, alias="peerIP")
+    as_number: ASNumber | None = None
+    peer_selector: SelectorText | None = None
     # node XOR nodeSelector says which nodes open this session; neither means all of them.
     node: str | None = None
     node_selector: SelectorText | None = None
     password: PeerPassword | None = None
-    hold_time: Seconds = 90
-    keepalive_time: Seconds = 30
+    # Unset, both come from each other: hold time 3 x keepaliveTime (Calico's BGPPeer has only
+    # keepaliveTime), keepaliveTime a third of holdTime; neither: 90s and 30s.
+    hold_time: Seconds | None = None
+    keepalive_time: Seconds | None = None
     graceful_restart: bool = True
     max_restart_time: Seconds = 120
     source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
@@ -200,17 +280,18 @@ class BGPPeerSpec(Model):
     allowed_prefixes: list[CIDR] = Field(default_factory=list)
 
     @property
-    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        return split_peer_ip(self.peer_ip)[0]
+    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        return split_peer_ip(self.peer_ip)[0] if self.peer_ip else None
 
     @property
     def port(self) -> int | None:
-        return split_peer_ip(self.peer_ip)[1]
+        return split_peer_ip(self.peer_ip)[1] if self.peer_ip else None
 
     @field_validator("peer_ip")
     @classmethod
-    def _check_peer_ip(cls, text: str) -> str:
-        split_peer_ip(text)
+    def _check_peer_ip(cls, text: str | None) -> str | None:
+        if text is not None:
+            split_peer_ip(text)
         return text
 
     _check_node = field_validator("node")(check_dns_subdomain)
@@ -228,15 +309,15 @@ class BGPPeerSpec(Model):
 
     @field_validator("hold_time")
     @classmethod
-    def _check_hold_time(cls, seconds: int) -> int:
-        if seconds != 0 and not 3 <= seconds <= 65535:
+    def _check_hold_time(cls, seconds: int | None) -> int | None:
+        if seconds is not None and seconds != 0 and not 3 <= seconds <= 65535:
             raise field_error(f"hold time {seconds}s must be 0 (no keepalives) or 3-65535")
         return seconds
 
     @field_validator("keepalive_time")
     @classmethod
-    def _check_keepalive_time(cls, seconds: int) -> int:
-        if seconds < 1:
+    def _check_keepalive_time(cls, seconds: int | None) -> int | None:
+        if seconds is not None and seconds < 1:
             raise field_error(f"keepalive time {seconds}s must be at least 1s")
         return seconds
 
@@ -254,6 +335,19 @@ class BGPPeerSpec(Model):
             raise field_error(
                 "set node (one node) or nodeSelector (several), not both", "nodeSelector"
             )
+        if self.peer_selector is not None:
+            if self.peer_ip is not None or self.as_number is not None:
+                raise field_error("set peerIP and asNumber (a router), or peerSelector (nodes of the "
+                                  "cluster, each with its own AS number), not both", "peerSelector")
+        elif self.peer_ip is None:
+            raise field_error("required (or peerSelector, for peerings with nodes of the cluster)", "peerIP")
+        elif self.as_number is None:
+            raise field_error("required with peerIP", "asNumber")
+        if self.hold_time is None:
+            self.hold_time = DEFAULT_HOLD_TIME if self.keepalive_time is None else min(3 * self.keepalive_time,
+                                                                                       65535)
+        if self.keepalive_time is None:
+            self.keepalive_time = max(1, self.hold_time // 3)
         if self.hold_time > 0 and self.keepalive_time >= self.hold_time:
             raise field_error(
                 f"keepalive time {self.keepalive_time}s must be less than hold time "

@@ -39,6 +39,8 @@ class Neighbor:
     as_number: int
     password: str | None = None
     rr_client: bool = False
+    port: int = 179  # the neighbor's listen port (a node with BGPConfiguration listenPort)
+    passive: bool = False  # GoBGP only: never connect, wait for the neighbor to
 
 
 @dataclass
@@ -181,7 +183,7 @@ class Bird(Router):
         for i, n in enumerate(s.neighbors):
             lines += [f"protocol bgp peer{i} {{",
                       f"  local {s.address} as {s.as_number};",
-                      f"  neighbor {n.address} as {n.as_number};",
+                      f"  neighbor {n.address} port {n.port} as {n.as_number};",
                       "  direct;",
                       "  hold time 30;",
                       "  connect retry time 2;",
@@ -232,6 +234,15 @@ class Bird(Router):
                 rib[prefix].add(m.group(1))
         return rib
 
+    def communities(self, prefix: str) -> tuple[set[str], set[str]]:
+        """The standard ("aa:nn") and large ("aa:nn:mm") communities of prefix's routes."""
+        out = self.birdc("show", "route", prefix, "all")
+        standard = {f"{a}:{b}" for line in re.findall(r"BGP\.community:(.*)", out)
+                    for a, b in re.findall(r"\((\d+),\s*(\d+)\)", line)}
+        large = {f"{a}:{b}:{c}" for line in re.findall(r"BGP\.large_community:(.*)", out)
+                 for a, b, c in re.findall(r"\((\d+),\s*(\d+),\s*(\d+)\)", line)}
+        return standard, large
+
     def as_paths(self, prefix: str) -> list[list[int]]:
         out = self.birdc("show", "route", prefix, "all")
         return [[int(x) for x in m.split()] for m in re.findall(r"BGP\.as_path:([ \d]*)", out)]
@@ -271,6 +282,8 @@ class Frr(Router):
             lines += [f" neighbor {n.address} remote-as {n.as_number}",
                       f" neighbor {n.address} update-source {s.address}",
                       f" neighbor {n.address} timers connect 2"]
+            if n.port != 179:
+                lines.append(f" neighbor {n.address} port {n.port}")
             if n.password:
                 lines.append(f" neighbor {n.address} password {n.password}")
         lines.append(" address-family ipv4 unicast")
@@ -345,6 +358,10 @@ class GoBgp(Router):
             lines += ["  [neighbors.timers.config]", "    connect-retry = 2", "    hold-time = 30",
                       "    keepalive-interval = 10",
                       "  [neighbors.transport.config]", f'    local-address = "{s.address}"']
+            if n.port != 179:
+                lines.append(f"    remote-port = {n.port}")
+            if n.passive:
+                lines.append("    passive-mode = true")
             if n.rr_client:
                 lines += ["  [neighbors.route-reflector.config]", "    route-reflector-client = true",
                           f'    route-reflector-cluster-id = "{s.cluster_id}"']
@@ -386,6 +403,14 @@ class GoBgp(Router):
             if state.get("session_state") in (6, "ESTABLISHED", "established"):
                 up.add((n.get("conf") or {}).get("neighbor_address") or state.get("neighbor_address"))
         return up
+
+    def timers(self, address: str) -> dict:
+        """The session's timers as GoBGP negotiated them: negotiated_hold_time, keepalive_interval."""
+        out = self.gobgp("neighbor", address, "-j", check=False).stdout
+        try:
+            return ((json.loads(out or "{}").get("timers") or {}).get("state")) or {}
+        except ValueError:
+            return {}
 
     def rib(self) -> dict[str, set[str]]:
         out = self.gobgp("global", "rib", "-a", "ipv4", "-j", check=False).stdout

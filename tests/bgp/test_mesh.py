@@ -8,18 +8,8 @@ import subprocess
 import pytest
 
 from tests.support.agent import ROUTED
-from tests.support.cluster import Cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
-
-
-@pytest.fixture
-def cluster(tmp_path, etcd, root):
-    c = Cluster(tmp_path, etcd)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_three_node_mesh_pods_reach_each_other(cluster):

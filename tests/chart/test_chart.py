@@ -45,6 +45,11 @@ VALUE_SETS = {
     "route-reflectors": {"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES,
                                             "clientRanges": ["192.0.2.0/24", "198.51.100.0/24"]}},
     "peers": {"bgp": {"peers": TOR_PEERS}},
+    "communities-and-node-peers": {"bgp": {
+        "nodeToNodeMesh": False, "communities": [{"name": "rack1", "value": "65010:100"}],
+        "prefixAdvertisements": [{"cidr": "10.244.0.0/16", "communities": ["rack1", "65010:1:2"]}],
+        "peers": [{"name": "peer-with-route-reflectors", "nodeSelector": "all()",
+                   "peerSelector": "route-reflector == 'true'"}]}},
     "peers-with-passwords": {"bgp": {"asNumber": 65000, "nodeToNodeMesh": False,
                                      "peers": TOR_PEERS_WITH_PASSWORDS}},
     "route-reflectors-md5": {"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES,
@@ -157,6 +162,12 @@ BAD_VALUES = {
                                                    "node": "a", "nodeSelector": "all()"}]}}, "/bgp/peers/0"),
     "peer-inline-password": ({"bgp": {"peers": [{"name": "p", "peerIP": "192.0.2.1", "asNumber": 65001,
                                                  "password": "secret"}]}}, "/bgp/peers/0"),
+    "peer-ip-and-selector": ({"bgp": {"peers": [{"name": "p", "peerIP": "192.0.2.1", "asNumber": 65001,
+                                                 "peerSelector": "all()"}]}}, "/bgp/peers/0"),
+    "community-value": ({"bgp": {"communities": [{"name": "a", "value": "no-export"}]}},
+                        "/bgp/communities/0/value"),
+    "advertisement-no-communities": ({"bgp": {"prefixAdvertisements": [{"cidr": "10.0.0.0/8", "communities": []}]}},
+                                     "/bgp/prefixAdvertisements/0/communities"),
     "etcd-endpoint-garbage": ({"etcd": {"endpoints": ["etcd:2379"]}}, "/etcd/endpoints/0"),
     "etcd-no-endpoints": ({"etcd": {"endpoints": []}}, "/etcd/endpoints"),
     "etcd-tls-over-http": ({"etcd": {"tls": {"enabled": True}}}, "/etcd/endpoints/0"),
@@ -239,6 +250,9 @@ def test_resources_parse_with_routeds_loader(name):
     # What the agents read (routed/agent/wireguard.py): the chart's switch and port.
     from routed.agent.wireguard import cluster_mode
     assert cluster_mode([config]) == (values["wireguard"], values["wireguardListenPort"])
+    named = {c["name"]: c["value"] for c in values["bgp"]["communities"]}
+    assert config.spec.community_values() == [(a["cidr"], tuple(named.get(c, c) for c in a["communities"]))
+                                              for a in values["bgp"]["prefixAdvertisements"]]
 
     peers = {p.name: p for p in by_kind.get("BGPPeer", [])}
     rr = values["routeReflector"]
@@ -248,7 +262,8 @@ def test_resources_parse_with_routeds_loader(name):
     assert set(peers) == {p["name"] for p in values["bgp"]["peers"]} | rr_peers
     for want in values["bgp"]["peers"]:
         got = peers[want["name"]].spec
-        assert (got.peer_ip, got.as_number) == (want["peerIP"], want["asNumber"])
+        assert (got.peer_ip, got.as_number, got.peer_selector) == \
+            (want.get("peerIP"), want.get("asNumber"), want.get("peerSelector"))
         assert got.node_selector == want.get("nodeSelector") and got.node == want.get("node")
         secret = want.get("passwordSecret")
         ref = got.password.secret_key_ref if got.password else None

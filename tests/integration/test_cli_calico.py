@@ -91,11 +91,11 @@ metadata:
 spec:
   peerIP: 192.20.30.41
   asNumber: 63400
-  peerSelector: route-reflector == 'true'
+  localASNumber: 64999
 """
     line = fails(env, "apply", "-f", "-", input=bad)
     assert line.startswith("routedctl: -: document 5: ")
-    assert 'BGPPeer "rr" (projectcalico.org/v3): spec.peerSelector: not supported by routed' in line
+    assert 'BGPPeer "rr" (projectcalico.org/v3): spec.localASNumber: not supported by routed' in line
     assert pools(env) == {}
     assert json.loads(ok(env, "get", "bgppeers", "-o", "json").stdout)["items"] == []
 

@@ -232,3 +232,106 @@ def test_service_routes_are_not_installed_and_never_open_a_pool():
     assert decide.rejection(decide.Learned("10.244.1.5/32", "10.0.0.254", "p"), policy).reason == \
         "next-hop-not-a-node"
     assert decide.SERVICE not in decide.REASONS
+
+
+def test_listen_port_of_each_node_is_where_its_peers_connect():
+    n3 = node("n3", "10.0.0.3/24")
+    configs = [config(listenPort=1179), r.parse({"apiVersion": "routed.io/v1", "kind": "BGPConfiguration",
+                                                  "metadata": {"name": "node.n3"}, "spec": {"listenPort": 2179}})]
+    got = peers.desired_peers(NODES[0], NODES + [n3], configs, [peer("by-ip", "10.0.0.3", 64512, node="a"),
+                                                                  peer("router", "192.0.2.9", 65100)])
+    assert [(p.address, p.kind, p.port) for p in got] == [
+        ("10.0.0.2", "mesh", 1179), ("10.0.0.3", "node", 2179), ("10.0.1.3", "mesh", 1179),
+        ("192.0.2.9", "global", 179)]
+    assert peers.local_speaker(n3, configs).listen_port == 2179
+    text = exabgp.render(peers.local_speaker(NODES[0], configs), got, "helper").text
+    # ExaBGP connects to its own listen port (1179) unless told: the others are said.
+    assert "connect 179;" in text and "connect 2179;" in text and "connect 1179;" not in text
+
+
+def peer_selector(name, selector, **spec):
+    return r.parse({"apiVersion": "routed.io/v1", "kind": "BGPPeer", "metadata": {"name": name},
+                    "spec": {"peerSelector": selector, **spec}})
+
+
+def test_peer_selector_peers_both_ends_with_their_own_as():
+    a1 = node("a1", "10.0.0.1/24", asn=65001, labels={"rack": "a"})
+    a2 = node("a2", "10.0.0.2/24", labels={"rack": "a"})
+    b1 = node("b1", "10.0.0.3/24", labels={"rack": "b"})
+    everyone = [a1, a2, b1]
+    mesh_off = [config(nodeToNodeMeshEnabled=False, listenPort=1179)]
+    to_rack_a = peer_selector("b-to-a", "rack == 'a'", nodeSelector="rack == 'b'", keepaliveTime=5)
+
+    def seen(me):
+        return [(p.address, p.as_number, p.kind, p.name, p.port, p.hold_time)
+                for p in peers.desired_peers(me, everyone, mesh_off, [to_rack_a])]
+
+    assert seen(b1) == [("10.0.0.1", 65001, "node", "b-to-a", 1179, 15), ("10.0.0.2", 64512, "node", "b-to-a", 1179, 15)]
+    # a1 and a2 are selected: they answer b1, and only b1 (not each other).
+    assert seen(a1) == [("10.0.0.3", 64512, "node", "b-to-a", 1179, 15)]
+    assert seen(a2) == [("10.0.0.3", 64512, "node", "b-to-a", 1179, 15)]
+    within_a = peer_selector("rack-a", "rack == 'a'", nodeSelector="rack == 'a'")
+    assert [p.address for p in peers.desired_peers(a1, everyone, mesh_off, [within_a])] == ["10.0.0.2"]
+    assert peers.desired_peers(b1, everyone, mesh_off, [within_a]) == []
+
+
+def test_source_address_none_renders_no_fixed_local_address():
+    me = peers.local_speaker(NODES[0], [])
+    got = peers.desired_peers(NODES[0], NODES, [config(nodeToNodeMeshEnabled=False)],
+                              [peer("tor", "10.0.0.254", 65001, sourceAddress="None")])
+    assert [p.source_address for p in got] == ["None"]
+    text = exabgp.render(me, got, "helper").text
+    assert "local-address auto;" in text and "router-id 10.0.0.1;" in text
+    mesh = exabgp.render(me, peers.desired_peers(NODES[0], NODES, [], []), "helper").text
+    assert "local-address auto" not in mesh and mesh.count("local-address 10.0.0.1;") == 2
+
+
+def test_communities_go_with_every_prefix_inside_an_advertised_cidr():
+    from bgp import communities
+
+    spec = config(communities=[{"name": "rack", "value": "65001:100"}, {"name": "big", "value": "65001:7:8"}],
+                  prefixAdvertisements=[{"cidr": "10.244.0.0/16", "communities": ["rack", "65001:20"]},
+                                        {"cidr": "10.244.0.0/17", "communities": ["big", "rack"]},
+                                        {"cidr": "10.96.0.10/32", "communities": ["65001:9"]}]).spec
+    got = communities.attributes(["10.244.1.0/26", "10.244.200.0/26", "10.96.0.10/32", "10.97.0.0/26",
+                                  "10.244.0.0/16"], spec.community_values())
+    assert got == {"10.244.1.0/26": " community [65001:20 65001:100] large-community [65001:7:8]",
+                   "10.244.200.0/26": " community [65001:20 65001:100]",
+                   "10.96.0.10/32": " community [65001:9]", "10.97.0.0/26": "",
+                   "10.244.0.0/16": " community [65001:20 65001:100]"}
+    lines = announce_commands("announce", list(got), got)
+    assert "announce attributes next-hop self nlri 10.97.0.0/26" in lines
+    assert ("announce attributes next-hop self community [65001:20 65001:100] nlri 10.244.0.0/16 10.244.200.0/26"
+            in lines)
+    assert len(lines) == 4
+
+
+def test_a_peer_ip_that_is_a_nodes_own_makes_that_node_answer():
+    # Calico's automatic reverse peering: b answers a, whose BGPPeer names b's address and AS.
+    a_to_b = peer("a-to-b", "10.0.0.2", 64512, node="a")
+    mesh_off = [config(nodeToNodeMeshEnabled=False)]
+    assert [(p.address, p.name) for p in peers.desired_peers(NODES[0], NODES, mesh_off, [a_to_b])] == \
+        [("10.0.0.2", "a-to-b")]
+    assert [(p.address, p.name) for p in peers.desired_peers(NODES[1], NODES, mesh_off, [a_to_b])] == \
+        [("10.0.0.1", "a-to-b")]
+    assert peers.desired_peers(NODES[2], NODES, mesh_off, [a_to_b]) == []
+    # Another AS than b's: a router that happens to have that address, not b.
+    assert peers.desired_peers(NODES[1], NODES, mesh_off, [peer("x", "10.0.0.2", 65000, node="a")]) == []
+
+
+def test_peer_selector_peers_over_both_families_where_both_ends_have_them():
+    def dual(name, v4, v6, rack):
+        return r.parse({"apiVersion": "routed.io/v1", "kind": "Node", "metadata": {"name": name, "labels": {"rack": rack}},
+                        "spec": {"bgp": {"ipv4Address": v4, "ipv6Address": v6}}})
+
+    a1, a2 = dual("a1", "10.0.0.1/24", "fd00::1/64", "a"), dual("a2", "10.0.0.2/24", "fd00::2/64", "a")
+    v4_only = node("a3", "10.0.0.3/24", labels={"rack": "a"})
+    within_a = peer_selector("rack-a", "rack == 'a'", nodeSelector="rack == 'a'")
+    mesh_off = [config(nodeToNodeMeshEnabled=False)]
+    assert [p.address for p in peers.desired_peers(a1, [a1, a2, v4_only], mesh_off, [within_a])] == \
+        ["10.0.0.2", "10.0.0.3", "fd00::2"]
+    assert [p.address for p in peers.desired_peers(v4_only, [a1, a2, v4_only], mesh_off, [within_a])] == \
+        ["10.0.0.1", "10.0.0.2"]
+    # A BGPPeer by peerIP is answered over its own family only.
+    by_v6 = peer("a1-to-a2", "fd00::2", 64512, node="a1")
+    assert [p.address for p in peers.desired_peers(a2, [a1, a2], mesh_off, [by_v6])] == ["fd00::1"]

@@ -158,7 +158,6 @@ spec:
 
 
 @pytest.mark.parametrize("field,value,named", [
-    ("peerSelector", "route-reflector == 'true'", "no route reflectors"),
     ("keepOriginalNextHop", "true", "next hop is always the node"),
     ("nextHopMode", "Self", "next hop is always the node"),
     ("localASNumber", "64999", "one local AS per node"),
@@ -247,6 +246,32 @@ metadata: {name: node.node-1}
 spec: {logSeverityScreen: Debug, serviceClusterIPs: [], communities: []}
 """)
     assert config.node_name == "node-1" and config.spec.log_severity == "Debug"
+
+
+def test_peer_selector_and_communities_carry_over():
+    rr = converted("""
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: peer-with-route-reflectors}
+spec:
+  nodeSelector: all()
+  peerSelector: route-reflector == 'true'
+""")
+    assert (rr.spec.peer_selector, rr.spec.node_selector, rr.spec.peer_ip) == ("route-reflector == 'true'", "all()",
+                                                                              None)
+    config = converted("""
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  communities:
+  - name: bgp-large-community
+    value: 63400:300:100
+  prefixAdvertisements:
+  - cidr: 172.218.4.0/26
+    communities: [bgp-large-community, 63400:120]
+""")
+    assert config.spec.community_values() == [("172.218.4.0/26", ("63400:300:100", "63400:120"))]
 
 
 @pytest.mark.parametrize("kind", ["IPAMConfiguration", "IPAMConfig"])

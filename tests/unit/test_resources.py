@@ -135,7 +135,7 @@ INVALID = [
     ("as-asdot-trans", peer(asNumber="0.23456"), "spec.asNumber", "AS_TRANS"),
     ("as-float", peer(asNumber=1.5), "spec.asNumber", "not an AS number"),
     ("as-bool", peer(asNumber=True), "spec.asNumber", "not an AS number"),
-    ("as-missing", doc("BGPPeer", {"peerIP": "192.0.2.1"}), "spec.asNumber", "field is required"),
+    ("as-missing", doc("BGPPeer", {"peerIP": "192.0.2.1"}), "spec.asNumber", "required with peerIP"),
     ("as-config", doc("BGPConfiguration", {"asNumber": 0}, name="default"), "spec.asNumber", "range"),
     ("as-node", node(asNumber=23456), "spec.bgp.asNumber", "AS_TRANS"),
     # BGPPeer
@@ -155,7 +155,30 @@ INVALID = [
      "spec.password.secretKeyRef.name", "not a valid name"),
     ("keepalive-eq-hold", peer(holdTime=30, keepaliveTime=30), "spec.keepaliveTime", "less than hold time 30s"),
     ("keepalive-gt-hold", peer(holdTime="1m", keepaliveTime="2m"), "spec.keepaliveTime", "120s"),
-    ("keepalive-default", peer(holdTime=20), "spec.keepaliveTime", "keepalive time 30s"),
+    ("keepalive-given-hold-default", peer(keepaliveTime=20, holdTime=20), "spec.keepaliveTime", "less than"),
+    ("peer-ip-missing", doc("BGPPeer", {"asNumber": 65001}, name="p"), "spec.peerIP", "or peerSelector"),
+    ("peer-as-missing", doc("BGPPeer", {"peerIP": "192.0.2.1"}, name="p"), "spec.asNumber", "required with peerIP"),
+    ("peer-selector-and-ip", peer(peerSelector="rr == 'true'"), "spec.peerSelector", "not both"),
+    ("peer-selector-bad", doc("BGPPeer", {"peerSelector": "rr = 'x'"}, name="p"), "spec.peerSelector",
+     "invalid selector"),
+    ("community-value", doc("BGPConfiguration", {"communities": [{"name": "a", "value": "65536:1"}]}, name="default"),
+     "spec.communities[0].value", "at most 65535"),
+    ("community-value-text", doc("BGPConfiguration", {"communities": [{"name": "a", "value": "no-export"}]},
+                                 name="default"), "spec.communities[0].value", "aa:nn"),
+    ("community-large", doc("BGPConfiguration", {"communities": [{"name": "a", "value": "1:2:4294967296"}]},
+                            name="default"), "spec.communities[0].value", "at most 4294967295"),
+    ("community-name", doc("BGPConfiguration", {"communities": [{"name": "a b", "value": "1:2"}]}, name="default"),
+     "spec.communities[0].name", "not a community name"),
+    ("community-twice", doc("BGPConfiguration", {"communities": [{"name": "a", "value": "1:2"},
+                                                                 {"name": "a", "value": "1:3"}]}, name="default"),
+     "spec.communities[1].name", "defined twice"),
+    ("advertisement-unknown", doc("BGPConfiguration", {"prefixAdvertisements": [
+        {"cidr": "10.0.0.0/8", "communities": ["1:2", "nosuch"]}]}, name="default"),
+     "spec.prefixAdvertisements[0].communities[1]", '"nosuch" is neither a name in spec.communities'),
+    ("advertisement-cidr", doc("BGPConfiguration", {"prefixAdvertisements": [
+        {"cidr": "10.0.0.0/33", "communities": ["1:2"]}]}, name="default"), "spec.prefixAdvertisements[0].cidr", ""),
+    ("advertisement-empty", doc("BGPConfiguration", {"prefixAdvertisements": [
+        {"cidr": "10.0.0.0/8", "communities": []}]}, name="default"), "spec.prefixAdvertisements[0].communities", ""),
     ("keepalive-zero", peer(keepaliveTime=0), "spec.keepaliveTime", "at least 1s"),
     ("hold-2", peer(holdTime=2, keepaliveTime=1), "spec.holdTime", "0 (no keepalives) or 3-65535"),
     ("hold-big", peer(holdTime=65536), "spec.holdTime", "3-65535"),
@@ -307,6 +330,18 @@ def test_peer_ip_forms(text, address, port):
 def test_hold_time_durations(value, seconds):
     hold = parse(peer(holdTime=value, keepaliveTime=1)).spec.hold_time
     assert hold == seconds
+
+
+@pytest.mark.parametrize("spec, hold, keepalive", [
+    ({}, 90, 30), ({"keepaliveTime": "5s"}, 15, 5), ({"holdTime": 20}, 20, 6), ({"holdTime": 3}, 3, 1),
+    ({"keepaliveTime": 30000}, 65535, 30000), ({"holdTime": 180, "keepaliveTime": 20}, 180, 20),
+])
+def test_hold_and_keepalive_time_follow_each_other(spec, hold, keepalive):
+    # Calico's BGPPeer has keepaliveTime only: the hold time is three of them (RFC 4271's ratio).
+    s = parse(peer(**spec)).spec
+    assert (s.hold_time, s.keepalive_time) == (hold, keepalive)
+    again = parse(parse(peer(**spec)).to_dict()).spec
+    assert (again.hold_time, again.keepalive_time) == (hold, keepalive)
 
 
 def test_hold_time_zero_disables_keepalive_check():
