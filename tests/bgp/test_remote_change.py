@@ -111,4 +111,6 @@ def test_a_burst_of_updates_is_judged_as_a_batch_not_once_per_update(tmp_path_fa
         cluster.wait(lambda: received() == BURST, what=f"a to receive all {BURST} routes")
         judged = counters(a)[("routed_bgp_route_judgements_total", "")]
         print(f"{BURST} routes in as many UPDATEs: a judged its routes {judged:.0f} times")
-        assert judged < BURST / 3, f"a judged its routes {judged:.0f} times for {BURST} UPDATEs"
+        # Once per UPDATE was 269 of 300; batched it is ~50 idle and up to ~125 on a loaded
+        # machine (fewer updates wait in each batch when the reader keeps up).
+        assert judged < BURST / 2, f"a judged its routes {judged:.0f} times for {BURST} UPDATEs"
