@@ -137,7 +137,7 @@ if [ "$(cat "$dest/.ready" 2>/dev/null)" != "$TRIM_VERSION" ] || [ ! -f "$kimg" 
       check_module "$dep" "$2"
     done
   }
-  for module in ipip wireguard; do check_module "$module" "$module"; done
+  for module in ipip wireguard sctp; do check_module "$module" "$module"; done
   echo "$TRIM_VERSION" > "$dest/.ready"
 fi
 

@@ -222,7 +222,7 @@ def _cases() -> list[Case]:
         _tcp80(R().expect(xa, "*/*", False).expect("*/*", "x/b", False)))
     add("SCTP is not TCP",
         [knp("p", "x", {"pod": "a"}, ingress=[{"ports": [tcp(80, proto="SCTP")]}])],
-        _tcp80(R().expect("*/*", xa, False)))
+        [Probe(80, "TCP", R().expect("*/*", xa, False)), Probe(80, "SCTP", R())])
     add("TCP is not allowed by a UDP-only policy",
         [knp("p", "x", {"pod": "a"}, ingress=[{"ports": [tcp(81, proto="UDP")]}])],
         [Probe(81, "TCP", R().expect("*/*", xa, False)), Probe(81, "UDP", R())])
@@ -236,6 +236,20 @@ def _cases() -> list[Case]:
         [knp("p", "x", {"pod": "a"}, ingress=[{"from": [nss(**{NS_LABEL: "y"})], "ports": [tcp(81, proto="SCTP")]}])],
         [Probe(80, "SCTP", R().expect("*/*", xa, False)),
          Probe(81, "SCTP", R().expect("*/*", xa, False).expect("y/*", xa, True))])
+    add("default-deny-ingress [SCTP]", [knp("deny", "x", ingress=[])],
+        [Probe(80, "SCTP", R().expect("*/*", "x/*", False))])
+    add("only from a pod in a different namespace by podSelector and namespaceSelector [SCTP]",
+        [knp("p", "x", {"pod": "a"}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {NS_LABEL: "y"}},
+                                                          "podSelector": {"matchLabels": {"pod": "a"}}}]}])],
+        [Probe(80, "SCTP", R().expect("*/*", xa, False).expect("y/a", xa, True))])
+    add("multiple ports with endPort [SCTP]",
+        [knp("p", "x", {"pod": "a"}, ingress=[{"ports": [tcp(70, 79, proto="SCTP"), tcp(81, 90, proto="SCTP")]}])],
+        [Probe(80, "SCTP", R().expect("*/*", xa, False)), Probe(81, "SCTP", R()),
+         Probe(81, "TCP", R().expect("*/*", xa, False))])
+    add("ingress on one named port [SCTP]",
+        [knp("p", "x", ingress=[{"ports": [tcp("serve-81-sctp", proto="SCTP")]}])],
+        [Probe(81, "SCTP", R()), Probe(80, "SCTP", R().expect("*/*", "x/*", False)),
+         Probe(81, "TCP", R().expect("*/*", "x/*", False))])
     add("any port on a specific protocol",
         [knp("p", "x", {"pod": "a"}, ingress=[{"ports": [{"protocol": "UDP"}]}])],
         [Probe(80, "TCP", R().expect("*/*", xa, False)), Probe(80, "UDP", R()), Probe(81, "UDP", R())])

@@ -1,16 +1,17 @@
 """Run a pytest selection INSIDE a virtme-ng VM that boots Debian's stock kernel.
 
-This machine's kernel has no ipip or wireguard module, so IPIP and WireGuard's kernel
-device are tested in a VM: Debian's
+This machine's kernel has no ipip, wireguard or sctp module, so IPIP, WireGuard's kernel
+device and network policy over SCTP are tested in a VM: Debian's
 linux-image-amd64 kernel (fetched and unpacked by scripts/vm-kernel.sh), booted by
 virtme-ng under qemu without KVM (the host's /dev/kvm cannot run a stock kernel). The
 guest sees the host filesystem read-only, with the repository mounted read-write (9p,
 cache=loose: see REPO_TAG below); it
-loads ipip and wireguard, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
+loads MODULES, then runs the project's venv pytest with ``-m vm`` and ``ROUTED_IN_VM=1``.
 
     .venv/bin/python tests/vm/run_in_vm.py [PATH ...] [-- PYTEST_ARGS ...]
 
-With no PATH, runs every guest file (DEFAULT_PATHS): one boot for all. Exits with the guest pytest's exit code.
+With no PATH, runs every guest file (DEFAULT_PATHS), one boot for all. Exits with the
+guest pytest's exit code.
 If the VM cannot be prepared or started, or the guest never reports back, it exits
 non-zero with a message saying so: this never skips.
 """
@@ -28,9 +29,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PATHS = ["tests/vm/guest_ipip.py", "tests/vm/guest_wireguard.py"]
+# Every guest test file: tests/vm/test_ipip_vm.py runs them all in ONE boot (each boot
+# costs 30-60 s without KVM) and reports each file on its own. A new file is one line here.
+DEFAULT_PATHS = [
+    "tests/vm/guest_ipip.py",
+    "tests/vm/guest_wireguard.py",
+    "tests/vm/guest_policy_sctp.py",
+]
 # The modules the guest tests need; the guest loads them before pytest starts.
-MODULES = ("ipip", "wireguard")
+MODULES = ("ipip", "wireguard", "sctp")
 KERNEL_SCRIPT = REPO / "scripts" / "vm-kernel.sh"
 # The guest prints this after its pytest ends; without it the VM failed, not the tests.
 SENTINEL = "ROUTED-GUEST-EXIT="
@@ -38,8 +45,10 @@ SENTINEL = "ROUTED-GUEST-EXIT="
 EXIT_NO_VM = 90          # could not prepare or start the VM, or the guest never reported
 EXIT_NO_MODULE = 91      # the guest kernel would not load one of MODULES
 # Measured on 2 cores: guest reaches its script ≈ 8-9 s after start, the whole IPIP run
-# ≈ 26-35 s idle, up to ≈ 60 s with the machine busy (TCG suffers most from contention).
-DEFAULT_TIMEOUT = float(os.environ.get("ROUTED_VM_TIMEOUT", "300"))
+# ≈ 26-35 s idle, up to ≈ 60 s with the machine busy (TCG suffers most from contention);
+# with the SCTP policy cluster too, minutes on a busy machine (load 20: the guest reached
+# its script after 47 s). The timeout only catches a hung VM.
+DEFAULT_TIMEOUT = float(os.environ.get("ROUTED_VM_TIMEOUT", "900"))
 
 
 class VMError(RuntimeError):
@@ -81,7 +90,10 @@ def guest_script(paths: list[str], pytest_args: list[str], repo: Path = REPO,
     report its exit code on a line of its own."""
     python = repo / ".venv" / "bin" / "python"
     pytest_cmd = shlex.join(
-        [str(python), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", *pytest_args, *paths]
+        # -r...p: every test's outcome in the short summary, for parse_results; the slowest
+        # tests' times, because the VM lane is the slow one.
+        [str(python), "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", "-rfEsxXp", "--durations=8",
+         *pytest_args, *paths]
     )
     q_repo = shlex.quote(str(repo))
     fail = f"{{ echo '{SENTINEL}{EXIT_NO_VM}'; exit {EXIT_NO_VM}; }}"
@@ -224,6 +236,22 @@ def parse_summary(output: str) -> dict[str, int]:
                 counts[word] = counts.get(word, 0) + int(n)
             return counts
     return {}
+
+
+_OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED(?: \[\d+\])?) ([\w./-]+\.py)\b(.*)$")
+
+
+def parse_results(output: str) -> dict[str, dict[str, list[str]]]:
+    """Per test file, its outcomes from the short summary (``-rfEsxXp``), each with the
+    rest of its line: {"tests/vm/guest_ipip.py": {"passed": ["::test_x"]}}. A file
+    absent from the result ran nothing (or was not collected)."""
+    results: dict[str, dict[str, list[str]]] = {}
+    for line in output.splitlines():
+        m = _OUTCOME.match(line.strip())
+        if m:
+            outcome = m.group(1).split()[0].lower()
+            results.setdefault(m.group(2), {}).setdefault(outcome, []).append(m.group(3).strip())
+    return results
 
 
 def main(argv: list[str]) -> int:
