@@ -17,9 +17,25 @@ from pathlib import Path
 from routed.lab import procs, topology
 
 ROUTED = str(Path(sys.executable).with_name("routed"))
+ROUTEDCTL = str(Path(sys.executable).with_name("routedctl"))
 
 
 from routed.lab.ports import free_port  # noqa: E402
+
+
+SHOP_POLICY = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-cli, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: cli}}}]
+"""
 
 
 class LabRun:
@@ -45,6 +61,21 @@ class LabRun:
 
     def state(self) -> dict:
         return json.loads((self.dir / "lab.json").read_text())
+
+    def ctl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """routedctl against the lab's etcd."""
+        env = {**self.env, "ROUTED_ETCD_ENDPOINTS": self.state()["etcd"]["endpoint"]}
+        proc = subprocess.run([ROUTEDCTL, *args], input=input, env=env, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"routedctl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def add_shop(self, placements: tuple[tuple[str, str, str], ...]) -> None:
+        """Pods (node, name, app label) in namespace shop, and SHOP_POLICY: only app=cli may
+        reach app=web."""
+        for node, name, app in placements:
+            self.run("pod", "add", node, name, "--namespace", "shop", "--labels", f"app={app}")
+        self.ctl("apply", "-f", "-", input=SHOP_POLICY)
 
     def _remember(self) -> None:
         """Every PID the lab recorded, and their children: down must leave none of them."""

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,18 +23,7 @@ from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
-ROUTEDCTL = str(Path(sys.executable).with_name("routedctl"))
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def ctl(lab: LabRun, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**lab.env, "ROUTED_ETCD_ENDPOINTS": lab.state()["etcd"]["endpoint"]}
-    proc = subprocess.run([ROUTEDCTL, *args], env=env, capture_output=True, text=True, timeout=60)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"routedctl {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def node(lab: LabRun, name: str) -> dict:
@@ -63,7 +51,7 @@ def wait_until(predicate, timeout: float, what: str, details=lambda: ""):
 
 
 def ipam_check(lab: LabRun) -> dict:
-    return json.loads(ctl(lab, "ipam", "check", "-o", "json").stdout)
+    return json.loads(lab.ctl("ipam", "check", "-o", "json").stdout)
 
 
 def children_of(pid: int) -> list[int]:
@@ -117,8 +105,8 @@ def test_node_leaves_its_routes_are_withdrawn_and_other_pods_unaffected(lab):
     os.kill(agent, signal.SIGTERM)
     # An agent still running registers its Node again (it is alive): delete it once gone.
     wait_until(lambda: not procs.alive(agent, f"{lab.dir}/"), 60, "node3's agent to stop")
-    ctl(lab, "delete", "node", "node3")
-    assert "node3" not in ctl(lab, "get", "nodes").stdout
+    lab.ctl("delete", "node", "node3")
+    assert "node3" not in lab.ctl("get", "nodes").stdout
     from ipam.allocator import IPAM
     from routed.datastore.etcd import EtcdKV
 
@@ -286,11 +274,11 @@ def test_misconfigured_peer_shows_in_node_status_and_nothing_else_breaks(lab, tm
             "spec": {"peerIP": "10.10.1.1", "asNumber": 65099, "nodeSelector": "rack == '1'"}}
     path = tmp_path / "peer.json"
     path.write_text(json.dumps(peer))
-    ctl(lab, "apply", "-f", str(path))
+    lab.ctl("apply", "-f", str(path))
     agent = f"http://127.0.0.1:{node(lab, 'node1')['health_port']}"
 
     def tor_session() -> dict | None:
-        out = ctl(lab, "-o", "json", "node", "status", "--agent", agent, check=False)
+        out = lab.ctl("-o", "json", "node", "status", "--agent", agent, check=False)
         try:
             data = json.loads(out.stdout)
         except ValueError:
@@ -303,9 +291,9 @@ def test_misconfigured_peer_shows_in_node_status_and_nothing_else_breaks(lab, tm
 
     bad = wait_until(lambda: (lambda p: p if p and p.get("state") != "up" and "bad peer AS" in json.dumps(p)
                               else None)(tor_session()), 60, "node1's ToR session to show the bad AS",
-                     lambda: ctl(lab, "node", "status", "--agent", agent, check=False).stdout)
+                     lambda: lab.ctl("node", "status", "--agent", agent, check=False).stdout)
     assert bad["state"] != "up"
-    text = ctl(lab, "node", "status", "--agent", agent).stdout
+    text = lab.ctl("node", "status", "--agent", agent).stdout
     assert "bad peer AS" in text, text
     # Nothing else breaks: the mesh is up, and every pod reaches every other.
     status = lab.status()

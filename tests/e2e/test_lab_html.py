@@ -6,12 +6,10 @@ the DOM names every node, ToR and BGP session; the JSON and the page come from o
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from tests.e2e.labutil import LabRun, up_retrying
-from tests.e2e.test_lab_policy import POLICY, ROUTEDCTL
 from tests.support.browser import expected_cells, is_blank, matrix_cells, missing_from_dom
 from tests.support.wait import eventually
 
@@ -20,12 +18,7 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
 def test_lab_drawn_and_seen_in_chromium(lab: LabRun, browser, tmp_path):
     up_retrying(lab, "--nodes", "3", "--racks", "2")
-    for node, name, app in (("node1", "web", "web"), ("node3", "cli", "cli"), ("node2", "other", "other")):
-        lab.run("pod", "add", node, name, "--namespace", "shop", "--labels", f"app={app}")
-    env = {**lab.env, "ROUTED_ETCD_ENDPOINTS": lab.state()["etcd"]["endpoint"]}
-    applied = subprocess.run([ROUTEDCTL, "apply", "-f", "-"], input=POLICY, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert applied.returncode == 0, applied.stderr
+    lab.add_shop((("node1", "web", "web"), ("node3", "cli", "cli"), ("node2", "other", "other")))
     page = tmp_path / "lab.html"
     last = {}
 

@@ -4,10 +4,6 @@ the policy blocks as such (not as failures)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from tests.e2e.labutil import LabRun
@@ -15,30 +11,9 @@ from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
-ROUTEDCTL = str(Path(sys.executable).with_name("routedctl"))
-POLICY = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {team: shop}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-from-cli, namespace: shop}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: cli}}}]
-"""
-
-
 def test_policy_across_nodes_and_status_marks_blocked_pairs(lab: LabRun):
     lab.run("up", "--nodes", "2", "--racks", "1")
-    for node, name, app in (("node1", "web", "web"), ("node2", "cli", "cli"), ("node2", "other", "other")):
-        lab.run("pod", "add", node, name, "--namespace", "shop", "--labels", f"app={app}")
-    env = {**lab.env, "ROUTED_ETCD_ENDPOINTS": lab.state()["etcd"]["endpoint"]}
-    applied = subprocess.run([ROUTEDCTL, "apply", "-f", "-"], input=POLICY, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert applied.returncode == 0, applied.stderr
+    lab.add_shop((("node1", "web", "web"), ("node2", "cli", "cli"), ("node2", "other", "other")))
     # Each status tries a blocked pair once: wait until the agents have the policy.
     reach = eventually(lambda: (lambda r: r if r["matrix"]["node2/other"]["node1/web"] == "policy" else None)(
         lab.status()["reachability"]), timeout=60, what="the policy enforced on node1")

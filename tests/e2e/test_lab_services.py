@@ -10,8 +10,6 @@ racks; each ToR peers with its rack's two nodes and with the other ToR.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
-ROUTEDCTL = str(Path(sys.executable).with_name("routedctl"))
 CLUSTER_LB, LOCAL_LB = "10.98.0.10/32", "10.98.0.20/32"
 
 
@@ -42,10 +39,7 @@ def endpoint_slice(ready: dict[str, bool]) -> dict:
 
 
 def apply(lab: LabRun, docs: list[dict]) -> None:
-    env = {**lab.env, "ROUTED_ETCD_ENDPOINTS": lab.state()["etcd"]["endpoint"]}
-    done = subprocess.run([ROUTEDCTL, "apply", "-f", "-"], input=json.dumps(docs), env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    lab.ctl("apply", "-f", "-", input=json.dumps(docs))
 
 
 def ecmp(state: dict, rack: dict, prefix: str) -> set[str]:
