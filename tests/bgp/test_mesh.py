@@ -20,10 +20,7 @@ def test_three_node_mesh_pods_reach_each_other(cluster):
         cluster.wait(lambda: cluster.sessions_up(node, 2), what=f"{node.name}'s 2 BGP sessions")
     blocks = {node.name: [line.split()[1] for line in node.routes(201).splitlines() if line.startswith("blackhole")]
               for node in nodes}
-    for node in nodes:
-        others = [(o, b) for o in nodes if o is not node for b in blocks[o.name]]
-        cluster.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
-                     what=f"{node.name} to learn the others' blocks")
+    cluster.wait_direct_routes(nodes, blocks)
     for (pod, _), node in zip(pods, nodes):
         for _, ip in pods:
             assert pod.run("ping", "-c1", "-W2", ip, check=False).returncode == 0, f"{node.name} -> {ip}"

@@ -52,10 +52,7 @@ def setup(tmp_path_factory):
         pods = [node.add_pod("p") for node in nodes]
         for node in nodes:
             cluster.wait(lambda: node.blocks(), what=f"{node.name}'s block")
-        for node in nodes:
-            others = [(o, b) for o in nodes if o is not node for b in o.blocks()]
-            cluster.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
-                         what=f"{node.name} to learn the other blocks")
+        cluster.wait_direct_routes(nodes)
         yield cluster, tor, nodes, pods
 
 

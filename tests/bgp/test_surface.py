@@ -25,10 +25,7 @@ def learn_each_other(cluster, nodes) -> None:
     """Every node installs every other node's blocks via that node, and pods answer."""
     for node in nodes:
         cluster.wait(lambda: node.blocks(), what=f"{node.name}'s block")
-    for node in nodes:
-        others = [(o, b) for o in nodes if o is not node for b in o.blocks()]
-        cluster.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
-                     what=f"{node.name} to learn the others' blocks")
+    cluster.wait_direct_routes(nodes)
     for node in nodes:
         pod = node.pods[0][1]
         for other in nodes:

@@ -164,6 +164,15 @@ class Cluster:
     def wait(self, predicate, timeout: float = 60.0, what: str = "condition"):
         return eventually(predicate, what, timeout, 0.2, details=self.logs)
 
+    def wait_direct_routes(self, nodes: list[Node], blocks: dict[str, list[str]] | None = None) -> None:
+        """Until every node has every other node's blocks (by default what each node holds
+        now) installed straight via that node's address."""
+        blocks = blocks if blocks is not None else {node.name: node.blocks() for node in nodes}
+        for node in nodes:
+            others = [(o, b) for o in nodes if o is not node for b in blocks[o.name]]
+            self.wait(lambda: all(f"{b} via {o.ip} dev eth0" in node.routes() for o, b in others),
+                      what=f"{node.name} to learn the others' blocks")
+
     def sessions_up(self, node: Node, count: int) -> bool:
         try:
             return sum(p["state"] == "up" for p in node.peers()) >= count
