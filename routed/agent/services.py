@@ -50,7 +50,10 @@ class KubeServices:
 
         self._services = Informer(kube, "services", watch_timeout=watch_timeout, on_change=changed)
         self._slices = Informer(kube, "endpointslices", watch_timeout=watch_timeout, on_change=changed)
-        self._bad: dict[tuple, str] = {}  # (kind, namespace, name, resourceVersion) -> why, logged once
+        # (kind, namespace, name) -> (resourceVersion, the parsed object or None if refused):
+        # every BGP event asks for all of them, but only a changed object is validated again
+        # (and a refused one logged again).
+        self._parsed: dict[tuple, tuple[str | None, object | None]] = {}
 
     def start(self) -> KubeServices:
         self._services.start("informer-services")
@@ -69,20 +72,30 @@ class KubeServices:
 
     def _parse(self, cls, objects: list[dict]) -> list:
         """Each object validated alone: a bad one is left out (logged once), never the rest."""
-        out = []
+        out, seen = [], set()
         for obj in objects:
-            try:
-                out.append(from_api(cls, obj))
-            except (pydantic.ValidationError, TypeError) as err:
-                meta = (obj.get("metadata") or {}) if isinstance(obj, dict) else {}
-                key = (cls.kind_name, meta.get("namespace"), meta.get("name"), meta.get("resourceVersion"))
-                if key not in self._bad:
-                    why = str(err).splitlines()[0] if isinstance(err, TypeError) else \
-                        r.format_validation_error(cls.kind_name, meta.get("name"), err)
-                    self._bad[key] = why
-                    log.warning("%s %s/%s not used for service advertisement: %s", cls.kind_name,
-                                meta.get("namespace"), meta.get("name"), why)
+            meta = (obj.get("metadata") or {}) if isinstance(obj, dict) else {}
+            key, version = (cls.kind_name, meta.get("namespace"), meta.get("name")), meta.get("resourceVersion")
+            seen.add(key)
+            cached = self._parsed.get(key)
+            if cached is None or cached[0] != version:
+                cached = self._parsed[key] = (version, self._validate(cls, obj, meta))
+            if cached[1] is not None:
+                out.append(cached[1])
+        for key in [k for k in self._parsed if k[0] == cls.kind_name and k not in seen]:
+            del self._parsed[key]
         return out
+
+    @staticmethod
+    def _validate(cls, obj, meta: dict):
+        try:
+            return from_api(cls, obj)
+        except (pydantic.ValidationError, TypeError) as err:
+            why = str(err).splitlines()[0] if isinstance(err, TypeError) else \
+                r.format_validation_error(cls.kind_name, meta.get("name"), err)
+            log.warning("%s %s/%s not used for service advertisement: %s", cls.kind_name,
+                        meta.get("namespace"), meta.get("name"), why)
+            return None
 
 
 class ServiceAnnouncer:
