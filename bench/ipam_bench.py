@@ -12,6 +12,11 @@ writing a block and the handle, no read).
     8 nodes, 4 blocks   as above on a pool of 4 blocks, so half    vs the same, on a fresh etcd
                         the nodes borrow; each op also releases
 
+A second reference, "bare transaction", in the scenarios with one transaction per allocation:
+the same writers sending the allocator's transaction (a block value of the size it writes and
+a handle record, 2 compares, the failure reads) with no allocator code; the most any allocator
+that writes each allocation in its own transaction can reach there.
+
 Every scenario runs on a fresh etcd, on which the reference, the baseline and this code
 take turns ROUNDS times. The lines print lost transactions (IPAM.stats["conflict"], each one
 a retry) per allocation. Prints only; never asserts.
@@ -45,6 +50,9 @@ POOL = {"cidr": "10.128.0.0/14", "blockSize": 26}  # 4096 blocks: never runs out
 CONTENDED_POOL = {"cidr": "10.9.0.0/26", "blockSize": 28}
 CONTENDED_HOLD = 6
 WARMUP = 20
+# The sizes "after" writes in the sequential scenario: its largest block value (printed on its
+# line) and a handle record with the bench's attributes.
+SHAPE = (3200, 190)
 ROUNDS = 3  # the reference and each implementation take turns, per scenario
 
 
@@ -65,6 +73,29 @@ def cas_writer(kv, key: str, size: int = 64):
             state["rev"] = result.results[0].mod_revision
 
     return op, state
+
+
+def shape_writer(kv, index: int, block_bytes: int, handle_bytes: int):
+    """The allocator's transaction without the allocator: compare the block's revision and a
+    new handle's absence, put both (values of the sizes given), the same failure reads. What
+    one allocation costs etcd and the client library, whatever the allocator's code does."""
+    from itertools import count
+
+    from routed.datastore import Compare, Op
+
+    block, handle = b"x" * block_bytes, b"h" * handle_bytes
+    bkey = f"/bench/shape/{index}/block"
+    kv.put(bkey, b"0")
+    state = {"rev": kv.get(bkey).mod_revision}
+    ids = count()
+
+    def op():
+        hkey = f"/bench/shape/{index}/handles/{os.getpid()}-{next(ids)}"
+        result = kv.txn([Compare.mod(bkey, state["rev"]), Compare.absent(hkey)],
+                        [Op.put(bkey, block), Op.put(hkey, handle)], [Op.get(bkey), Op.get(hkey)])
+        state["rev"] = result.revision
+
+    return op
 
 
 def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None = None, prefix: str = ""):
@@ -110,8 +141,11 @@ def _worker(kind: str, impl: str | None, label: str, url: str, index: int, durat
     from routed.datastore.etcd import EtcdKV
 
     kv = EtcdKV([url])
-    if kind == "cas":
-        op, state = cas_writer(kv, f"/bench/cas/{index}")
+    if kind in ("cas", "shape"):
+        if kind == "cas":
+            op, state = cas_writer(kv, f"/bench/cas/{index}")
+        else:
+            op, state = shape_writer(kv, index, *SHAPE), {"lost": 0}
         for _ in range(WARMUP):
             op()
         barrier.wait()
@@ -217,10 +251,14 @@ def _run(kind: str, writers: int, ref_writers: int, duration: float, impls: dict
         make_pools(kv, list(impls))
         kv.close()
         runs: dict[str, list] = {"cas": [], **{label: [] for label in impls}}
+        if kind == "ipam":
+            runs["shape"] = []
         for _ in range(ROUNDS):
             runs["cas"].append(measure("cas", etcd.url, duration, ref_writers))
             for label, impl in impls.items():
                 runs[label].append(measure(kind, etcd.url, duration, writers, impl, label))
+            if "shape" in runs:
+                runs["shape"].append(measure("shape", etcd.url, duration, writers))
         return {label: _sum(r) for label, r in runs.items()}
 
 
@@ -258,6 +296,19 @@ def main() -> None:
                         f"{stats.get('release_conflict', 0)} lost" if stats.get("release_txn") else "")
                      + f"; largest block value {stats.get('blockBytes', 0)} B; client CPU "
                      f"{stats.get('cpu_us', 0) / max(ops, 1):.0f} us per allocation")
+                releases = stats.get("release_txn", 0) - stats.get("release_conflict", 0)
+                if releases:
+                    # Each op here is an ADD and a DEL: two IPAM changes, where a CAS writer makes one.
+                    changes = rate * (ops + releases) / ops
+                    note(f"  counting releases too (each a CNI DEL, one IPAM change like an allocation): "
+                         f"{changes:.1f} changes/s, {changes / ref_rate:.2f}x the reference")
+            if "shape" in got:
+                rate, _, stats = got["shape"]
+                report(f"{title} [bare transaction]", rate, ref_rate, "ops/s")
+                note(f"  {writers} writer(s) of the allocator's transaction alone (a {SHAPE[0]} B block and a "
+                     f"{SHAPE[1]} B handle, 2 compares, no allocator code): the most an allocator writing one "
+                     f"such transaction per allocation can reach; "
+                     f"client CPU {stats.get('cpu_us', 0) / max(got['shape'][1], 1):.0f} us per txn")
             note(f"  reference: {ref_writers} raw CAS writer(s) of 64 B, {ref_ops} txns, {ref_stats['conflict']} lost, "
                  f"client CPU {ref_stats.get('cpu_us', 0) / max(ref_ops, 1):.0f} us per txn"
                  + (f"; after/before: {ratios['after'] / ratios['before']:.2f}x" if len(ratios) == 2 else ""))

@@ -90,6 +90,7 @@ class _Request:
     done: bool = False
     result: Allocation | None = None
     error: BaseException | None = None
+    wake: threading.Event | None = None  # set when served or handed the lead; only callers that wait have one
 
     @property
     def group(self) -> tuple:
@@ -98,9 +99,13 @@ class _Request:
 
     def succeed(self, result: Allocation) -> None:
         self.result, self.done = result, True
+        if self.wake is not None:
+            self.wake.set()
 
     def fail(self, error: BaseException) -> None:
         self.error, self.done = error, True
+        if self.wake is not None:
+            self.wake.set()
 
 
 @dataclass
@@ -118,11 +123,14 @@ class IPAM:
         self._lock = threading.Lock()  # one caller at a time talks to etcd for allocations
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []  # allocate() calls not served yet (group commit)
+        self._leading = False  # a caller is serving the queue, or about to
         self._handles: dict[str, tuple[Handle, int]] = {}  # handle -> (record, revision) as we wrote it
         self._borrowable: list[str] | None = None  # block keys of the last borrow's listing
         self._full_until: dict[tuple, float] = {}  # candidate pools -> until when no block is left to claim
+        self._no_room_until: dict[str, float] = {}  # node -> until when its blocks are taken as full
         self._blocks: dict[str, _Cached] = {}  # block key -> as we last saw it
         self._affine: dict[str, list[str]] = {}  # node -> its block keys
+        self._roomy: dict[str, str] = {}  # node -> the block key it last allocated from
         self._config_at = -1e9
         self._pools: list[tuple[r.IPPool, int]] = []
         self._ipam_config = r.IPAMConfig.model_validate({"metadata": {"name": "default"}})
@@ -216,17 +224,39 @@ class IPAM:
         request = _Request(handle, node, attrs, num, tuple(pools or ()), version,
                            tuple(sorted((node_labels or {}).items())))
         with self._queue_lock:
+            lead = not self._leading
+            if not lead:  # made before the request is queued, where a leader could take it
+                request.wake = threading.Event()
             self._queue.append(request)
-        with self._lock:
-            if not request.done:
-                # Our request is still queued: whoever takes a request serves it before
-                # letting go of the lock. Take it and everything queued behind it.
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._serve(batch)
+            self._leading = True
+        if not lead:
+            # Woken when served, or when the leader hands the lead on to us.
+            request.wake.wait()
+        if not request.done:
+            self._lead()
         if request.error is not None:
             raise request.error
         return request.result
+
+    def _lead(self) -> None:
+        """Serve everything queued (ours included), then hand the lead to the first caller
+        queued meanwhile. The callers served wait on their own event, not on the lock: when
+        they had to pass through the lock one by one to learn they were served, the leader
+        came back with its next request before they did and served it alone (batches of 1-2
+        with 16 callers)."""
+        try:
+            with self._lock:
+                # Taken once the lock is ours, so that callers arriving while another user
+                # of the lock (a release) held it join this batch.
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._serve(batch)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # still leading: that caller serves the next batch
+                else:
+                    self._leading = False
 
     def _serve(self, batch: list[_Request]) -> None:
         """Serve every request of batch (the lock is held): compatible requests (same node,
@@ -238,11 +268,14 @@ class IPAM:
             for start in range(0, len(members), GROUP_MAX):
                 chunk = members[start:start + GROUP_MAX]
                 try:
-                    if len(chunk) > 1:
-                        self._group_commit(chunk)
-                    for request in chunk:
-                        if not request.done:
-                            self._serve_one(request)
+                    pending = chunk
+                    while pending:
+                        # As many as the first block with room for two or more takes; when
+                        # none has (a block just filled up), one alone, which may claim the
+                        # next block, and the rest group into that.
+                        if len(pending) < 2 or not self._group_commit(pending):
+                            self._serve_one(pending[0])
+                        pending = [q for q in pending if not q.done]
                 finally:
                     for request in chunk:  # whatever happened, nobody waits forever
                         if not request.done:
@@ -255,28 +288,30 @@ class IPAM:
         except Exception as err:  # the caller's error, raised in the caller's thread
             q.fail(err)
 
-    def _group_commit(self, chunk: list[_Request]) -> None:
-        """All of chunk from one affine block in one transaction, assuming every handle is
-        new (as for every first ADD). Leaves the requests undone (for _serve_one) when no
-        block has room for all or a compare failed; fails them all when etcd does."""
+    def _group_commit(self, chunk: list[_Request]) -> int:
+        """The first members of chunk that fit in one affine block, in one transaction,
+        assuming every handle is new (as for every first ADD): how many were served. 0 leaves
+        them all undone (for _serve_one): no block had room for two, or a compare failed.
+        An etcd error fails them all."""
         first = chunk[0]
-        handles = {q.handle for q in chunk}
-        if len(handles) < len(chunk):
-            return  # one handle twice (a retried ADD racing itself): one put per key per txn
+        if len({q.handle for q in chunk}) < len(chunk):
+            return 0  # one handle twice (a retried ADD racing itself): one put per key per txn
         try:
             candidates = self.pools_for(dict(first.labels), list(first.pools) or None, first.version,
                                         node=first.node)
-            wanted = sum(q.num for q in chunk)
-            for bkey in self._affine_blocks(first.node):
+            for bkey in self._roomy_first(first.node):
                 cached = self._blocks.get(bkey)
-                if cached is None or cached.block.free < wanted:
-                    continue
+                if (cached is None or cached.block.free < first.num + chunk[1].num
+                        or cached.block.affinity != affinity_of(first.node)):
+                    continue  # full, or no longer the node's (released and claimed by another)
                 pool = _pool_of(cached.block.cidr, candidates)
                 if pool is None:
                     continue
                 block = cached.block.copy()
                 compare, ops, got, records = [Compare.mod(bkey, cached.revision)], [], [], []
                 for q in chunk:
+                    if block.free < q.num:
+                        break
                     ips = block.assign(q.num, q.handle, _block_attrs(q.attrs))
                     record = Handle(q.handle, attrs=q.attrs)
                     record.add(block.cidr, len(ips))
@@ -291,19 +326,22 @@ class IPAM:
                     # The block moved on, or a handle exists: each request finds out alone.
                     self.stats["conflict"] += 1
                     self._recache(bkey, result.results[0])
-                    return
+                    return 0
                 self._blocks[bkey] = _Cached(block, result.revision)
                 for record in records:
                     self._wrote_handle(record, result.revision)
-                self.stats["grouped"] += len(chunk)
+                self.stats["grouped"] += len(got)
+                self._roomy[first.node] = bkey
                 for q, ips in zip(chunk, got):
                     q.succeed(Allocation(q.handle, ips, pool.metadata.name))
-                return
+                return len(got)
         except Exception as err:
             # Nothing of the transaction is known to be written; each caller's CNI ADD fails
             # and is retried, and finds its handle if the transaction was applied after all.
             for q in chunk:
                 q.fail(err)
+            return len(chunk)
+        return 0
 
     def _wrote_handle(self, record: Handle, revision: int) -> None:
         """Keep a handle record as written, so its release needs no read (release_handle)."""
@@ -327,6 +365,7 @@ class IPAM:
         # Assume the handle is new, as it is for every first ADD; a failed transaction's
         # failure branch tells us otherwise, so the steady state reads nothing first.
         held = _HandleState(handle, Handle(handle), 0)
+        looked_again = False
         for _ in range(RETRIES):
             if held.revision:
                 existing = self._existing(handle, held.record, candidates, version)
@@ -342,6 +381,9 @@ class IPAM:
                 if outcome is not None:
                     return outcome
             else:
+                if not looked_again and self._no_room_until.pop(node, None) is not None:
+                    looked_again = True  # the node's blocks were taken as full from cache
+                    continue
                 raise PoolExhausted([c.pool.metadata.name for c in candidates], node)
         raise Conflict(f"IPAM: could not allocate for {handle} after {RETRIES} tries; etcd is too busy")
 
@@ -386,14 +428,23 @@ class IPAM:
         return None
 
     def _from_affine(self, held, node, attrs, num, candidates):
-        for bkey in self._affine_blocks(node):
+        for bkey in self._roomy_first(node):
             cached = self._blocks.get(bkey)
             if cached is None or cached.block.free < num:
-                continue  # the node's full blocks, passed over on every allocation
+                continue
             outcome = self._write_to(bkey, held, node, attrs, num, candidates, borrowing=False)
             if outcome is not None:
+                if isinstance(outcome, Allocation):
+                    self._roomy[node] = bkey
                 return outcome
         return None
+
+    def _roomy_first(self, node: str) -> list[str]:
+        """The node's block keys, the one last allocated from first: a node with many full
+        blocks passes over them only when that one fills up, not on every allocation."""
+        bkeys = self._affine_blocks(node)
+        hint = self._roomy.get(node)
+        return [hint, *bkeys] if hint in self._blocks else bkeys
 
     def _write_to(self, bkey: str, held, node, attrs, num, candidates, borrowing: bool):
         """The allocation in one cached block, None when it has no room (or is not usable).
@@ -418,9 +469,19 @@ class IPAM:
         return _RETRY
 
     def _refreshed_affine(self, held, node, attrs, num, candidates):
-        """Before taking a new block, look again: another process may have freed addresses."""
+        """Before taking a new block, look again: another process may have freed addresses.
+
+        Once a second at most while looking again finds no room: a node that borrows (its
+        blocks full, the pool taken) would otherwise list its affinities and re-read its
+        blocks on every allocation. The cost of not looking is a claim or a borrow that an
+        address freed by another process within that second would have spared."""
+        if self._clock() < self._no_room_until.get(node, 0.0) and not self._config()[1].strict_affinity:
+            return None  # (with strictAffinity the next steps may refuse: always look again)
         self._forget(node)
-        return self._from_affine(held, node, attrs, num, candidates)
+        outcome = self._from_affine(held, node, attrs, num, candidates)
+        if outcome is None:
+            self._no_room_until[node] = self._clock() + _CONFIG_TTL
+        return outcome
 
     def _forget(self, node: str) -> None:
         """Re-read the node's affinities next time; cached blocks are revalidated by revision."""
@@ -770,6 +831,7 @@ class IPAM:
         with self._lock:
             self._forget(node)
             self._full_until.clear()
+            self._no_room_until.clear()
         return done
 
     def empty_blocks(self, node: str | None = None) -> list[tuple[str, int]]:
@@ -798,6 +860,7 @@ class IPAM:
         if ok:
             with self._lock:
                 self._full_until.clear()  # room to claim a block again
+                self._no_room_until.clear()
                 self._blocks.pop(bkey, None)
                 for bkeys in self._affine.values():
                     if bkey in bkeys:
@@ -871,8 +934,17 @@ def _decode_resource(cls, item: KeyValue):
     return ResourceStore._decode(cls, item)
 
 
+_stamp: tuple[int, str] = (-1, "")
+
+
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The time of an allocation, to the second (formatted once per second: strftime was a
+    tenth of the allocator's own CPU time)."""
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _stamp[1]
 
 
 __all__ = ["IPAM", "Allocation", "EmptyBlockReaper"]

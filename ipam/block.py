@@ -288,16 +288,21 @@ class Block:
         if not isinstance(attributes, list):
             raise bad("attributes must be a list")
         own = affinity[5:] if affinity and affinity.startswith("host:") else None
+        # The loops below run over every address of every block an agent or allocator reads,
+        # so they test types directly (a JSON value is exactly a dict, list, str or int).
         for i, attr in enumerate(attributes):
-            if isinstance(attr, dict) and attr.keys() == {"handle"}:
+            if type(attr) is dict and len(attr) == 1 and "handle" in attr:
                 if own is None:
                     raise bad(f"attributes[{i}] has no 'secondary', which only a block affine to "
                               f"a host may leave out (for its own node's addresses)")
-                attr = attributes[i] = {"handle": attr["handle"], "secondary": {"node": own}}
-            if not isinstance(attr, dict) or attr.keys() != _ATTR_FIELDS:
+                if type(attr["handle"]) is not str or not attr["handle"]:
+                    raise bad(f"attributes[{i}]: handle must be a non-empty string, got {attr['handle']!r}")
+                attributes[i] = {"handle": attr["handle"], "secondary": {"node": own}}
+                continue
+            if type(attr) is not dict or attr.keys() != _ATTR_FIELDS:
                 raise bad(f"attributes[{i}] must be an object with exactly "
                           f"'handle' and 'secondary'")
-            if not isinstance(attr["secondary"], dict):
+            if type(attr["secondary"]) is not dict:
                 raise bad(f"attributes[{i}]: secondary must be an object")
             try:
                 _check_handle(attr["handle"])
@@ -311,13 +316,12 @@ class Block:
         if len(allocations) != size:
             raise bad(f"allocations has {len(allocations)} entries, "
                       f"block {cidr} has {size} addresses")
+        count = len(attributes)
         for o, index in enumerate(allocations):
-            if index is None:
-                continue
-            if not _is_int(index) or not 0 <= index < len(attributes):
+            if index is not None and (type(index) is not int or not 0 <= index < count):
                 raise bad(f"allocations[{o}] = {index!r} is not an index into "
-                          f"attributes (0..{len(attributes) - 1})")
-        unused = set(range(len(attributes))) - set(allocations)
+                          f"attributes (0..{count - 1})")
+        unused = set(range(count)) - set(allocations)
         if unused:
             raise bad(f"attributes entry(ies) {_few(sorted(unused))} used by no allocation")
 
@@ -326,7 +330,7 @@ class Block:
             raise bad("unallocated must be a list")
         seen: set[int] = set()
         for o in unallocated:
-            if not _is_int(o) or not 0 <= o < size:
+            if type(o) is not int or not 0 <= o < size:
                 raise bad(f"unallocated holds {o!r}, not an ordinal of {cidr} "
                           f"(0..{size - 1})")
             if o in seen:
@@ -334,8 +338,8 @@ class Block:
             if allocations[o] is not None:
                 raise bad(f"ordinal {o} is both allocated and unallocated")
             seen.add(o)
-        lost = [o for o in range(size) if allocations[o] is None and o not in seen]
-        if lost:
+        if len(seen) != allocations.count(None):  # some free ordinal is not in the free list
+            lost = [o for o in range(size) if allocations[o] is None and o not in seen]
             raise bad(f"ordinal(s) {_few(lost)} are neither allocated nor unallocated")
 
         return cls(cidr=cidr, affinity=affinity, allocations=allocations,

@@ -20,6 +20,7 @@ key levels.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -57,7 +58,10 @@ def cidr_segment(cidr) -> str:
     return str(cidr).replace("/", "-")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def cidr_from_segment(text: str):
+    # Cached: a claim parses every block key of the cluster, and an agent every block key
+    # it hears of; ipaddress objects are immutable, so callers may share them.
     return ipaddress.ip_network(text.replace("-", "/"), strict=True)
 
 

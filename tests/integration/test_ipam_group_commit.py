@@ -83,7 +83,9 @@ def test_a_lost_race_fails_the_group_transaction_and_every_caller_still_gets_a_d
         threads, outcomes = queued_callers(ipam)
         rival = other.allocate("net.rival.eth0", NODE)
     join(threads)
-    assert ipam.stats["conflict"] >= 1 and ipam.stats["grouped"] == 0  # the group's compare failed
+    # The group's compare failed; the first caller then went alone (with the block the failure
+    # branch brought), and the other callers grouped again after it.
+    assert ipam.stats["conflict"] == 1 and ipam.stats["grouped"] == CALLERS - 1
     ips = [a.ips[0] for a in outcomes.values()] + rival.ips
     assert len(set(ips)) == CALLERS + 1, outcomes
     assert check(kv).clean
@@ -106,6 +108,49 @@ def test_a_failed_transaction_fails_every_caller_and_loses_nothing(ipam, kv, etc
     retried = {h: ipam.allocate(h, NODE) for h in outcomes}
     assert len({a.ips[0] for a in retried.values()}) == CALLERS
     assert all(a.reused == bool(handles) for a in retried.values())
+    assert check(kv).clean
+
+
+def test_callers_that_do_not_all_fit_fill_the_block_together_and_group_again_in_the_next(kv):
+    ResourceStore(kv).create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPPool", "metadata": {"name": "p"},
+                                      "spec": {"cidr": "10.20.0.0/16", "blockSize": 28}}))
+    ipam = IPAM(kv)
+    for i in range(10):  # 6 of the block's 16 addresses left
+        ipam.allocate(f"net.early{i}.eth0", NODE)
+    before = dict(ipam.stats)
+    with ipam._lock:
+        threads, outcomes = queued_callers(ipam)
+    join(threads)
+    assert len({a.ips[0] for a in outcomes.values()}) == CALLERS
+    # 6 together in the first block, 1 alone claiming the next, the other 5 together in it.
+    assert ipam.stats["txn"] - before["txn"] == 3 and ipam.stats["grouped"] == CALLERS - 1
+    assert check(kv).clean
+
+
+def test_callers_served_return_while_the_leader_still_holds_the_lock(ipam, kv):
+    """The convoy this design avoids: when served callers had to take the allocator's lock
+    one by one to learn they were served, the leader came back with its next request before
+    they did and served it alone (batches of 1 and 11, every other one, with 12 callers)."""
+    import time
+
+    waited = []
+    serve = ipam._serve
+
+    def serve_then_wait(batch):
+        ipam._serve = serve  # the first batch only
+        serve(batch)
+        # Still holding the lock: every other caller of the batch returns meanwhile, or never.
+        deadline = time.monotonic() + 10
+        while len(outcomes) < len(batch) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited.append(len(outcomes))
+
+    ipam._serve = serve_then_wait
+    with ipam._lock:
+        threads, outcomes = queued_callers(ipam)
+    join(threads)
+    assert waited == [CALLERS - 1], waited
+    assert len({a.ips[0] for a in outcomes.values()}) == CALLERS
     assert check(kv).clean
 
 

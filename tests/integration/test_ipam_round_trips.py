@@ -64,13 +64,45 @@ def test_a_borrower_does_not_list_every_block_per_allocation(kv):
     borrower = IPAM(kv, clock=frozen)
     first = borrower.allocate("net.b0.eth0", "borrower")
     assert first.borrowed == first.ips
-    lists = []
+    lists, own = [], []
     for i in range(1, 6):
         allocation, used = requests_during(kv, lambda: borrower.allocate(f"net.b{i}.eth0", "borrower"))
         assert allocation.borrowed == allocation.ips
         lists.append(used.get(("range", "ipam/blocks"), 0))
-    # The listing of the first borrow is reused while its blocks have room.
+        own.append(used.get(("range", "ipam/affinity"), 0))
+    # The listing of the first borrow is reused while its blocks have room, and the node's
+    # own affinities (it has none) are not listed again on every allocation either.
     assert sum(lists) == 0, lists
+    assert sum(own) == 0, own
+    assert check(kv).clean
+
+
+def test_an_address_freed_by_another_process_is_found_before_the_pool_is_called_exhausted(kv):
+    """The node's blocks are taken as full from cache for a second after a look found them
+    full; before giving up, it looks once more."""
+    from ipam.errors import PoolExhausted
+
+    make_pool(kv, "one", "10.33.0.0/28", 28)  # one block of 16
+    ipam = IPAM(kv, clock=frozen)
+    for i in range(16):
+        ipam.allocate(f"net.a{i}.eth0", NODE)
+    with pytest.raises(PoolExhausted):
+        ipam.allocate("net.a16.eth0", NODE)
+    freed = IPAM(kv).release_handle("net.a3.eth0")  # another process (the controller's GC, routedctl)
+    assert ipam.allocate("net.a16.eth0", NODE).ips == freed
+    assert check(kv).clean
+
+
+def test_with_strict_affinity_an_address_freed_by_another_process_is_used_at_once(kv):
+    make_pool(kv, "p", "10.34.0.0/24", 28)
+    ResourceStore(kv).create(r.parse({"apiVersion": "routed.io/v1", "kind": "IPAMConfig",
+                                      "metadata": {"name": "default"},
+                                      "spec": {"maxBlocksPerHost": 1, "strictAffinity": True}}))
+    ipam = IPAM(kv, clock=frozen)
+    for i in range(16):
+        ipam.allocate(f"net.a{i}.eth0", NODE)
+    freed = IPAM(kv).release_handle("net.a5.eth0")
+    assert ipam.allocate("net.a16.eth0", NODE).ips == freed  # not TooManyBlocks
     assert check(kv).clean
 
 

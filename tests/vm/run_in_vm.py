@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Every guest test file: tests/vm/test_ipip_vm.py runs them all in ONE boot (each boot
+# Every guest test file: tests/vm/test_vm_lane.py runs them all in ONE boot (each boot
 # costs 30-60 s without KVM) and reports each file on its own. A new file is one line here.
 DEFAULT_PATHS = [
     "tests/vm/guest_ipip.py",
