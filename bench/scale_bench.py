@@ -168,7 +168,7 @@ def _add_pods(ipam, n: int, seconds: float) -> float:
             time.sleep(due - now)
         ip = ipam.allocate(f"sim.{k % n}.load{k}.eth0", f"sim{k % n}").ips[0]
         endpoint = model.Endpoint("default", f"load{k}", {"app": "load"}, (str(ip),), "eth0", f"sim{k % n}", ())
-        ipam.kv.put(keys.workload("default", f"load{k}"), endpoint_json(endpoint, f"c{k}").encode())
+        ipam.kv.put(keys.workload(f"sim{k % n}", "default", f"load{k}"), endpoint_json(endpoint, f"c{k}").encode())
         k += 1
     return k / (time.monotonic() - start)
 

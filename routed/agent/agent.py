@@ -36,6 +36,7 @@ from .podnet import HostDataplane
 from .presence import NodePresence
 from .services import KubeServices, ServiceAnnouncer, StoredServices
 from .spool import LastAdds, PendingReleases, replay_shim_spool
+from .workloads import WorkloadCollector
 from .wireguard import WireGuard
 
 log = logging.getLogger("routed.agent")
@@ -317,6 +318,7 @@ class Agent:
             self._spawn("bgp", self.bgp.run)
         for controller in (
                 Every("cni-spool", 10.0, self._replay_spool),
+                Every("workloads", c.resync, WorkloadCollector(self.kv, c.node_name, self.dataplane.link_names).sweep),
                 Loop("releases", 5.0, lambda stop, beat: self.pending.run(self.ipam.release_handle, stop, beat)),
                 BlockRoutes(self.kv, self.dataplane, c.node_name, c.resync),
                 Every("nat-outgoing", 10.0, nat.sync, cleanup=nat.cleanup),

@@ -129,6 +129,11 @@ class HostDataplane:
                             return f"{addr.address}/{addr.prefixlen}"
         return None
 
+    def link_names(self) -> set[str]:
+        """The names of the node's interfaces."""
+        with Rtnl(self.netns) as sock:
+            return set(sock.links().values())
+
     def address_with_prefix(self, ip: str) -> str | None:
         """``ip`` with the prefix of the interface address that is ``ip`` (the subnet
         decides CrossSubnet), None when no interface holds it."""

@@ -82,7 +82,12 @@ def handle(handle_id: str) -> str:
 def workload(node: str, namespace: str, pod: str) -> str:
     # Under the node, as Calico keys its workload endpoints: a node writes only its own
     # records, and two nodes never overwrite each other's (the lab names pods per node).
-    return f"{WORKLOADS}{segment(node, 'node name')}/{segment(namespace, 'namespace')}/{segment(pod, 'pod name')}"
+    return f"{workloads_of(node)}{segment(namespace, 'namespace')}/{segment(pod, 'pod name')}"
+
+
+def workloads_of(node: str) -> str:
+    """The prefix of one node's workload records."""
+    return f"{WORKLOADS}{segment(node, 'node name')}/"
 
 
 def leader(name: str) -> str:

@@ -24,6 +24,7 @@ from cni import wire
 from ipam.allocator import IPAM
 from routed import resources as r
 from routed.agent.spool import PendingReleases
+from routed.datastore import keys
 from routed.datastore.resources import ResourceStore
 from routed.dataplane.names import host_veth_name
 from routed.errors import RoutedError
@@ -373,3 +374,31 @@ def test_cleanup_on_stop_undoes_what_the_controllers_installed(node, pods):
     agent.stop()
     assert "blackhole" not in host.run("ip", "route", "show", "proto", "201").stdout
     assert not nat_installed(agent)
+
+
+# -- a DEL that could not reach etcd leaves no workload record behind ------------------------
+
+
+def test_a_workload_record_a_del_could_not_remove_is_collected_once_its_veth_is_gone(etcd, node, pods):
+    """etcd down (connections refused, so the DEL is answered in time and nobody replays it):
+    the DEL tears the pod down and queues its release, but cannot remove the pod's record."""
+    agent = node("192.0.2.46/24", "10.59.0.0/16", "--resync", "1")
+    kv = etcd.client()
+    gone, alive = pods(), pods()
+    assert add(agent, "wl-gone", gone)[0] == 0
+    assert add(agent, "wl-alive", alive)[0] == 0
+    gone_key, alive_key = (keys.workload("node-0", "ns1", pod) for pod in ("wl-gone", "wl-alive"))
+    assert kv.get(gone_key) is not None and kv.get(alive_key) is not None
+    etcd.kill()
+    try:
+        code, _, raw = delete(agent, "wl-gone", gone)
+        assert code == 0, raw
+    finally:
+        etcd.launch()
+        etcd.wait_serving(15)
+    log = agent.log.read_text()
+    assert "workload endpoint not removed" in log and "replayed spooled DEL" not in log, log[-2000:]
+    eventually(lambda: kv.get(gone_key) is None, "the gone pod's record collected", timeout=30,
+               details=lambda: agent.log.read_text()[-2000:])
+    assert kv.get(alive_key) is not None  # a running pod's record stays
+    assert held(kv, "wl-alive")
