@@ -231,7 +231,11 @@ class IPAM:
             self._leading = True
         if not lead:
             # Woken when served, or when the leader hands the lead on to us.
-            request.wake.wait()
+            try:
+                request.wake.wait()
+            except BaseException:  # interrupted (^C in a CLI): never leave the queue without a leader
+                self._withdraw(request)
+                raise
         if not request.done:
             self._lead()
         if request.error is not None:
@@ -257,6 +261,17 @@ class IPAM:
                     self._queue[0].wake.set()  # still leading: that caller serves the next batch
                 else:
                     self._leading = False
+
+    def _withdraw(self, request: _Request) -> None:
+        """Take a waiting caller's request back; if it was handed the lead, pass that on."""
+        with self._queue_lock:
+            if request in self._queue:
+                self._queue.remove(request)
+                if request.wake.is_set():  # handed the lead: the queue needs another leader
+                    if self._queue:
+                        self._queue[0].wake.set()
+                    else:
+                        self._leading = False
 
     def _serve(self, batch: list[_Request]) -> None:
         """Serve every request of batch (the lock is held): compatible requests (same node,

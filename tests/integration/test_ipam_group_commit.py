@@ -166,3 +166,51 @@ def test_one_handle_queued_twice_is_served_alone_and_gets_one_address(ipam, kv):
     assert len(results) == 2 and results[0].ips == results[1].ips
     assert Handle.from_json(kv.get(keys.handle("net.same.eth0")).value, key="h").total == 1
     assert check(kv).clean
+
+
+def test_a_waiting_caller_interrupted_after_being_handed_the_lead_passes_it_on(ipam, kv, monkeypatch):
+    """A caller that leaves while waiting (^C in a CLI) must not leave the queue without a
+    leader: everyone queued behind it would wait forever."""
+    import threading as th
+
+    from ipam import allocator as alloc
+
+    class Interrupted(BaseException):
+        pass
+
+    class InterruptedOnWake(th.Event):
+        def wait(self, timeout=None):  # the first waiter: interrupted as soon as it is woken
+            super().wait(timeout)
+            raise Interrupted()
+
+    event = th.Event
+    monkeypatch.setattr(alloc.threading, "Event",
+                        lambda: InterruptedOnWake() if th.current_thread().name == "quitter" else event())
+    outcomes: dict[str, object] = {}
+
+    def call(handle: str) -> None:
+        try:
+            outcomes[handle] = ipam.allocate(handle, NODE)
+        except BaseException as err:  # recorded for the test to look at
+            outcomes[handle] = err
+
+    serve = ipam._serve
+
+    def serve_once_both_queued(batch):  # the leader serves itself while the other two queue
+        ipam._serve = serve
+        eventually(lambda: len(ipam._queue) == 2, "two callers queued behind the leader")
+        serve(batch)
+
+    ipam._serve = serve_once_both_queued
+    threads = [th.Thread(target=call, args=("net.leader.eth0",), daemon=True)]
+    threads[0].start()
+    eventually(lambda: ipam._leading and not ipam._queue, "the leader serving")
+    for handle in ("net.quitter.eth0", "net.next.eth0"):  # handed the lead first, then the next
+        threads.append(th.Thread(target=call, args=(handle,), daemon=True, name=handle.split(".")[1]))
+        threads[-1].start()
+        eventually(lambda h=handle: any(q.handle == h for q in ipam._queue), f"{handle} queued")
+    join(threads)
+    assert isinstance(outcomes["net.quitter.eth0"], Interrupted)
+    assert outcomes["net.leader.eth0"].ips and outcomes["net.next.eth0"].ips
+    assert not ipam._leading and not ipam._queue
+    assert check(kv).clean
