@@ -190,7 +190,7 @@ class Agent:
         what `routedctl apply` stored in etcd (a resource change there resyncs BGP anyway)."""
         if self.kube is None:
             return StoredServices(self.store)
-        self.service_informers = KubeServices(self.kube, lambda: self.bgp.events.put(("services", None)))
+        self.service_informers = KubeServices(self.kube, lambda: self.bgp.services_changed())
         return self.service_informers  # started once self.bgp exists
 
     def _start_policy(self):

@@ -167,6 +167,8 @@ class BGPController:
         self.subnets = tuple(ipaddress.ip_interface(a).network for a in (node_address, node_address6) if a)
         self.bgp_dir, self.secrets_dir, self.resync = bgp_dir, secrets_dir, resync
         self.events: queue.Queue = queue.Queue()
+        self._services_queued = False  # a "services" event is queued and not taken yet
+        self._services_lock = threading.Lock()
         self.link = HelperLink(socket_path, self.events)
         self.helper_command = f"{sys.executable} -m bgp.helper --socket {socket_path}"
         self.status: dict[str, PeerStatus] = {}
@@ -233,6 +235,7 @@ class BGPController:
                 if kind == "helper":
                     self.on_helper(payload)
                 elif kind == "services":  # Kubernetes changed a Service or EndpointSlice
+                    self._took_services_event()
                     self._update_services()
                     self.refresh(program=False)
                 elif kind == "helper-gone":
@@ -247,6 +250,20 @@ class BGPController:
             except Exception:
                 log.exception("bgp: unexpected error")
         self.link.stop()
+
+    def services_changed(self) -> None:
+        """A Service or EndpointSlice changed (the informers' threads call this): one event
+        queued however many changes arrive before the loop takes it, so a rollout's burst of
+        EndpointSlice updates recomputes the service plan once, not once per update."""
+        with self._services_lock:
+            if self._services_queued:
+                return
+            self._services_queued = True
+        self.events.put(("services", None))
+
+    def _took_services_event(self) -> None:
+        with self._services_lock:
+            self._services_queued = False  # a change from now on queues a new event
 
     def _drain_etcd(self, first: tuple[str, object]) -> tuple[bool, bool]:
         """Apply the etcd change just taken (first), then every one queued after it, in

@@ -110,3 +110,18 @@ def test_kubernetes_objects_keep_what_routed_reads_and_ignore_the_rest():
     assert svc.spec.all_cluster_ips() == [] and "ports" not in svc.to_dict()["spec"]
     eps = slice_("web", [("a", True)])
     assert eps.service_name == "web" and eps.ready_nodes() == {"a"}
+
+
+def test_a_burst_of_service_changes_queues_one_recomputation_and_a_later_change_another():
+    """The informers call services_changed() per Service/EndpointSlice event; a rollout sends
+    hundreds. The BGP loop takes one event for all that arrived before it took it."""
+    from routed.agent.bgp import BGPController
+
+    bgp = BGPController(None, None, None, "node-1", "192.0.2.1/24", "/nonexistent", "/nonexistent/bgp.sock")
+    for _ in range(200):
+        bgp.services_changed()
+    assert list(bgp.events.queue) == [("services", None)]
+    bgp.events.get_nowait()
+    bgp._took_services_event()  # what the loop does when it takes the event
+    bgp.services_changed()  # a change after the loop took the event is not lost
+    assert list(bgp.events.queue) == [("services", None)]
