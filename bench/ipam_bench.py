@@ -86,7 +86,7 @@ def shape_writer(kv, index: int, block_bytes: int, handle_bytes: int):
     block, handle = b"x" * block_bytes, b"h" * handle_bytes
     bkey = f"/bench/shape/{index}/block"
     kv.put(bkey, b"0")
-    state = {"rev": kv.get(bkey).mod_revision}
+    state = {"rev": kv.get(bkey).mod_revision, "lost": 0}  # one writer per block: never lost
     ids = count()
 
     def op():
@@ -95,7 +95,7 @@ def shape_writer(kv, index: int, block_bytes: int, handle_bytes: int):
                         [Op.put(bkey, block), Op.put(hkey, handle)], [Op.get(bkey), Op.get(hkey)])
         state["rev"] = result.revision
 
-    return op
+    return op, state
 
 
 def allocator(ipam, node: str, hold: int | None = None, pools: list[str] | None = None, prefix: str = ""):
@@ -142,10 +142,7 @@ def _worker(kind: str, impl: str | None, label: str, url: str, index: int, durat
 
     kv = EtcdKV([url])
     if kind in ("cas", "shape"):
-        if kind == "cas":
-            op, state = cas_writer(kv, f"/bench/cas/{index}")
-        else:
-            op, state = shape_writer(kv, index, *SHAPE), {"lost": 0}
+        op, state = cas_writer(kv, f"/bench/cas/{index}") if kind == "cas" else shape_writer(kv, index, *SHAPE)
         for _ in range(WARMUP):
             op()
         barrier.wait()

@@ -35,6 +35,7 @@ TOR_PEERS_WITH_PASSWORDS = [
      "allowedPrefixes": ["0.0.0.0/0"]},
 ]
 RR_ADDRESSES = ["192.0.2.250/24", "192.0.2.251/24"]
+RR_ADDRESSES6 = ["fd00:10:0:1::250/64", "fd00:10:0:1::251/64"]
 
 # The matrix: each set is rendered once and goes through lint, kubernetes-validate and
 # routed's resource loader.
@@ -52,6 +53,10 @@ VALUE_SETS = {
                    "peerSelector": "route-reflector == 'true'"}]}},
     "peers-with-passwords": {"bgp": {"asNumber": 65000, "nodeToNodeMesh": False,
                                      "peers": TOR_PEERS_WITH_PASSWORDS}},
+    "route-reflectors-dual-stack": {"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES,
+                                                       "addresses6": RR_ADDRESSES6,
+                                                       "clientRanges6": ["fd00:10:0:1::/64"],
+                                                       "passwordSecret": {"name": "rr-bgp", "key": "password"}}},
     "route-reflectors-md5": {"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES,
                                                 "passwordSecret": {"name": "rr-bgp", "key": "password"},
                                                 "pools": [{"cidr": "10.244.0.0/16", "blockSize": 26},
@@ -174,6 +179,9 @@ BAD_VALUES = {
     "route-reflector-without-addresses": ({"routeReflector": {"enabled": True}}, "/routeReflector"),
     "route-reflector-bad-address": ({"routeReflector": {"enabled": True, "addresses": ["192.0.2.250"]}},
                                     "/routeReflector/addresses/0"),
+    "route-reflector-ipv4-as-ipv6": ({"routeReflector": {"enabled": True, "addresses": ["192.0.2.250/24"],
+                                                         "addresses6": ["192.0.2.9/24"]}},
+                                     "/routeReflector/addresses6/0"),
     "pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "unknown-key": ({"ippool": {"cidr": "10.1.0.0/16"}}, "ippool"),
     "log-level": ({"agent": {"logLevel": "verbose"}}, "/agent/logLevel"),
@@ -205,6 +213,11 @@ def test_schema_refuses_bad_values(case):
     ({"metrics": {"enabled": True, "controller": {"port": 9091}}},
      "metrics.agent.port and metrics.controller.port are both port 9091"),
     ({"metrics": {"enabled": True, "agent": {"port": 179}}}, "bgp.listenPort and metrics.agent.port"),
+    ({"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES, "addresses6": RR_ADDRESSES6}},
+     "routeReflector.addresses6 needs routeReflector.clientRanges6"),
+    ({"routeReflector": {"enabled": True, "addresses": RR_ADDRESSES, "addresses6": RR_ADDRESSES6[:1],
+                         "clientRanges6": ["fd00:10:0:1::/64"]}},
+     "routeReflector.addresses6 has 1 addresses, routeReflector.addresses 2"),
 ])
 def test_template_refuses_inconsistent_values(values, expected):
     assert expected in cu.render_error(values)
@@ -257,7 +270,8 @@ def test_resources_parse_with_routeds_loader(name):
     peers = {p.name: p for p in by_kind.get("BGPPeer", [])}
     rr = values["routeReflector"]
     # With MD5 on the reflector sessions, each reflector is a BGPPeer too (it carries the password).
-    rr_peers = {f"routed-route-reflector-{i}" for i in range(len(rr["addresses"]))} \
+    rr_peers = {f"routed-route-reflector-{i}{suffix}" for i in range(len(rr["addresses"]))
+                for suffix in ["", "-v6"][:1 + bool(rr["addresses6"])]} \
         if rr["enabled"] and rr["passwordSecret"] else set()
     assert set(peers) == {p["name"] for p in values["bgp"]["peers"]} | rr_peers
     for want in values["bgp"]["peers"]:
@@ -272,6 +286,8 @@ def test_resources_parse_with_routeds_loader(name):
     reflectors = by_kind.get("Node", [])
     if values["routeReflector"]["enabled"]:
         assert [n.spec.bgp.ipv4_address for n in reflectors] == values["routeReflector"]["addresses"]
+        assert [n.spec.bgp.ipv6_address for n in reflectors] == \
+            (values["routeReflector"]["addresses6"] or [None] * len(reflectors))
         assert {n.spec.bgp.route_reflector_cluster_id for n in reflectors} == {values["routeReflector"]["clusterID"]}
     else:
         assert reflectors == []
@@ -765,6 +781,34 @@ def test_route_reflector_bird_configs_parse(tmp_path):
         assert "bgp_next_hop = from && net ~ [ 10.244.0.0/16{26,26}, 10.244.0.0/16{32,32} ]" in text
         assert "password" not in text
         bird_parses(text, tmp_path, name)
+
+
+def test_dual_stack_route_reflectors_take_ipv6_blocks_on_ipv6_sessions(tmp_path):
+    rendered = cu.render(VALUE_SETS["route-reflectors-dual-stack"])
+    configs = rendered.get("ConfigMap", "routed-route-reflector")["data"]
+    for i, (name, text) in enumerate(sorted(configs.items())):
+        address, address6 = RR_ADDRESSES[i].split("/")[0], RR_ADDRESSES6[i].split("/")[0]
+        assert f"router id {address};" in text and f"local {address6} port 179 as 64512;" in text
+        assert "neighbor range fd00:10:0:1::/64 as 64512;" in text
+        # The chart's ipv6Pool by default, as blocks or single borrowed addresses.
+        assert "bgp_next_hop = from && net ~ [ fd00:10:244::/48{122,122}, fd00:10:244::/48{128,128} ]" in text
+        client6 = text.split("template bgp routed_client6")[1]
+        assert "import filter routed_blocks6;" in client6 and 'include "/run/bird/password.conf";' in client6
+        bird_parses(text, tmp_path, name)
+    for i, deploy in enumerate(sorted((d for d in rendered.all("Deployment") if "route-reflector" in d["metadata"]["name"]),
+                                      key=lambda d: d["metadata"]["name"])):
+        bird = rendered.container(deploy, "bird")
+        env = {e["name"]: e.get("value") for e in bird["env"]}
+        assert env["RR_ADDRESS6"] == RR_ADDRESSES6[i].split("/")[0]
+        assert 'ip -6 addr replace "$RR_ADDRESS6/128" dev "$dev" nodad' in bird["args"][0]
+
+
+def test_ipv4_only_route_reflectors_render_nothing_of_ipv6():
+    rendered = cu.render(VALUE_SETS["route-reflectors"])
+    for text in rendered.get("ConfigMap", "routed-route-reflector")["data"].values():
+        assert "ipv6" not in text and "routed_client6" not in text
+    for deploy in (d for d in rendered.all("Deployment") if "route-reflector" in d["metadata"]["name"]):
+        assert {e["name"]: e.get("value") for e in rendered.container(deploy, "bird")["env"]}["RR_ADDRESS6"] == ""
 
 
 def test_route_reflectors_are_not_open_to_the_world_by_default(tmp_path):
