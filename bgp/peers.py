@@ -69,15 +69,17 @@ def node_address(node: r.Node) -> str | None:
     return str(ipaddress.ip_interface(node.spec.bgp.ipv4_address).ip)
 
 
-def global_config(configs: list[r.BGPConfiguration], node_name: str):
-    """The node's BGPConfiguration: its own `node.<name>` one if present, else `default`."""
+def config_for(configs: list[r.BGPConfiguration], node_name: str):
+    """The node's BGP configuration: `default` (or the defaults), with what its own
+    `node.<name>` one overrides."""
     by_name = {c.metadata.name: c for c in configs}
-    chosen = by_name.get(f"node.{node_name}") or by_name.get("default")
-    return chosen.spec if chosen else r.BGPConfiguration.model_validate({"metadata": {"name": "default"}}).spec
+    default = by_name.get("default") or r.BGPConfiguration.model_validate({"metadata": {"name": "default"}})
+    own = by_name.get(f"node.{node_name}")
+    return own.overriding(default.spec) if own else default.spec
 
 
 def local_speaker(me: r.Node, configs: list[r.BGPConfiguration]) -> LocalSpeaker:
-    spec = global_config(configs, me.metadata.name)
+    spec = config_for(configs, me.metadata.name)
     address = node_address(me)
     if address is None:
         raise ValueError(f"node {me.metadata.name} has no spec.bgp.ipv4Address")
@@ -96,7 +98,7 @@ def _in_scope(spec, node: r.Node) -> bool:
 
 def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfiguration],
                   peers: list[r.BGPPeer]) -> list[Peer]:
-    spec = global_config(configs, me.metadata.name)
+    spec = config_for(configs, me.metadata.name)
     mine = {node_address(me), node_address6(me)} - {None}
     mine6 = node_address6(me) is not None
     i_am_reflector = bool(me.spec.bgp and me.spec.bgp.route_reflector_cluster_id)
@@ -106,7 +108,7 @@ def desired_peers(me: r.Node, nodes: list[r.Node], configs: list[r.BGPConfigurat
         return (node.spec.bgp.as_number if node.spec.bgp else None) or spec.as_number
 
     def port_of(node: r.Node) -> int:
-        return global_config(configs, node.metadata.name).listen_port
+        return config_for(configs, node.metadata.name).listen_port
 
     def addresses_of(node: r.Node) -> list[str]:
         """The node's sessions: IPv4, and IPv6 when both ends have it."""

@@ -355,7 +355,7 @@ class BGPController:
             log.info("ExaBGP configuration written: %d peer(s)", len(usable))
         with self._lock:
             self.my_as = speaker.as_number
-            self.advertisements = peering.global_config(configs, self.node).community_values()
+            self.advertisements = peering.config_for(configs, self.node).community_values()
             self.peers = {p.address: p for p in usable}
             for p in wanted:
                 status = self.status.get(p.address)

@@ -142,7 +142,7 @@ class BGPConfigurationSpec(Model):
 
 
 class BGPConfiguration(Resource):
-    """Named "default" for the cluster, or "node.<nodename>" to override one node."""
+    """Named "default" for the cluster, or "node.<nodename>" to override some of it for one node."""
 
     kind_name = "BGPConfiguration"
     plural = "bgpconfigurations"
@@ -171,11 +171,36 @@ class BGPConfiguration(Resource):
                 if getattr(self.spec, SERVICE_FIELDS[field]):
                     raise field_error('Service advertisement is cluster-wide: set it on the "default" '
                                       "BGPConfiguration only", f"spec.{field}")
+            cluster_wide = BGPConfigurationSpec()
+            for name in sorted(self.spec.model_fields_set - NODE_OVERRIDES.keys()):
+                value = getattr(self.spec, name)
+                if value not in (None, [], getattr(cluster_wide, name)):
+                    wire = BGPConfigurationSpec.model_fields[name].alias or name
+                    raise field_error(
+                        f'{wire} is cluster-wide: set it on the "default" BGPConfiguration (a node overrides '
+                        f"only {', '.join(sorted(NODE_OVERRIDES.values()))}"
+                        + ("; a node's own AS is its Node's spec.bgp.asNumber)" if name == "as_number" else ")"),
+                        f"spec.{wire}")
         return self
+
+    def overriding(self, default: BGPConfigurationSpec) -> BGPConfigurationSpec:
+        """The configuration of this one's node: default, with what this one sets of
+        NODE_OVERRIDES (Calico's node.<name> semantics); communities merged by name."""
+        update = {name: getattr(self.spec, name) for name in self.spec.model_fields_set & NODE_OVERRIDES.keys()}
+        if "communities" in update:
+            mine = {c.name for c in update["communities"] or ()}
+            update["communities"] = [c for c in default.communities or () if c.name not in mine] + \
+                list(update["communities"] or ())
+        return default.model_copy(update=update)
 
 
 SERVICE_FIELDS = {"serviceClusterIPs": "service_cluster_ips", "serviceExternalIPs": "service_external_ips",
                   "serviceLoadBalancerIPs": "service_load_balancer_ips"}
+# What a node.<name> BGPConfiguration may set, over "default": Calico's three (listenPort,
+# logSeverityScreen, prefixAdvertisements), and communities, so that its prefixAdvertisements
+# can name their own (field name -> wire name).
+NODE_OVERRIDES = {"listen_port": "listenPort", "log_severity": "logSeverity",
+                  "prefix_advertisements": "prefixAdvertisements", "communities": "communities"}
 
 
 # --- BGPPeer --------------------------------------------------------------------------

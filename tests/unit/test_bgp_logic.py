@@ -234,6 +234,36 @@ def test_service_routes_are_not_installed_and_never_open_a_pool():
     assert decide.SERVICE not in decide.REASONS
 
 
+def test_a_node_configuration_overrides_only_its_own_fields_of_the_default():
+    """Calico's node.<name> BGPConfiguration: the default's AS, mesh switch, limits and
+    communities still hold for that node (it replaced the default entirely: n3 fell back to
+    AS 64512 and the mesh, while its cluster had AS 65000 and no mesh)."""
+    default = config(asNumber=65000, nodeToNodeMeshEnabled=False, maxPrefixes=500, listenPort=1179,
+                     communities=[{"name": "rack", "value": "65000:1"}, {"name": "dc", "value": "65000:9"}],
+                     prefixAdvertisements=[{"cidr": "10.244.0.0/16", "communities": ["rack"]}])
+    own = r.parse({"apiVersion": "routed.io/v1", "kind": "BGPConfiguration", "metadata": {"name": "node.n3"},
+                   "spec": {"listenPort": 2179, "logSeverity": "Debug",
+                            "communities": [{"name": "rack", "value": "65000:3"}]}})
+    n3 = peers.config_for([default, own], "n3")
+    assert (n3.as_number, n3.node_to_node_mesh_enabled, n3.max_prefixes) == (65000, False, 500)
+    assert (n3.listen_port, n3.log_severity) == (2179, "Debug")
+    # The default's prefixAdvertisements, with the node's own value of the community named "rack".
+    assert n3.community_values() == [("10.244.0.0/16", ("65000:3",))]
+    # Its own prefixAdvertisements replace the default's (naming its own communities, or values).
+    own_ads = r.parse({"apiVersion": "routed.io/v1", "kind": "BGPConfiguration", "metadata": {"name": "node.n3"},
+                       "spec": {"communities": [{"name": "rack", "value": "65000:3"}],
+                                "prefixAdvertisements": [{"cidr": "10.244.0.0/17", "communities": ["rack"]},
+                                                         {"cidr": "10.244.128.0/17", "communities": ["65000:7"]}]}})
+    assert peers.config_for([default, own_ads], "n3").community_values() == [
+        ("10.244.0.0/17", ("65000:3",)), ("10.244.128.0/17", ("65000:7",))]
+    others = peers.config_for([default, own], "n1")
+    assert (others.listen_port, others.log_severity, others.community_values()) == \
+        (1179, "Info", [("10.244.0.0/16", ("65000:1",))])
+    # The node's own AS still comes from its Node; its speaker listens where its override says.
+    speaker = peers.local_speaker(node("n3", "10.0.0.3/24"), [default, own])
+    assert (speaker.as_number, speaker.listen_port) == (65000, 2179)
+
+
 def test_listen_port_of_each_node_is_where_its_peers_connect():
     n3 = node("n3", "10.0.0.3/24")
     configs = [config(listenPort=1179), r.parse({"apiVersion": "routed.io/v1", "kind": "BGPConfiguration",

@@ -194,6 +194,13 @@ INVALID = [
     # BGPConfiguration
     ("bgpconfig-name", doc("BGPConfiguration", {}, name="global"), "metadata.name", '"node.<nodename>"'),
     ("bgpconfig-node-empty", doc("BGPConfiguration", {}, name="node."), "metadata.name", "not a valid name"),
+    # A node.<name> one overrides listenPort, logSeverity, prefixAdvertisements (and communities) only.
+    ("bgpconfig-node-as", doc("BGPConfiguration", {"asNumber": 65001}, name="node.n1"), "spec.asNumber",
+     "Node's spec.bgp.asNumber"),
+    ("bgpconfig-node-mesh", doc("BGPConfiguration", {"nodeToNodeMeshEnabled": False}, name="node.n1"),
+     "spec.nodeToNodeMeshEnabled", 'set it on the "default" BGPConfiguration'),
+    ("bgpconfig-node-wireguard", doc("BGPConfiguration", {"wireguard": "Required"}, name="node.n1"),
+     "spec.wireguard", "cluster-wide"),
     ("listen-port-0", doc("BGPConfiguration", {"listenPort": 0}, name="default"), "spec.listenPort", "greater than or equal to 1"),
     ("listen-port-big", doc("BGPConfiguration", {"listenPort": 65536}, name="default"), "spec.listenPort", "65535"),
     ("log-severity", doc("BGPConfiguration", {"logSeverity": "Verbose"}, name="default"), "spec.logSeverity", "'Debug'"),
