@@ -17,10 +17,10 @@ import subprocess
 
 import pytest
 
-# The cluster fixture and the helpers of the host's real-traffic test, unchanged: the
-# guest runs the very same machinery, only on a kernel that has SCTP.
-from tests.netns.test_policy import _has_sctp, _install, _matrix, cluster  # noqa: F401 (cluster: a fixture)
+# The host's real-traffic test's cluster, unchanged: the guest runs the very same
+# machinery, only on a kernel that has SCTP.
 from tests.support import netpol
+from tests.support.policy_cluster import has_sctp, install, matrix, policy_cluster
 
 pytestmark = pytest.mark.vm
 
@@ -37,9 +37,15 @@ def _sctp_in_vm():
     if os.geteuid() != 0:
         pytest.fail("the guest tests need root", pytrace=False)
     load = subprocess.run(["modprobe", "sctp"], capture_output=True, text=True)
-    if load.returncode != 0 or not _has_sctp():
+    if load.returncode != 0 or not has_sctp():
         pytest.fail(f"no SCTP in the guest kernel {os.uname().release}: modprobe sctp exit "
                     f"{load.returncode} {load.stderr.strip()}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, _sctp_in_vm):
+    with policy_cluster(tmp_path_factory.mktemp("policy")) as c:
+        yield c
 
 
 def _sctp_counters(pod) -> dict[str, int]:
@@ -57,11 +63,11 @@ def test_the_table_has_sctp_cases():
 
 
 def test_without_policy_every_pod_reaches_every_other_over_sctp(cluster):
-    _install(cluster, netpol.Case("none", [], []))
+    install(cluster, netpol.Case("none", [], []))
     server = cluster.pods["x/a"]
     before = _sctp_counters(server)
     for port in PORTS:
-        assert _matrix(cluster, netpol.Probe(port, "SCTP", netpol.Reachability(True))) == []
+        assert matrix(cluster, netpol.Probe(port, "SCTP", netpol.Reachability(True))) == []
     # The answers came over SCTP associations that x/a's kernel accepted: one per peer and port.
     accepted = _sctp_counters(server)["SctpPassiveEstabs"] - before["SctpPassiveEstabs"]
     assert accepted >= (len(netpol.ALL) - 1) * len(PORTS), (before, _sctp_counters(server))
@@ -69,6 +75,6 @@ def test_without_policy_every_pod_reaches_every_other_over_sctp(cluster):
 
 @pytest.mark.parametrize("case", SCTP_CASES, ids=[c.name for c in SCTP_CASES])
 def test_conformance_case_with_sctp(cluster, case):
-    _install(cluster, case)
-    wrong = [line for probe in case.probes for line in _matrix(cluster, probe)]
+    install(cluster, case)
+    wrong = [line for probe in case.probes for line in matrix(cluster, probe)]
     assert not wrong, wrong
