@@ -3,7 +3,8 @@
 the conformance table's cases are applied one after the other and every pair is probed.
 SCTP probes are not run here when the kernel has no SCTP (the reference evaluator still
 checks them in tests/unit/test_policy_logic.py); tests/vm/guest_policy_sctp.py runs every
-case with an SCTP probe, with this module's cluster, in a VM whose kernel has SCTP."""
+case with an SCTP probe, with the same cluster (tests/support/policy_cluster.py), in a VM
+whose kernel has SCTP."""
 
 from __future__ import annotations
 
