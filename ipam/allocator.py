@@ -77,7 +77,7 @@ class _HandleState:
     revision: int  # 0: the handle does not exist yet
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two retries of one ADD are two callers
 class _Request:
     """One allocate() call waiting to be served (group commit)."""
     handle: str
