@@ -47,7 +47,16 @@ def test_two_racks_of_bird_full_reachability_then_down_leaves_nothing(lab):
     status = lab.status()
     assert [n["rack"] for n in status["nodes"]] == [1, 1, 2, 2]
     assert all(n["agent"] == "ready" and n["speaker"] == "running" for n in status["nodes"])
-    assert all(s["state"] == "up" for s in status["sessions"]) and len(status["sessions"]) == 22
+    if not (all(s["state"] == "up" for s in status["sessions"]) and len(status["sessions"]) == 22):
+        # Once in a full run on the 2 cores, a status read right after `up` found a session
+        # row not "up" (an agent's /bgp/peers answers within 2 s, or counts as not answering):
+        # every session must report up again within seconds, and stay a full mesh.
+        def all_up():
+            st = lab.status()
+            return st if all(s["state"] == "up" for s in st["sessions"]) and len(st["sessions"]) == 22 else None
+
+        status = eventually(all_up, "every BGP session up in status", timeout=60, interval=1.0,
+                            details=lambda: json.dumps(lab.status()["sessions"]))
     full_mesh(status, 8)
     tors_hold_every_block(lab, status)
     # Same rack: direct; other rack: VXLAN to the owning node (the mesh's next hop).
