@@ -295,8 +295,10 @@ class Block:
                 if own is None:
                     raise bad(f"attributes[{i}] has no 'secondary', which only a block affine to "
                               f"a host may leave out (for its own node's addresses)")
-                if type(attr["handle"]) is not str or not attr["handle"]:
-                    raise bad(f"attributes[{i}]: handle must be a non-empty string, got {attr['handle']!r}")
+                try:
+                    _check_handle(attr["handle"])
+                except ValueError as e:
+                    raise bad(f"attributes[{i}]: {e}") from None
                 attributes[i] = {"handle": attr["handle"], "secondary": {"node": own}}
                 continue
             if type(attr) is not dict or attr.keys() != _ATTR_FIELDS:
